@@ -1,0 +1,40 @@
+"""Checkpoint files: a folder with ``state.pt`` (tensors and plain values only) and ``metrics.json``.
+
+Loading never executes code from the file: torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+STATE, METRICS = "state.pt", "metrics.json"
+
+
+def _json_safe(m: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
+
+
+def save(folder, state: dict, metrics: dict) -> None:
+    """Write state and metrics into ``folder``; each file goes to a temporary name first, then is renamed,
+    so a crash mid-write never leaves a half-written file under the real name."""
+    folder = Path(folder)
+    for name, write in ((STATE, lambda f: torch.save(state, f)),
+                        (METRICS, lambda f: f.write(json.dumps(_json_safe(metrics)).encode()))):
+        tmp = folder / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / name)
+
+
+def load(folder) -> dict:
+    return torch.load(Path(folder) / STATE, map_location="cpu", weights_only=True)
+
+
+def load_metrics(folder) -> dict:
+    return json.loads((Path(folder) / METRICS).read_text())

@@ -1,0 +1,10 @@
+"""The one error type users see: bad input, named file, one line."""
+
+
+class InputError(ValueError):
+    """Bad data, config or search space. ``str(err)`` is one line naming the source and the problem."""
+
+    def __init__(self, source, problem: str):
+        self.source = str(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}")

@@ -1,0 +1,188 @@
+"""Run a P7 hyperparameter search with Ray Tune: ``python tune_p7/search.py [options]``.
+
+Validates the search space and the data first (a one-line error and exit code 2, nothing started), loads the
+data once and shares it through Ray's object store, runs every grid point as a trial under gated ASHA,
+checkpoints every epoch, and writes the ranked summary into the experiment folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tune_p7 import cli, storage  # noqa: E402
+from tune_p7.data import load  # noqa: E402
+from tune_p7.errors import InputError  # noqa: E402
+from tune_p7.space import Space, load_space  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SPACE = REPO / "search_spaces" / "smoke.yaml"
+DEFAULT_DATA = REPO / "data" / "pydocs.parquet"
+SEARCH_FILE = "tune_p7_search.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python tune_p7/search.py", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", default=str(DEFAULT_SPACE), help="search-space YAML file")
+    p.add_argument("--data", default=None, help=f"article store (.parquet), NPZ train file or folder "
+                                                f"[default: {DEFAULT_DATA.relative_to(REPO)}]")
+    p.add_argument("--name", help="experiment name [default: <space>-<date>-<time>; with --resume: the newest]")
+    p.add_argument("--storage", default="./ray_results", help="results path or URI (s3://..., NFS path)")
+    p.add_argument("--address", help="Ray cluster to join (auto, HOST:PORT, ray://...); none: start a local Ray")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial [default: the space's, else 1]")
+    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as many as CPUs allow)")
+    p.add_argument("--epochs", type=int, help="override every trial's epochs")
+    p.add_argument("--seed", type=int, help="override every trial's seed")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), help="override the space's scheduler")
+    p.add_argument("--resume", action="store_true", help="resume an interrupted experiment from its checkpoints")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial after a worker/node failure")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (no --address) [default: all]")
+    p.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="address the local dashboard listens on; anything but 127.0.0.1 exposes it (see README)")
+    p.add_argument("--storage-is-shared", action="store_true",
+                   help="the local --storage path is mounted on every node (multi-node without NFS detection)")
+    a = p.parse_args(argv)
+    for flag in ("epochs", "max_concurrent", "max_failures", "num_cpus"):
+        v = getattr(a, flag)
+        if v is not None and v < (1 if flag in ("epochs", "num_cpus") else 0):
+            raise InputError("--" + flag.replace("_", "-"), f"{v} is out of range")
+    if a.cpus_per_trial is not None and a.cpus_per_trial <= 0:
+        raise InputError("--cpus-per-trial", f"{a.cpus_per_trial} must be > 0")
+    return a
+
+
+def experiment_uri(args, space_path: str) -> tuple[str, str]:
+    """(storage, experiment name); for --resume without --name, the newest experiment in local storage."""
+    root = storage.normalize(args.storage)
+    if args.name:
+        return root, args.name
+    if not args.resume:
+        return root, f"{Path(space_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if storage.is_uri(root):
+        raise InputError("--resume", "give --name of the experiment to resume on " + root)
+    found = sorted(Path(root).glob(f"*/{SEARCH_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise InputError(root, "no experiment to resume")
+    return root, found[-1].parent.name
+
+
+def check_address(address: str | None) -> None:
+    """Fail fast on an unreachable HOST:PORT instead of waiting on Ray's connection timeout."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise InputError("--address " + address, f"cannot reach the Ray cluster ({exc})") from None
+
+
+def init_ray(args) -> str:
+    """Start a local Ray (dashboard on --dashboard-host) or join --address; returns the dashboard URL."""
+    import ray
+
+    if args.dashboard_host not in ("127.0.0.1", "localhost"):
+        print(f"WARNING: the Ray dashboard will listen on {args.dashboard_host}. Anyone who reaches it (or the job "
+              "API on the same port) can run code on this machine (CVE-2023-48022). Prefer an SSH tunnel.",
+              file=sys.stderr)
+    try:
+        if args.address:
+            ctx = ray.init(address=args.address)
+        else:  # address="local": never join a stale cluster named in /tmp/ray
+            ctx = ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
+                           dashboard_host=args.dashboard_host)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise InputError("--address " + str(args.address), f"cannot start or join Ray "
+                                                           f"({' '.join(str(exc).split())[:300]})") from None
+    url = ctx.dashboard_url or ""
+    return url if not url or url.startswith("http") else "http://" + url
+
+
+def build_tuner(space: Space, data, args, root: str, name: str):
+    from ray import tune
+
+    from tune_p7.gates import GatedASHA, GatedFIFO
+    from tune_p7.trainable import train_trial
+
+    cpus = args.cpus_per_trial or space.cpus_per_trial
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates), {"cpu": cpus})
+    exp = storage.join(root, name)
+    if args.resume:
+        if not tune.Tuner.can_restore(exp):
+            raise InputError(exp, "no experiment to resume here (no Tune state found)")
+        return tune.Tuner.restore(exp, trainable, resume_errored=True)
+    s = space.scheduler
+    if (args.scheduler or s.name) == "asha":
+        scheduler = GatedASHA(time_attr="training_iteration", metric=space.metric, mode=space.mode,
+                              max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
+                              reduction_factor=s.reduction_factor, brackets=s.brackets)
+    else:
+        scheduler = GatedFIFO()
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=space.num_samples,
+                                    max_concurrent_trials=args.max_concurrent or None, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=root,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=space.num_to_keep,
+                                                    checkpoint_score_attribute=space.metric,
+                                                    checkpoint_score_order=space.mode),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures)),
+    )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    root, name = experiment_uri(args, args.space)
+    exp = storage.join(root, name)
+    stored = None
+    if args.resume:
+        if not storage.exists(storage.join(exp, SEARCH_FILE)):
+            raise InputError(exp, "no experiment to resume (no tune_p7 search record)")
+        stored = json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE)))
+    space_path = stored["space"] if stored and args.space == str(DEFAULT_SPACE) else args.space
+    space = load_space(space_path).override(epochs=args.epochs, seed=args.seed)
+    data_path = args.data or (stored["data"] if stored else str(DEFAULT_DATA))
+    data = load(data_path)
+    for k in sorted(set(space.values_of("context_length"))):
+        data.check_context(k)
+    storage.check_writable(root)
+    check_address(args.address)
+    import ray
+
+    dashboard = init_ray(args)
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    if len(alive) > 1 and not (storage.is_shared(root) or args.storage_is_shared):
+        raise InputError("--storage " + root, f"a node-local path on a {len(alive)}-node cluster: use s3://BUCKET/... "
+                                              "or a shared filesystem (NFS) mounted on every node "
+                                              "(then pass --storage-is-shared if it is not detected)")
+    if not args.resume:
+        record = {"space": str(Path(space_path).resolve()), "data": str(Path(data_path).resolve()),
+                  "metric": space.metric, "mode": space.mode, "gates": vars(space.gates),
+                  "max_epochs": max(space.values_of("epochs")), "argv": sys.argv[1:],
+                  "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        storage.write_bytes(storage.join(exp, SEARCH_FILE), json.dumps(record, indent=2).encode())
+    print(f"tune_p7: experiment {name}\n  results:   {exp}\n  dashboard: {dashboard or '(not available)'}\n"
+          f"  data:      {data_path} (train {len(data.train.chunks)} chunks, val {len(data.val.chunks)}, dim {data.dim})\n"
+          f"  space:     {space_path}", flush=True)
+    tuner = build_tuner(space, data, args, root, name)
+    tuner.fit()
+    from tune_p7.summarize import summarize
+
+    table = summarize(exp)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    cli.run(main)

@@ -1,0 +1,207 @@
+"""Search spaces are data: a YAML file in ``search_spaces/`` read into a validated ``Space``.
+
+    description: free text
+    num_samples: 1            # repeats of every grid point (random draws for choice/uniform/loguniform)
+    metric: margin            # what ASHA and checkpoint retention rank by
+    mode: max
+    params:                   # any P7Config key: a value, or one of
+      epochs: 6
+      context_length: {grid: [3, 5, 7]}           #   every value (product with the other grids)
+      arch: {choice: [transformer, lstm]}         #   one at random per sample
+      lr: {loguniform: [1.0e-4, 2.0e-3]}          #   uniform / loguniform over [low, high]
+    runs:                     # explicit points, each a mapping of keys (tried in turn, times the grids)
+      - {context_length: 5, margin: 0.07}
+    scheduler: {name: asha, grace_period: 2, reduction_factor: 2, brackets: 1}
+    gates: {drift: 0.05, margin: 0.10, grace_epochs: 1}
+    checkpoints: {num_to_keep: 2}
+    resources: {cpus_per_trial: 1}
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tune_p7.cli import read_yaml
+from tune_p7.config import P7Config, check_value
+from tune_p7.errors import InputError
+
+TOP_KEYS = {"description", "num_samples", "metric", "mode", "params", "runs", "scheduler", "gates", "checkpoints",
+            "resources"}
+SAMPLERS = ("grid", "choice", "uniform", "loguniform")
+RUN_KEY = "run"  # the param_space key that holds one explicit run
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    name: str = "asha"
+    grace_period: int = 2
+    reduction_factor: float = 2.0
+    brackets: int = 1
+
+
+@dataclass(frozen=True)
+class Gates:
+    drift: float = 0.05  # stop when cos_anchor < drift, any epoch
+    margin: float = 0.10  # stop when val margin < margin, once warm-up + grace epochs are over
+    grace_epochs: int = 1
+
+
+@dataclass(frozen=True)
+class Space:
+    source: str
+    params: dict[str, Any]
+    runs: list[dict[str, Any]]
+    num_samples: int = 1
+    metric: str = "margin"
+    mode: str = "max"
+    description: str = ""
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    gates: Gates = field(default_factory=Gates)
+    num_to_keep: int = 2
+    cpus_per_trial: float = 1.0
+
+    def param_space(self) -> dict[str, Any]:
+        """The Ray Tune param_space: samplers become tune.grid_search / choice / uniform / loguniform."""
+        from ray import tune
+
+        make = {"grid": tune.grid_search, "choice": tune.choice,
+                "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+        out = {}
+        for key, value in self.params.items():
+            if isinstance(value, dict):
+                (kind, arg), = value.items()
+                out[key] = make[kind](arg)
+            else:
+                out[key] = value
+        if self.runs:
+            out[RUN_KEY] = tune.grid_search(self.runs)
+        return out
+
+    def values_of(self, key: str) -> list[Any]:
+        """Every value ``key`` can take in this space (ranges: their bounds)."""
+        default = getattr(P7Config(), key)
+        v = self.params.get(key, default)
+        vals = list(next(iter(v.values()))) if isinstance(v, dict) else [v]
+        vals += [r[key] for r in self.runs if key in r]
+        return vals
+
+    def override(self, **values) -> "Space":
+        """The same space with some params fixed (CLI --epochs / --seed)."""
+        params = {**self.params, **{k: v for k, v in values.items() if v is not None}}
+        runs = [{k: v for k, v in r.items() if values.get(k) is None} for r in self.runs]
+        return Space(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "params": params, "runs": runs})
+
+
+def trial_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune trial's config as flat P7Config keys (an explicit run's keys merged in)."""
+    flat = {k: v for k, v in config.items() if k != RUN_KEY}
+    flat.update(config.get(RUN_KEY) or {})
+    return flat
+
+
+def _section(src, raw, name, cls):
+    values = raw.get(name) or {}
+    if not isinstance(values, dict):
+        raise InputError(src, f"'{name}' must be a mapping")
+    known = {f.name: f for f in fields(cls)}
+    out = {}
+    for key, value in values.items():
+        if key not in known:
+            raise InputError(src, f"unknown key '{name}.{key}' (known: {', '.join(known)})")
+        kind = type(known[key].default)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok or isinstance(value, bool):
+            raise InputError(src, f"key '{name}.{key}': expected {kind.__name__}, got {value!r}")
+        out[key] = value
+    return cls(**out)
+
+
+def _param(src, key, value):
+    f = {f.name: f for f in fields(P7Config)}.get(key)
+    if f is None:
+        raise InputError(src, f"unknown key 'params.{key}' (not a config key)")
+    if not isinstance(value, dict):
+        return check_value(f, value, src)
+    if len(value) != 1 or next(iter(value)) not in SAMPLERS:
+        raise InputError(src, f"key 'params.{key}': a sampler is one of {{{', '.join(SAMPLERS)}: ...}}, got {value!r}")
+    (kind, arg), = value.items()
+    if not isinstance(arg, list) or not arg:
+        raise InputError(src, f"key 'params.{key}': {kind} needs a non-empty list, got {arg!r}")
+    checked = [check_value(f, v, f"{src}: params.{key}") for v in arg]
+    if kind in ("uniform", "loguniform"):
+        if len(arg) != 2 or not isinstance(f.default, float) or not checked[0] < checked[1]:
+            raise InputError(src, f"key 'params.{key}': {kind} needs [low, high] with low < high on a float key")
+        if kind == "loguniform" and checked[0] <= 0:
+            raise InputError(src, f"key 'params.{key}': loguniform needs low > 0")
+    return {kind: checked}
+
+
+def load_space(path) -> Space:
+    """Read and validate a search-space file; every problem raises InputError naming the file and the key."""
+    src = str(path)
+    if not Path(path).is_file():
+        raise InputError(src, "no such search-space file")
+    raw = read_yaml(path)
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise InputError(src, f"unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(TOP_KEYS))})")
+    params_raw = raw.get("params") or {}
+    if not isinstance(params_raw, dict):
+        raise InputError(src, "'params' must be a mapping of config keys")
+    params = {k: _param(src, k, v) for k, v in params_raw.items()}
+    runs_raw = raw.get("runs") or []
+    if not isinstance(runs_raw, list) or not all(isinstance(r, dict) for r in runs_raw):
+        raise InputError(src, "'runs' must be a list of mappings")
+    if "runs" in raw and not runs_raw:
+        raise InputError(src, "'runs' is empty")
+    runs = []
+    for i, r in enumerate(runs_raw):
+        runs.append({k: _param(f"{src}: runs[{i}]", k, v) for k, v in r.items()})
+        if any(isinstance(v, dict) for v in runs[-1].values()):
+            raise InputError(src, f"runs[{i}]: a run holds plain values, not samplers")
+        clash = set(r) & {k for k, v in params.items() if isinstance(v, dict)}
+        if clash:
+            raise InputError(src, f"runs[{i}]: key '{sorted(clash)[0]}' is also sampled in params")
+    num_samples = raw.get("num_samples", 1)
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise InputError(src, f"key 'num_samples': expected an integer >= 1, got {num_samples!r}")
+    metric, mode = raw.get("metric", "margin"), raw.get("mode", "max")
+    if not isinstance(metric, str):
+        raise InputError(src, f"key 'metric': expected a string, got {metric!r}")
+    if mode not in ("max", "min"):
+        raise InputError(src, f"key 'mode': expected max or min, got {mode!r}")
+    sched = _section(src, raw, "scheduler", SchedulerSettings)
+    if sched.name not in ("asha", "fifo"):
+        raise InputError(src, f"key 'scheduler.name': expected asha or fifo, got {sched.name!r}")
+    if sched.grace_period < 1 or sched.reduction_factor <= 1 or sched.brackets < 1:
+        raise InputError(src, "key 'scheduler': needs grace_period >= 1, reduction_factor > 1, brackets >= 1")
+    gates = _section(src, raw, "gates", Gates)
+    if gates.grace_epochs < 0 or not math.isfinite(gates.drift) or not math.isfinite(gates.margin):
+        raise InputError(src, "key 'gates': needs finite thresholds and grace_epochs >= 0")
+    ckpt = raw.get("checkpoints") or {}
+    unknown = set(ckpt) - {"num_to_keep"}
+    if unknown:
+        raise InputError(src, f"unknown key 'checkpoints.{sorted(unknown)[0]}' (known: num_to_keep)")
+    keep = ckpt.get("num_to_keep", 2)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise InputError(src, f"key 'checkpoints.num_to_keep': expected an integer >= 1, got {keep!r}")
+    res = raw.get("resources") or {}
+    unknown = set(res) - {"cpus_per_trial"}
+    if unknown:
+        raise InputError(src, f"unknown key 'resources.{sorted(unknown)[0]}' (known: cpus_per_trial)")
+    cpus = res.get("cpus_per_trial", 1)
+    if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
+        raise InputError(src, f"key 'resources.cpus_per_trial': expected a number > 0, got {cpus!r}")
+    space = Space(src, params, runs, num_samples, metric, mode, str(raw.get("description", "")), sched, gates, keep,
+                  float(cpus))
+    _check_combinations(space)
+    return space
+
+
+def _check_combinations(space: Space) -> None:
+    """Build the config of every explicit run (with the first value of each sampler) to catch cross-key errors."""
+    base = {k: (next(iter(v.values()))[0] if isinstance(v, dict) else v) for k, v in space.params.items()}
+    for i, run in enumerate(space.runs or [{}]):
+        P7Config.from_dict({**base, **run}, source=space.source + (f": runs[{i}]" if space.runs else ""))
