@@ -311,19 +311,23 @@ class SplitTensors:
         vec = self.chunks[rows].float()  # one gather: (B, K+1, D)
         return Batch(vec[:, :-1], vec[:, -1], vec[:, -3], rows)
 
-    def hard_negatives(self, idx: torch.Tensor, h: int, gen: torch.Generator, tries: int = 4):
-        """Sample h chunks per window from its own article, none in the window: ((B, h) rows, (B, h) valid)."""
+    def hard_negatives(self, idx: torch.Tensor, h: int, gen: torch.Generator):
+        """Sample h chunks per window uniformly from its own article, none in the window.
+
+        Returns ((B, h) chunk rows, (B, h) valid); a window whose article has no other chunk gets valid False.
+        Exact, no rejection: draw r among the article's free positions, then step over the window's positions
+        (sorted ascending: x += [p <= x] for each p).
+        """
         rows = self.windows[idx]
         art = self.window_article[idx]
-        start = self.offsets[art]
-        count = (self.offsets[art + 1] - start).unsqueeze(1)
-        cand = torch.zeros(len(idx), h, dtype=torch.long, device=self.device)
-        valid = torch.zeros(len(idx), h, dtype=torch.bool, device=self.device)
-        for _ in range(tries):
-            r = (torch.rand(len(idx), h, generator=gen, device=self.device) * count).long()
-            new = start.unsqueeze(1) + r
-            ok = ~(new.unsqueeze(-1) == rows.unsqueeze(1)).any(-1)
-            take = ok & ~valid
-            cand = torch.where(take, new, cand)
-            valid |= take
-        return cand, valid
+        start = self.offsets[art].unsqueeze(1)
+        count = self.offsets[art + 1].unsqueeze(1) - start
+        big = torch.iinfo(torch.long).max
+        pos = rows - start
+        pos = torch.where((pos >= 0) & (pos < count), pos, big).sort(dim=1).values
+        pos[:, 1:] = torch.where(pos[:, 1:] == pos[:, :-1], big, pos[:, 1:])  # a chunk twice in one window
+        free = count - (pos < big).sum(1, keepdim=True)
+        x = (torch.rand(len(idx), h, generator=gen, device=self.device) * free).long()
+        for j in range(pos.shape[1]):
+            x = x + (pos[:, j:j + 1] <= x)
+        return start + x, (free > 0).expand(-1, h)

@@ -107,7 +107,8 @@ class Evaluator:
 
 def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict | None = None) -> list[dict]:
     """Train ``cfg`` on ``data`` for cfg.epochs epochs, starting after ``state['epoch']`` if a checkpoint state
-    is given. After every epoch calls ``report(metrics, state)``; returns the list of epoch metrics.
+    is given. After every epoch calls ``report(metrics, state)`` (state holds the live tensors: save or copy it
+    there); returns the list of epoch metrics.
 
     If the loss becomes NaN/Inf, reports that epoch with an ``error`` entry and state None, then raises
     NonFiniteLoss.

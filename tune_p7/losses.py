@@ -14,18 +14,21 @@ def info_nce(pred: torch.Tensor, bank: torch.Tensor, bank_ids: torch.Tensor, pos
     """InfoNCE with one shared candidate bank; the positive of sequence i is bank row i.
 
         logits[i, j] = pred_i . bank_j / temperature                                   (one (B, D) x (D, C) matmul)
-        logits[i, j] = -inf   if j != i and (bank_ids[j] == pos_ids[i] or bank_ids[j] < 0)
+        logits[i, j] = -inf   if j != i and (bank_ids[j] == pos_ids[i]            # a copy of the positive
+                                          or bank_ids[j] == bank_ids[j'] for a j' < j  # a repeated negative
+                                          or bank_ids[j] < 0)                          # an empty slot
         loss_i = -log softmax(logits[i])[i]
 
     Masking by chunk id keeps a copy of the positive elsewhere in the bank (another sequence's prev or
-    target, a hard negative) from being counted as a negative; ids < 0 mark empty slots.
+    target, a hard negative) from being counted as a negative, and counts every other chunk once.
     pred (B, D), bank (C, D) with C >= B, bank_ids (C,), pos_ids (B,) -> (B,).
     """
     b = pred.shape[0]
     logits = pred @ bank.T / temperature
     eye = torch.zeros_like(logits, dtype=torch.bool)
     eye[:, :b] = torch.eye(b, dtype=torch.bool, device=pred.device)
-    masked = ((bank_ids.unsqueeze(0) == pos_ids.unsqueeze(1)) | (bank_ids.unsqueeze(0) < 0)) & ~eye
+    repeated = (bank_ids.unsqueeze(0) == bank_ids.unsqueeze(1)).triu(1).any(0)  # (C,): seen at an earlier j'
+    masked = ((bank_ids.unsqueeze(0) == pos_ids.unsqueeze(1)) | (bank_ids < 0) | repeated).logical_and(~eye)
     logits = logits.masked_fill(masked, float("-inf"))
     return torch.logsumexp(logits, dim=1) - logits.diagonal()
 

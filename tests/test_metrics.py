@@ -1,0 +1,55 @@
+"""Metrics: cosines, retrieval ranks against a bank, verdicts and the deployment check."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tune_p7.metrics import cosines, deploy_ok, infonce_chance, retrieval, retrieval_ranks, verdict
+
+
+def test_cosines_by_hand():
+    ctx = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    nxt = torch.tensor([[0.6, 0.8]])
+    pred = torch.tensor([[0.0, 1.0]])
+    m = cosines(pred, pred, ctx, nxt)
+    assert m["cos_next"].item() == pytest.approx(0.8)
+    assert m["cos_prev"].item() == pytest.approx(0.0)  # prev is ctx[-1]
+    assert m["margin"].item() == pytest.approx(0.8)
+    assert m["cos_anchor"].item() == pytest.approx(1 / math.sqrt(2))
+
+
+def test_ranks_and_retrieval():
+    bank = torch.eye(4)
+    queries = F.normalize(torch.tensor([[1.0, 0.5, 0, 0], [1.0, 0.5, 0, 0], [0, 0, 0, 1.0]]), dim=-1)
+    ranks = retrieval_ranks(queries, bank, torch.tensor([0, 1, 2]), block=2)
+    assert ranks.tolist() == [0, 1, 1]  # query 3's target scores 0, tied with two others: only 1 strictly above
+    r = retrieval(ranks, "x_")
+    assert r["x_r_at_1"] == pytest.approx(1 / 3) and r["x_r_at_5"] == 1.0
+    assert r["x_mrr_at_10"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+
+
+def test_nan_queries_are_never_found():
+    ranks = retrieval_ranks(torch.full((2, 4), float("nan")), torch.eye(4), torch.tensor([0, 1]))
+    assert ranks.tolist() == [4, 4]
+    assert retrieval(ranks)["r_at_1"] == 0.0
+
+
+def test_verdicts_follow_facts_thresholds():
+    assert verdict({"margin": 0.25, "cos_next": 0.5, "cos_anchor": 0.45}) == "PASS"
+    assert verdict({"margin": 0.15, "cos_next": 0.5, "cos_anchor": 0.45}) == "MARGINAL"
+    assert verdict({"margin": 0.25, "cos_next": 0.40, "cos_anchor": 0.45}) == "MARGINAL"
+    assert verdict({"margin": 0.09, "cos_next": 0.9, "cos_anchor": 0.9}) == "FAIL"
+    assert verdict({"margin": 0.3, "cos_next": 0.9, "cos_anchor": 0.04}) == "FAIL"  # drift
+    assert verdict({"margin": float("nan"), "cos_next": 0.9, "cos_anchor": 0.9}) == "FAIL"
+
+
+def test_deployment_check_against_direct():
+    base = {"direct_r_at_5": 0.30, "direct_mrr_at_10": 0.20}
+    assert deploy_ok({**base, "r_at_5": 0.41, "mrr_at_10": 0.26})
+    assert not deploy_ok({**base, "r_at_5": 0.39, "mrr_at_10": 0.30})
+    assert not deploy_ok({**base, "r_at_5": 0.50, "mrr_at_10": 0.24})
+
+
+def test_infonce_chance():
+    assert infonce_chance(100) == pytest.approx(math.log(100))

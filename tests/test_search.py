@@ -1,0 +1,164 @@
+"""End to end under a real local Ray: python tune_p7/search.py, its gates, errors, resume and summary."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, run_cli
+
+SEARCH = REPO / "tune_p7" / "search.py"
+EVERY_EPOCH = {"cos_next", "cos_prev", "margin", "cos_anchor", "train_margin", "r_at_1", "r_at_5", "r_at_10",
+               "mrr_at_10", "direct_r_at_5", "direct_mrr_at_10", "centroid_r_at_5", "anchor_lambda", "loss",
+               "loss_rank", "loss_margin", "loss_teacher", "gate", "node"}
+SUMMARY_COLUMNS = {"trial_id", "status", "gate", "stopped_epoch", "verdict", "deploy_ok", "rank", "node",
+                   "config/arch", "config/margin", "margin", "cos_next", "r_at_5", "direct_r_at_5"}
+
+
+def search(*args, timeout=600):
+    r = run_cli(SEARCH, "--num-cpus", 2, *args, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def results(exp: Path) -> dict[str, list[dict]]:
+    out = {}
+    for f in exp.glob("*/result.json"):
+        out[f.parent.name] = [json.loads(line) for line in f.read_text().splitlines()]
+    return out
+
+
+def space(tmp_path, text) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+SMALL = """
+params:
+  d_model: 64
+  n_layers: 2
+  n_heads: 4
+  d_ff: 128
+  lstm_layers: 1
+  warmup_epochs: 1
+  batch_size: 128
+  lr: 2.0e-3
+"""
+
+
+def test_smoke_search_runs_gates_asha_and_ranks_pass_first(tmp_path, strong_store):
+    r = search("--data", strong_store, "--storage", tmp_path, "--name", "smoke", "--max-concurrent", 1)
+    exp = tmp_path / "smoke"
+    assert "dashboard: http://127.0.0.1:" in r.stdout
+    res = results(exp)
+    assert len(res) == 4
+    for rows in res.values():
+        assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1))
+        for row in rows:
+            assert EVERY_EPOCH <= set(row), EVERY_EPOCH - set(row)
+    df = pd.read_parquet(exp / "summary.parquet")
+    assert SUMMARY_COLUMNS <= set(df.columns)
+    assert len(df) == 4 and df["rank"].tolist() == [1, 2, 3, 4]
+    assert (df["status"] == "asha_stopped").sum() >= 1  # trials run one at a time: the LSTMs lose at rung 1
+    assert df.iloc[0]["verdict"] == "PASS" and df.iloc[0]["status"] == "completed"
+    md = (exp / "summary.md").read_text()
+    assert "| rank |" in md and (exp / "curves.png").stat().st_size > 1000
+    assert "| 1 |" in r.stdout  # the ranked table is printed
+
+
+def test_drift_gate_stops_trials_and_the_summary_says_when(tmp_path, strong_store):
+    sp = space(tmp_path, SMALL + "  epochs: 3\n  margin: {grid: [0.07, 0.1]}\ngates: {drift: 0.99}\n")
+    search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "drift")
+    df = pd.read_parquet(tmp_path / "drift" / "summary.parquet")
+    assert (df["status"] == "gate_stopped").all() and (df["gate"] == "drift").all()
+    assert (df["stopped_epoch"] == 1).all()
+    assert "gate_stopped (drift)" in (tmp_path / "drift" / "summary.md").read_text()
+
+
+def test_a_nan_trial_errors_alone_with_its_reason(tmp_path, small_store):
+    sp = space(tmp_path, SMALL + "  epochs: 2\nruns:\n  - {lr: 1.0e+12, grad_clip: 1.0e+12}\n  - {lr: 2.0e-3}\n"
+               "scheduler: {name: fifo}\n")
+    search("--space", sp, "--data", small_store, "--storage", tmp_path, "--name", "nan")
+    df = pd.read_parquet(tmp_path / "nan" / "summary.parquet").set_index("config/lr")
+    assert df.loc[1e12, "status"] == "errored" and "loss became nan" in df.loc[1e12, "error"]
+    assert df.loc[2e-3, "status"] == "completed" and df.loc[2e-3, "stopped_epoch"] == 2
+
+
+def test_killed_driver_resumes_from_checkpoints(tmp_path, strong_store):
+    sp = space(tmp_path, SMALL + "  epochs: 8\n  margin: {grid: [0.05, 0.07, 0.1]}\nscheduler: {name: fifo}\n"
+                                 "gates: {margin: -2.0}\n")
+    args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
+            "--name", "res"]
+    exp = tmp_path / "res"
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(exp.glob("*/checkpoint_000002"))) < 2:
+            time.sleep(0.5)
+        assert len(list(exp.glob("*/checkpoint_000002"))) >= 2, "no checkpoints before the kill"
+        time.sleep(2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, no cleanup
+        proc.wait()
+    before = {k: [r["epoch"] for r in v] for k, v in results(exp).items()}
+    assert any(len(e) < 8 for e in before.values()), "the search had finished before the kill"
+    search("--resume", "--name", "res", "--storage", tmp_path)
+    after = results(exp)
+    df = pd.read_parquet(exp / "summary.parquet")
+    assert len(df) == 3 and df["trial_id"].is_unique and len(after) == 3
+    assert (df["status"] == "completed").all()
+    for name, rows in after.items():
+        epochs = [r["epoch"] for r in rows]
+        assert sorted(set(epochs)) == list(range(1, 9))
+        done = before.get(name, [])
+        if len(done) >= 2:  # had a checkpoint: resumed after it, never from epoch 1 again
+            assert epochs.count(1) == 1
+        assert len(epochs) - len(set(epochs)) <= 1  # at most the epoch that was in flight at the kill
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--space", "search_spaces/nope.yaml"], ["nope.yaml", "no such search-space file"]),
+    (["--data", "/nonexistent/x.parquet"], ["x.parquet", "no such file"]),
+    (["--resume", "--name", "never-ran"], ["never-ran", "no experiment to resume"]),
+    (["--address", "127.0.0.1:1"], ["--address 127.0.0.1:1", "cannot reach"]),
+    (["--epochs", "0"], ["--epochs", "out of range"]),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, small_store, args, words):
+    store = tmp_path / "results"
+    store.mkdir()
+    r = run_cli(SEARCH, "--data", small_store, "--storage", store, "--name", "x", *args, timeout=120)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.stderr, err
+    for w in words:
+        assert w in err, err
+    assert list(store.iterdir()) == []
+
+
+def test_context_length_the_npz_lacks_is_refused(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name in ("train", "val"):
+        np.savez(tmp_path / f"{name}.npz", contexts=rng.standard_normal((20, 3, 8)).astype(np.float32),
+                 targets=rng.standard_normal((20, 8)).astype(np.float32))
+    sp = space(tmp_path, SMALL + "  context_length: {grid: [3, 5]}\n")
+    r = run_cli(SEARCH, "--space", sp, "--data", tmp_path / "train.npz", "--storage", tmp_path / "out", timeout=120)
+    assert r.returncode == 2 and "context length 5" in r.stderr and "train.npz" in r.stderr
+
+
+def test_unwritable_storage(tmp_path, small_store):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli(SEARCH, "--data", small_store, "--storage", blocker / "sub", timeout=120)
+    assert r.returncode == 2 and "not writable" in r.stderr and "Traceback" not in r.stderr
