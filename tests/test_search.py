@@ -162,3 +162,24 @@ def test_unwritable_storage(tmp_path, small_store):
     blocker.write_text("x")
     r = run_cli(SEARCH, "--data", small_store, "--storage", blocker / "sub", timeout=120)
     assert r.returncode == 2 and "not writable" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_full_storage_is_refused(tmp_path, small_store):
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    try:
+        r = run_cli(SEARCH, "--data", small_store, "--storage", mnt, timeout=120)
+        assert r.returncode == 2 and "storage is full" in r.stderr and str(mnt) in r.stderr, r.stderr
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_unknown_data_format(tmp_path):
+    bad = tmp_path / "vectors.csv"
+    bad.write_text("1,2,3\n")
+    r = run_cli(SEARCH, "--data", bad, "--storage", tmp_path / "out", timeout=120)
+    assert r.returncode == 2 and "vectors.csv: unknown data format" in r.stderr

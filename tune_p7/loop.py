@@ -77,10 +77,16 @@ class Evaluator:
         return {k: torch.cat([o[k] for o in out]) for k in out[0]}
 
     def _baselines(self) -> dict[str, float]:
-        q = self._gather(lambda b: {"direct": b.prev, "centroid": F.normalize(b.context.mean(1), dim=-1),
-                                    "cos_direct": (b.prev * b.next).sum(-1)})
+        def queries(b):
+            c = F.normalize(b.context.mean(1), dim=-1)
+            return {"direct": b.prev, "centroid": c, "cos_direct": (b.prev * b.next).sum(-1),
+                    "cos_centroid": (c * b.next).sum(-1), "cos_centroid_prev": (c * b.prev).sum(-1)}
+
+        q = self._gather(queries)
         targets = self.st.windows[self.index, -1]
-        out = {"direct_cos_next": float(q["cos_direct"].mean()), "direct_margin": float(q["cos_direct"].mean() - 1)}
+        out = {"direct_cos_next": float(q["cos_direct"].mean()), "direct_margin": float(q["cos_direct"].mean() - 1),
+               "centroid_cos_next": float(q["cos_centroid"].mean()),
+               "centroid_margin": float((q["cos_centroid"] - q["cos_centroid_prev"]).mean())}
         out.update(M.retrieval(M.retrieval_ranks(q["direct"], self.bank, targets), "direct_"))
         out.update(M.retrieval(M.retrieval_ranks(q["centroid"], self.bank, targets), "centroid_"))
         return out

@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (no --address) [default: all]")
     p.add_argument("--dashboard-host", default="127.0.0.1",
                    help="address the local dashboard listens on; anything but 127.0.0.1 exposes it (see README)")
+    p.add_argument("--no-probe", action="store_true", help="skip the data probe (ridge/DIRECT baselines)")
     p.add_argument("--storage-is-shared", action="store_true",
                    help="the local --storage path is mounted on every node (multi-node without NFS detection)")
     a = p.parse_args(argv)
@@ -104,6 +105,19 @@ def init_ray(args) -> str:
                                                            f"({' '.join(str(exc).split())[:300]})") from None
     url = ctx.dashboard_url or ""
     return url if not url or url.startswith("http") else "http://" + url
+
+
+def write_probe(data, space: Space, exp: str) -> None:
+    """Store the data probe with the experiment (the summary shows it above the ranked table)."""
+    from tune_p7.probe import markdown, probe
+
+    ks = space.values_of("context_length")
+    result = probe(data, 5 if 5 in ks else ks[0])
+    storage.write_bytes(storage.join(exp, "probe.json"), json.dumps(result, indent=2).encode())
+    storage.write_bytes(storage.join(exp, "probe.md"), markdown(result).encode())
+    val = result["splits"]["val"]
+    print(f"  probe:     val Delta {val['delta']:+.4f}; ridge margin {val['baselines']['ridge']['margin']:+.3f}, "
+          f"DIRECT margin {val['baselines']['direct']['margin']:+.3f}", flush=True)
 
 
 def build_tuner(space: Space, data, args, root: str, name: str):
@@ -171,6 +185,8 @@ def main(argv=None) -> int:
                   "max_epochs": max(space.values_of("epochs")), "argv": sys.argv[1:],
                   "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         storage.write_bytes(storage.join(exp, SEARCH_FILE), json.dumps(record, indent=2).encode())
+        if not args.no_probe:
+            write_probe(data, space, exp)
     print(f"tune_p7: experiment {name}\n  results:   {exp}\n  dashboard: {dashboard or '(not available)'}\n"
           f"  data:      {data_path} (train {len(data.train.chunks)} chunks, val {len(data.val.chunks)}, dim {data.dim})\n"
           f"  space:     {space_path}", flush=True)

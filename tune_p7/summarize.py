@@ -143,7 +143,7 @@ def plots(df: pd.DataFrame, curves: dict[str, list[dict]], gates: dict) -> dict[
              "cos_anchor": [(gates.get("drift", DRIFT), "drift gate"), (PASS["cos_anchor"], "PASS")]}
     for ax, (metric, refs) in zip(axes, lines.items()):
         for tid, rows in curves.items():
-            ax.plot([r.get("epoch") for r in rows], [r.get(metric) for r in rows], marker=".", label=tid)
+            ax.plot([r.get("epoch") for r in rows], [r.get(metric) for r in rows], marker="o", ms=3, label=tid)
         for y, label in refs:
             ax.axhline(y, ls="--", lw=1, color="red" if "gate" in label else "green", label=label)
         ax.set_title(metric)
@@ -172,6 +172,18 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def versus_ridge(best: pd.Series, probe: dict) -> str:
+    """One line: the top-ranked trial against the probe's ridge and DIRECT baselines on val."""
+    base = probe["splits"]["val"]["baselines"]
+    ridge, direct = base["ridge"], base["direct"]
+    return (f"Top trial {best['trial_id']}: val margin {best.get('margin', math.nan):+.3f}, "
+            f"R@5 {best.get('r_at_5', math.nan):.3f}, MRR@10 {best.get('mrr_at_10', math.nan):.3f}; "
+            f"ridge: margin {ridge['margin']:+.3f}, R@5 {ridge['r_at_5']:.3f}, MRR@10 {ridge['mrr_at_10']:.3f}; "
+            f"DIRECT: margin {direct['margin']:+.3f}, R@5 {direct['r_at_5']:.3f}, MRR@10 {direct['mrr_at_10']:.3f}. "
+            f"Top trial minus ridge: margin {best.get('margin', math.nan) - ridge['margin']:+.3f}, "
+            f"R@5 {best.get('r_at_5', math.nan) - ridge['r_at_5']:+.3f}.")
+
+
 def summarize(exp: str) -> str:
     """Build, write and return the ranked summary of experiment ``exp`` (path or URI)."""
     exp = storage.normalize(exp)
@@ -187,6 +199,9 @@ def summarize(exp: str) -> str:
         path = storage.join(exp, name)
         if storage.exists(path):
             md += [storage.read_bytes(path).decode(), ""]
+    probe_file = storage.join(exp, "probe.json")
+    if storage.exists(probe_file) and not df.empty:
+        md += [versus_ridge(df.iloc[0], json.loads(storage.read_bytes(probe_file))), ""]
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
     md += ["## Trials, ranked", "",
            "Ranked by verdict (PASS > MARGINAL > FAIL, from the final val metrics), then the deployment check "

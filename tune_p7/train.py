@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from tune_p7 import cli
 from tune_p7.config import P7Config
 from tune_p7.data import load
+from tune_p7.space import trial_config
 
 
 def main(argv=None) -> int:
@@ -18,15 +20,19 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="article store, NPZ train file or folder")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     a = p.parse_args(argv)
-    values = cli.read_yaml(a.config)  # JSON is YAML
+    values = trial_config(cli.read_yaml(a.config))  # JSON is YAML; a trial's params.json works as it is
     if a.epochs is not None:
         values["epochs"] = a.epochs
     cfg = P7Config.from_dict(values, source=a.config)
     data = load(a.data)
     data.check_context(cfg.context_length)
-    from tune_p7.loop import fit  # torch import after the cheap checks
+    from tune_p7.loop import NonFiniteLoss, fit  # torch import after the cheap checks
 
-    fit(cfg, data, report=lambda m, _state: print(json.dumps(m), flush=True))
+    try:
+        fit(cfg, data, report=lambda m, _state: print(json.dumps(m), flush=True))
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

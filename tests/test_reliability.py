@@ -1,0 +1,96 @@
+"""Faults: a killed trial worker resumes exactly; a crash mid-write leaves nothing half-written; a torn
+result line does not stop the summary; the replay CLI reproduces a trial."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from test_search import SEARCH, SMALL, results, space
+from tune_p7 import checkpoint
+from tune_p7.summarize import summarize
+
+
+def test_killed_trial_worker_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path, strong_store):
+    sp = space(tmp_path, SMALL + "  epochs: 6\n  seed: 7\nruns:\n  - {margin: 0.07}\nscheduler: {name: fifo}\n"
+                                 "gates: {margin: -2.0}\n")
+    args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
+            "--name", "kill", "--no-probe"]
+    exp = tmp_path / "kill"
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO, start_new_session=True)
+    killed = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and killed is None:
+            rows = next(iter(results(exp).values()), []) if exp.exists() else []
+            if len(rows) >= 2 and rows[-1]["epoch"] < 6:
+                killed = rows[-1]["pid"]
+                os.kill(killed, signal.SIGKILL)  # the trial's worker process, mid-training
+            time.sleep(0.2)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert killed is not None and proc.returncode == 0, out[-3000:]
+    (trial_dir,) = [p for p in exp.iterdir() if p.name.startswith("train_trial")]
+    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert rows[-1]["epoch"] == 6 and rows[-1]["pid"] != killed
+    df = pd.read_parquet(exp / "summary.parquet")
+    assert df.loc[0, "status"] == "completed"
+    # replay the same trial alone, without Ray, on the trial's one thread
+    cfg = tmp_path / "replay.json"
+    cfg.write_text(json.dumps({**json.loads((trial_dir / "params.json").read_text())["run"],
+                               **{k: v for k, v in json.loads((trial_dir / "params.json").read_text()).items()
+                                  if k != "run"}, "threads": 1}))
+    r = run_cli("-m", "tune_p7.train", "--config", cfg, "--data", strong_store)
+    assert r.returncode == 0, r.stderr[-2000:]
+    replay = [json.loads(line) for line in r.stdout.splitlines()]
+    for key in ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10", "loss"):
+        assert replay[-1][key] == rows[-1][key], key
+
+
+def test_a_crash_mid_checkpoint_write_never_leaves_a_partial_state(tmp_path):
+    code = ("import sys, torch; from tune_p7 import checkpoint; "
+            "checkpoint.save(sys.argv[1], {'w': torch.randn(60_000_000)}, {'epoch': 1})")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / "state.pt.tmp").exists():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "state.pt.tmp").exists(), "the kill came too late to test anything"
+    assert not (tmp_path / "state.pt").exists()  # the real name only ever holds a whole file
+    checkpoint.save(tmp_path, {"w": torch.ones(3)}, {"epoch": 2})  # the next save still works
+    assert torch.equal(checkpoint.load(tmp_path)["w"], torch.ones(3))
+    assert checkpoint.load_metrics(tmp_path)["epoch"] == 2
+
+
+def test_checkpoints_load_without_executing_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "state.pt")
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        checkpoint.load(tmp_path)
+
+
+def test_summary_survives_a_torn_result_line(tmp_path, small_store):
+    sp = space(tmp_path, SMALL + "  epochs: 2\n  margin: {grid: [0.07, 0.1]}\nscheduler: {name: fifo}\n")
+    r = run_cli(SEARCH, "--num-cpus", 2, "--space", sp, "--data", small_store, "--storage", tmp_path, "--name", "t",
+                "--no-probe")
+    assert r.returncode == 0, r.stderr[-2000:]
+    exp = tmp_path / "t"
+    victim = next(exp.glob("*/result.json"))
+    with open(victim, "a") as f:
+        f.write('{"epoch": 3, "margin": 0.')  # a write cut off by a crash
+    summarize(str(exp))
+    df = pd.read_parquet(exp / "summary.parquet")
+    assert len(df) == 2 and (df["stopped_epoch"] == 2).all()
