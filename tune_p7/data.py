@@ -327,7 +327,7 @@ class SplitTensors:
         pos = torch.where((pos >= 0) & (pos < count), pos, big).sort(dim=1).values
         pos[:, 1:] = torch.where(pos[:, 1:] == pos[:, :-1], big, pos[:, 1:])  # a chunk twice in one window
         free = count - (pos < big).sum(1, keepdim=True)
-        x = (torch.rand(len(idx), h, generator=gen, device=self.device) * free).long()
+        x = (torch.rand(len(idx), h, generator=gen).to(self.device) * free).long()  # CPU generator: same draws anywhere
         for j in range(pos.shape[1]):
             x = x + (pos[:, j:j + 1] <= x)
         return start + x, (free > 0).expand(-1, h)

@@ -97,7 +97,7 @@ class Evaluator:
         model.eval()
 
         def step(b):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(self.cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 p = model(b.context)
             cos = M.cosines(p.q, p.raw, b.context, b.next)
             return {**cos, "q": p.q}
@@ -141,14 +141,14 @@ def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict |
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg, epoch))  # dropout
         gen = torch.Generator().manual_seed(epoch_seed(cfg, epoch))  # order and hard negatives
-        perm = torch.randperm(n, generator=gen).to(cfg.device)
+        perm = torch.randperm(n, generator=gen).to(cfg.device)  # CPU generator: the same order on any device
         w_teacher = cfg.w_teacher if epoch <= cfg.warmup_epochs else 0.0
         sums: dict[str, torch.Tensor] = {}
         model.train()
         for s in range(steps):
             idx = perm[s * bsz:(s + 1) * bsz]
             b = train.batch(idx)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 p = model(b.context)
             bank, bank_ids = [b.next, b.prev], [b.ids[:, -1], b.ids[:, -2]]
             if h:
