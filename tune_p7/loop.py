@@ -58,7 +58,7 @@ class Evaluator:
     The DIRECT (ctx[-1] as the prediction) and centroid baselines do not depend on the model: computed once.
     """
 
-    def __init__(self, split: Split, cfg: P7Config, max_windows: int | None = None):
+    def __init__(self, split: Split, cfg: P7Config, max_windows: int | None = None, retrieval: bool = True):
         self.st = SplitTensors(split, cfg.context_length, cfg.device)
         self.cfg = cfg
         n = len(self.st)
@@ -66,8 +66,10 @@ class Evaluator:
         if max_windows is not None and n > max_windows:  # a fixed, seeded subset
             g = torch.Generator().manual_seed(cfg.seed)
             self.index = torch.randperm(n, generator=g)[:max_windows].sort().values.to(cfg.device)
-        self.bank = self.st.chunks.float()
-        self.baselines = self._baselines()
+        self.retrieval = retrieval
+        if retrieval:  # the bank is the split's chunk matrix itself when it is float32 (no copy)
+            self.bank = self.st.chunks.float()
+            self.baselines = self._baselines()
 
     def _gather(self, fn):
         out = []
@@ -92,7 +94,7 @@ class Evaluator:
         return out
 
     @torch.no_grad()
-    def __call__(self, model, bf16: bool, retrieval: bool = True) -> dict[str, float]:
+    def __call__(self, model, bf16: bool) -> dict[str, float]:
         was_training = model.training
         model.eval()
 
@@ -105,7 +107,7 @@ class Evaluator:
         out = self._gather(step)
         model.train(was_training)
         res = {k: float(v.mean()) for k, v in out.items() if k != "q"}
-        if retrieval:
+        if self.retrieval:
             res.update(M.retrieval(M.retrieval_ranks(out["q"], self.bank, self.st.windows[self.index, -1])))
             res.update(self.baselines)
         return res
@@ -133,7 +135,7 @@ def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict |
         start, best = state["epoch"], state["best"]
     train = SplitTensors(data.train, cfg.context_length, cfg.device)
     val_eval = Evaluator(data.val, cfg)
-    train_eval = Evaluator(data.train, cfg, max_windows=cfg.train_eval_windows)
+    train_eval = Evaluator(data.train, cfg, max_windows=cfg.train_eval_windows, retrieval=False)
     n, bsz, h = len(train), min(cfg.batch_size, len(train)), cfg.hard_negatives
     steps = max(n // bsz, 1)
     history = []
@@ -168,7 +170,7 @@ def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict |
         train_seconds = time.perf_counter() - t0
         parts = {k: float(v) / steps for k, v in sums.items()}
         m = {"epoch": epoch, **val_eval(model, bf16)}
-        tr = train_eval(model, bf16, retrieval=False)
+        tr = train_eval(model, bf16)
         m.update({"train_margin": tr["margin"], "train_cos_next": tr["cos_next"], **parts,
                   "anchor_lambda": float(model.anchor.lam().detach()), "infonce_chance": M.infonce_chance(2 * bsz + bsz * h),
                   "train_seconds": train_seconds, "sequences_per_second": steps * bsz / train_seconds,
