@@ -100,6 +100,11 @@ def init_ray(args) -> str:
         else:  # address="local": never join a stale cluster named in /tmp/ray
             ctx = ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
                            dashboard_host=args.dashboard_host)
+    except ray.exceptions.AuthenticationError as exc:
+        raise InputError("--address " + str(args.address),
+                         f"Ray token authentication failed ({' '.join(str(exc).split())[:200]}); give the "
+                         "cluster's token as RAY_AUTH_TOKEN (with RAY_AUTH_MODE=token) or in ~/.ray/auth_token, "
+                         "see docs/cluster.md") from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise InputError("--address " + str(args.address), f"cannot start or join Ray "
                                                            f"({' '.join(str(exc).split())[:300]})") from None

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Submit a tune_p7 search to a running Ray cluster through the dashboard's job API (docs/cluster.md).
+#
+#   scripts/cluster_submit.sh --storage s3://BUCKET/PREFIX [search.py options...]
+#   e.g. scripts/cluster_submit.sh --storage s3://p7/ray_results --data /srv/p7/pydocs.parquet \
+#            --space search_spaces/wide.yaml --name wide-1
+#
+# Runs, from the repository root:
+#   ray job submit --address $DASHBOARD --working-dir . -- python tune_p7/search.py --address auto ARGS...
+# The repository is uploaded as the job's working directory (so every node runs this checkout's tune_p7); the
+# search's driver runs on the head node. Paths in ARGS (--data) are paths ON THE HEAD NODE, or relative to the
+# repository. Follows the job's output until it ends; Ctrl-C detaches (the search goes on): see it again with
+# `ray job logs -f JOB_ID`, stop it with `ray job stop JOB_ID` (both with RAY_ADDRESS=$DASHBOARD).
+#
+# Environment: DASHBOARD (http://127.0.0.1:8265: on the head itself, or through `ssh -L 8265:127.0.0.1:8265
+# HEAD` from your machine), the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token: the head's),
+# P7_NO_WAIT=1 to return at once.
+set -euo pipefail
+
+if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; fi
+
+storage=""
+prev=""
+for a in "$@"; do
+  [[ $prev == --storage ]] && storage=$a
+  [[ $a == --storage=* ]] && storage=${a#--storage=}
+  prev=$a
+done
+if [[ -z $storage ]]; then
+  echo "error: give --storage s3://BUCKET/PREFIX (or a shared NFS path mounted on every node): trials on other" >&2
+  echo "       machines cannot write to the default ./ray_results" >&2
+  exit 2
+fi
+
+DASHBOARD=${DASHBOARD:-http://127.0.0.1:8265}
+RAY=${RAY:-ray}
+export RAY_AUTH_MODE=token
+if [[ -z ${RAY_AUTH_TOKEN:-} && -z ${RAY_AUTH_TOKEN_PATH:-} && ! -s $HOME/.ray/auth_token ]]; then
+  echo "error: no authentication token: export RAY_AUTH_TOKEN=<the head's ~/.ray/auth_token> or copy that file" >&2
+  exit 2
+fi
+
+cd "$(dirname "$0")/.."
+submit=("$RAY" job submit --address "$DASHBOARD" --working-dir .
+        --runtime-env-json '{"excludes": ["ray_results", "data", "*.parquet", "*.npz"]}')
+[[ ${P7_NO_WAIT:-0} == 1 ]] && submit+=(--no-wait)
+exec "${submit[@]}" -- python tune_p7/search.py --address auto "$@"
