@@ -66,3 +66,16 @@ def test_anchoring_bound_fails_for_an_opposite_prediction():
     bound = 0.2 / math.sqrt(0.8 ** 2 + 0.2 ** 2)
     assert (q * ctx.mean(1)).sum().item() == pytest.approx(-1.0)
     assert (q * ctx.mean(1)).sum().item() < bound
+
+
+def test_last_position_shortcut_equals_the_full_encoder():
+    """forward computes only the last position in the last layer: the same as encoder(h)[:, -1] (eval mode)."""
+    torch.manual_seed(0)
+    model = build_model(small_config(context_length=5, n_layers=3), dim=32).eval()
+    x = F.normalize(torch.randn(6, 5, 32), dim=-1)
+    with torch.no_grad():
+        h = model.proj(x) + model.pos[-x.shape[1]:]
+        full = model.anchor(model.head(model.encoder(h)[:, -1]), x)
+        fast = model(x)
+    assert torch.allclose(fast.raw, full.raw, atol=1e-5)
+    assert torch.allclose(fast.q, full.q, atol=1e-5)

@@ -18,9 +18,11 @@ def _json_safe(m: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
 
 
-def save(folder, state: dict, metrics: dict) -> None:
+def save(folder, state: dict, metrics: dict, durable: bool = True) -> None:
     """Write state and metrics into ``folder``; each file goes to a temporary name first, then is renamed,
-    so a crash mid-write never leaves a half-written file under the real name."""
+    so a crash mid-write never leaves a half-written file under the real name. ``durable``: fsync each file
+    before the rename; False for a scratch folder that is copied elsewhere and deleted right after (a Tune
+    report): there the fsync only cost time (~0.05-0.2 s for the default model's 164 MB state)."""
     folder = Path(folder)
     for name, write in ((STATE, lambda f: torch.save(state, f)),
                         (METRICS, lambda f: f.write(json.dumps(_json_safe(metrics)).encode()))):
@@ -28,7 +30,8 @@ def save(folder, state: dict, metrics: dict) -> None:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, folder / name)
 
 

@@ -30,7 +30,7 @@ class _Gated:
 
 
 class GatedASHA(_Gated, ASHAScheduler):
-    """ASHA (time = training_iteration) that also stops any trial whose result trips a gate."""
+    """ASHA (time = the reported epoch) that also stops any trial whose result trips a gate."""
 
 
 class GatedFIFO(_Gated, FIFOScheduler):

@@ -6,6 +6,7 @@ from a checkpoint replays exactly what an uninterrupted run would have done.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import time
@@ -27,13 +28,46 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or Inf: the trial cannot go on."""
 
 
-def cpu_has_bf16_matrix_unit() -> bool:
-    """AMX-BF16 (or AVX512-BF16) present, i.e. bf16 matmuls are faster than fp32 here."""
+def _cpu_flags() -> set[str]:
     try:
-        flags = open("/proc/cpuinfo").read()
+        text = open("/proc/cpuinfo").read()
     except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
+        return set()
+    return set(next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith("flags")), "").split())
+
+
+def bf16_matmul_speedup(reps: int = 5) -> float:
+    """fp32 / bf16 time of a 1024^3 matmul with torch's current threads: the fastest of ``reps`` alternated calls
+    each (~0.3 s in all). Smaller, model-shaped matmuls gave noisier ratios on a loaded machine."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = {}
+    for _ in range(reps + 1):  # the first round warms up
+        for dt in (torch.float32, torch.bfloat16):
+            x, y = a.to(dt), b.to(dt)
+            t = time.perf_counter()
+            x @ y
+            best.setdefault(dt, []).append(time.perf_counter() - t)
+    return min(best[torch.float32][1:]) / min(best[torch.bfloat16][1:])
+
+
+_BF16_FAST: bool | None = None
+BF16_MIN_SPEEDUP = 1.3
+
+
+def cpu_has_bf16_matrix_unit() -> bool:
+    """bf16 matmuls are clearly faster than fp32 on this CPU: it has AMX-BF16 or AVX512-BF16 and a bf16 matmul,
+    timed once per process, runs >= BF16_MIN_SPEEDUP x fp32.
+
+    The flags alone do not tell: on an Intel Xeon with avx512_bf16 but no AMX, bf16 matmuls ran at ~0.5x fp32 and
+    the training step at ~0.7x; on an AMD EPYC with avx512_bf16, 2048^3 matmuls ran ~4x faster in bf16 and the
+    step ~2x (bench/precision.py). Decided once per process; fit records the choice in every epoch's metrics
+    (``bf16``).
+    """
+    global _BF16_FAST
+    if _BF16_FAST is None:
+        flags = _cpu_flags()
+        _BF16_FAST = bool(flags & {"amx_bf16", "avx512_bf16"}) and bf16_matmul_speedup() >= BF16_MIN_SPEEDUP
+    return _BF16_FAST
 
 
 def use_bf16(cfg: P7Config) -> bool:
@@ -48,6 +82,33 @@ def set_threads(cfg: P7Config) -> int:
     return n
 
 
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (AttributeError, OSError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc malloc_trim; a no-op elsewhere).
+
+    An evaluation's temporaries (gathered batches, score blocks: tens of MB) are freed when it ends, but glibc
+    keeps most of that memory in its arenas (its mmap threshold rises after the first large free), so every trial
+    held ~80 MB more at seed scale than with tiny data, resident for the whole trial (bench/memory.py). Called
+    after each evaluation, i.e. once or twice per epoch; it takes a few ms.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+# Queries per retrieval matmul: a (128, bank) score block stays in cache; 2048-query blocks (115 MB against an 11k+
+# bank) were ~25% slower and left that much memory with the allocator in every trial (bench/eval.py).
+RETRIEVAL_BLOCK = 128
+
+
 def epoch_seed(cfg: P7Config, epoch: int) -> int:
     return cfg.seed * 100_003 + epoch
 
@@ -56,10 +117,14 @@ class Evaluator:
     """Metrics of a model on one split: cosines on every window and retrieval against all the split's chunks.
 
     The DIRECT (ctx[-1] as the prediction) and centroid baselines do not depend on the model: computed once.
+    Streams: each batch of eval_batch_size windows is gathered, predicted, scored against the bank (ranks) and
+    dropped, so only per-window scalars accumulate; no (windows, D) matrix is ever built. ``tensors``: reuse a
+    SplitTensors of the same split and context length (fit shares the training one: no second window table).
     """
 
-    def __init__(self, split: Split, cfg: P7Config, max_windows: int | None = None, retrieval: bool = True):
-        self.st = SplitTensors(split, cfg.context_length, cfg.device)
+    def __init__(self, split: Split, cfg: P7Config, max_windows: int | None = None, retrieval: bool = True,
+                 tensors: SplitTensors | None = None):
+        self.st = tensors if tensors is not None else SplitTensors(split, cfg.context_length, cfg.device)
         self.cfg = cfg
         n = len(self.st)
         self.index = torch.arange(n, device=cfg.device)
@@ -67,50 +132,105 @@ class Evaluator:
             g = torch.Generator().manual_seed(cfg.seed)
             self.index = torch.randperm(n, generator=g)[:max_windows].sort().values.to(cfg.device)
         self.retrieval = retrieval
-        if retrieval:  # the bank is the split's chunk matrix itself when it is float32 (no copy)
-            self.bank = self.st.chunks.float()
+        if retrieval:  # the bank: the split's chunk matrix itself (shared, zero-copy), whatever its dtype
+            self.bank = self.st.chunks
             self.baselines = self._baselines()
+        release_free_memory()
 
     def _gather(self, fn):
+        """fn(batch, target rows) -> dict of (B,) tensors, over the windows in self.index; concatenated."""
         out = []
         for i in range(0, len(self.index), self.cfg.eval_batch_size):
-            b = self.st.batch(self.index[i:i + self.cfg.eval_batch_size])
-            out.append(fn(b))
+            idx = self.index[i:i + self.cfg.eval_batch_size]
+            out.append(fn(self.st.batch(idx), self.st.windows[idx, -1]))
         return {k: torch.cat([o[k] for o in out]) for k in out[0]}
 
+    @staticmethod
+    def _ranks(queries: torch.Tensor, bank: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return M.retrieval_ranks(queries.contiguous(), bank, targets, RETRIEVAL_BLOCK)
+
+    def _bank32(self) -> torch.Tensor:
+        """The bank as float32 for one pass: the shared matrix itself if float32, else a copy that lives only
+        while the pass runs (a float16 store's bank is not kept as a float32 copy in every trial)."""
+        return self.bank.float()
+
     def _baselines(self) -> dict[str, float]:
-        def queries(b):
+        bank = self._bank32()
+
+        def queries(b, targets):
             c = F.normalize(b.context.mean(1), dim=-1)
-            return {"direct": b.prev, "centroid": c, "cos_direct": (b.prev * b.next).sum(-1),
-                    "cos_centroid": (c * b.next).sum(-1), "cos_centroid_prev": (c * b.prev).sum(-1)}
+            return {"cos_direct": (b.prev * b.next).sum(-1), "cos_centroid": (c * b.next).sum(-1),
+                    "cos_centroid_prev": (c * b.prev).sum(-1),
+                    "rank_direct": self._ranks(b.prev, bank, targets), "rank_centroid": self._ranks(c, bank, targets)}
 
         q = self._gather(queries)
-        targets = self.st.windows[self.index, -1]
         out = {"direct_cos_next": float(q["cos_direct"].mean()), "direct_margin": float(q["cos_direct"].mean() - 1),
                "centroid_cos_next": float(q["cos_centroid"].mean()),
                "centroid_margin": float((q["cos_centroid"] - q["cos_centroid_prev"]).mean())}
-        out.update(M.retrieval(M.retrieval_ranks(q["direct"], self.bank, targets), "direct_"))
-        out.update(M.retrieval(M.retrieval_ranks(q["centroid"], self.bank, targets), "centroid_"))
+        out.update(M.retrieval(q["rank_direct"], "direct_"))
+        out.update(M.retrieval(q["rank_centroid"], "centroid_"))
         return out
 
     @torch.no_grad()
     def __call__(self, model, bf16: bool) -> dict[str, float]:
         was_training = model.training
         model.eval()
+        bank = self._bank32() if self.retrieval else None
 
-        def step(b):
+        def step(b, targets):
             with torch.autocast(self.cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 p = model(b.context)
-            cos = M.cosines(p.q, p.raw, b.context, b.next)
-            return {**cos, "q": p.q}
+            out = M.cosines(p.q, p.raw, b.context, b.next)
+            if self.retrieval:
+                out["rank"] = self._ranks(p.q, bank, targets)
+            return out
 
         out = self._gather(step)
         model.train(was_training)
-        res = {k: float(v.mean()) for k, v in out.items() if k != "q"}
+        res = {k: float(v.mean()) for k, v in out.items() if k != "rank"}
         if self.retrieval:
-            res.update(M.retrieval(M.retrieval_ranks(out["q"], self.bank, self.st.windows[self.index, -1])))
+            res.update(M.retrieval(out["rank"]))
             res.update(self.baselines)
+        release_free_memory()
         return res
+
+
+def make_optimizer(cfg: P7Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel on CPU/CUDA (one pass over each tensor instead of ~10 ops per parameter)."""
+    fused = torch.device(cfg.device).type in ("cpu", "cuda") or None
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+class TrainStep:
+    """One optimisation step of ``fit``: gather the batch and its hard negatives, forward (bf16 autocast if asked),
+    P7 loss against the shared bank, backward, gradient clipping, AdamW. ``step(idx, gen, w_teacher)`` returns the
+    detached loss parts. A class of its own so that bench/ times exactly what ``fit`` runs.
+    """
+
+    def __init__(self, cfg: P7Config, model: torch.nn.Module, opt: torch.optim.Optimizer, train: SplitTensors,
+                 bf16: bool):
+        self.cfg, self.model, self.opt, self.train, self.bf16 = cfg, model, opt, train, bf16
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def __call__(self, idx: torch.Tensor, gen: torch.Generator, w_teacher: float) -> dict[str, torch.Tensor]:
+        cfg, train, h = self.cfg, self.train, self.cfg.hard_negatives
+        b = train.batch(idx)
+        with torch.autocast(cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16):
+            p = self.model(b.context)
+        bank, bank_ids = [b.next, b.prev], [b.ids[:, -1], b.ids[:, -2]]
+        if h:
+            rows, valid = train.hard_negatives(idx, h, gen)
+            bank.append(train.chunks[rows.reshape(-1)].float())
+            bank_ids.append(torch.where(valid, rows, -1).reshape(-1))
+        loss, parts = p7_loss(p.q, b.next, b.prev, b.prev_gate, torch.cat(bank), torch.cat(bank_ids),
+                              b.ids[:, -1], temperature=cfg.temperature, margin=cfg.margin, w_rank=cfg.w_rank,
+                              w_margin=cfg.w_margin, w_teacher=w_teacher, teacher_floor=cfg.teacher_floor,
+                              gate_threshold=cfg.gate_threshold, gate_weak_weight=cfg.gate_weak_weight)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.opt.step()
+        return parts
 
 
 def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict | None = None) -> list[dict]:
@@ -126,7 +246,7 @@ def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict |
     data.check_context(cfg.context_length)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.dim).to(cfg.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, model)
     start = 0
     best = {"margin": -math.inf, "epoch": 0}
     if state is not None:
@@ -135,9 +255,10 @@ def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict |
         start, best = state["epoch"], state["best"]
     train = SplitTensors(data.train, cfg.context_length, cfg.device)
     val_eval = Evaluator(data.val, cfg)
-    train_eval = Evaluator(data.train, cfg, max_windows=cfg.train_eval_windows, retrieval=False)
+    train_eval = Evaluator(data.train, cfg, max_windows=cfg.train_eval_windows, retrieval=False, tensors=train)
     n, bsz, h = len(train), min(cfg.batch_size, len(train)), cfg.hard_negatives
     steps = max(n // bsz, 1)
+    step = TrainStep(cfg, model, opt, train, bf16)
     history = []
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -148,32 +269,18 @@ def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict |
         sums: dict[str, torch.Tensor] = {}
         model.train()
         for s in range(steps):
-            idx = perm[s * bsz:(s + 1) * bsz]
-            b = train.batch(idx)
-            with torch.autocast(cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                p = model(b.context)
-            bank, bank_ids = [b.next, b.prev], [b.ids[:, -1], b.ids[:, -2]]
-            if h:
-                rows, valid = train.hard_negatives(idx, h, gen)
-                bank.append(train.chunks[rows.reshape(-1)].float())
-                bank_ids.append(torch.where(valid, rows, -1).reshape(-1))
-            loss, parts = p7_loss(p.q, b.next, b.prev, b.prev_gate, torch.cat(bank), torch.cat(bank_ids),
-                                  b.ids[:, -1], temperature=cfg.temperature, margin=cfg.margin, w_rank=cfg.w_rank,
-                                  w_margin=cfg.w_margin, w_teacher=w_teacher, teacher_floor=cfg.teacher_floor,
-                                  gate_threshold=cfg.gate_threshold, gate_weak_weight=cfg.gate_weak_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            for k, v in parts.items():
+            for k, v in step(perm[s * bsz:(s + 1) * bsz], gen, w_teacher).items():
                 sums[k] = sums.get(k, 0.0) + v
         train_seconds = time.perf_counter() - t0
         parts = {k: float(v) / steps for k, v in sums.items()}
+        t1 = time.perf_counter()
         m = {"epoch": epoch, **val_eval(model, bf16)}
         tr = train_eval(model, bf16)
+        eval_seconds = time.perf_counter() - t1
         m.update({"train_margin": tr["margin"], "train_cos_next": tr["cos_next"], **parts,
                   "anchor_lambda": float(model.anchor.lam().detach()), "infonce_chance": M.infonce_chance(2 * bsz + bsz * h),
-                  "train_seconds": train_seconds, "sequences_per_second": steps * bsz / train_seconds,
+                  "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                  "sequences_per_second": steps * bsz / train_seconds,
                   "threads": threads, "bf16": bf16})
         if m["margin"] > best["margin"]:
             best = {"margin": m["margin"], "epoch": epoch}

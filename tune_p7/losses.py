@@ -25,10 +25,14 @@ def info_nce(pred: torch.Tensor, bank: torch.Tensor, bank_ids: torch.Tensor, pos
     """
     b = pred.shape[0]
     logits = pred @ bank.T / temperature
-    eye = torch.zeros_like(logits, dtype=torch.bool)
-    eye[:, :b] = torch.eye(b, dtype=torch.bool, device=pred.device)
-    repeated = (bank_ids.unsqueeze(0) == bank_ids.unsqueeze(1)).triu(1).any(0)  # (C,): seen at an earlier j'
-    masked = ((bank_ids.unsqueeze(0) == pos_ids.unsqueeze(1)) | (bank_ids < 0) | repeated).logical_and(~eye)
+    # repeated[j]: bank_ids[j] already seen at an earlier j' (a stable sort keeps equal ids in bank order: O(C log C),
+    # not a (C, C) comparison)
+    ids_sorted, order = torch.sort(bank_ids, stable=True)
+    repeated_sorted = torch.zeros_like(ids_sorted, dtype=torch.bool)
+    repeated_sorted[1:] = ids_sorted[1:] == ids_sorted[:-1]
+    repeated = torch.empty_like(repeated_sorted).scatter_(0, order, repeated_sorted)
+    masked = (bank_ids.unsqueeze(0) == pos_ids.unsqueeze(1)) | (bank_ids < 0) | repeated
+    masked[:, :b].diagonal().fill_(False)  # never mask the positive itself (j = i)
     logits = logits.masked_fill(masked, float("-inf"))
     return torch.logsumexp(logits, dim=1) - logits.diagonal()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tune_p7 import cli, storage  # noqa: E402
+from tune_p7 import checkpoint, cli, storage  # noqa: E402
 from tune_p7.data import load  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
 from tune_p7.space import Space, load_space  # noqa: E402
@@ -125,6 +125,39 @@ def write_probe(data, space: Space, exp: str) -> None:
           f"DIRECT margin {val['baselines']['direct']['margin']:+.3f}", flush=True)
 
 
+def restore_deleted_checkpoints(exp: str) -> list[tuple[str, str]]:
+    """Make every trial's latest checkpoint in Tune's experiment state exist again; returns (trial, source) pairs.
+
+    Tune deletes a checkpoint beyond ``num_to_keep`` as soon as a newer one is registered, but saves its
+    experiment state only every few seconds: a driver killed in between leaves a state whose latest checkpoint
+    is gone, and ``Tuner.restore`` then fails that trial ("Could not recover from checkpoint"). The first whole
+    checkpoint after it on storage is copied to the missing path: the trial goes on after that checkpoint's epoch
+    (``fit`` reads the epoch from the checkpoint), so at most the epochs reported after it run again.
+    """
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    repaired = []
+    for trial in tune.ExperimentAnalysis(exp).trials:
+        ckpt = trial.checkpoint
+        if ckpt is None or ckpt.filesystem.get_file_info(ckpt.path).type != pafs.FileType.NotFound:
+            continue
+        fs, parent = ckpt.filesystem, ckpt.path.rsplit("/", 1)[0]
+        kept = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(parent))
+                      if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+                      and all(f.type == pafs.FileType.File for f in fs.get_file_info(
+                          [f"{i.path}/{checkpoint.STATE}", f"{i.path}/{checkpoint.METRICS}"])))
+        # Checkpoints register in order and the named one was deleted when a later one registered, so the first
+        # later one on storage is registered too (its result recorded); a still later one may have been in flight
+        later = [p for p in kept if p > ckpt.path]
+        source = later[0] if later else kept[-1] if kept else None
+        if source:
+            fs.create_dir(ckpt.path)
+            pafs.copy_files(source, ckpt.path, source_filesystem=fs, destination_filesystem=fs)
+            repaired.append((trial.trial_id, source))
+    return repaired
+
+
 def build_tuner(space: Space, data, args, root: str, name: str):
     from ray import tune
 
@@ -137,10 +170,12 @@ def build_tuner(space: Space, data, args, root: str, name: str):
     if args.resume:
         if not tune.Tuner.can_restore(exp):
             raise InputError(exp, "no experiment to resume here (no Tune state found)")
+        for trial_id, path in restore_deleted_checkpoints(exp):
+            print(f"  resume:    trial {trial_id}: Tune's state named a deleted checkpoint, resuming from {path}")
         return tune.Tuner.restore(exp, trainable, resume_errored=True)
     s = space.scheduler
     if (args.scheduler or s.name) == "asha":
-        scheduler = GatedASHA(time_attr="training_iteration", metric=space.metric, mode=space.mode,
+        scheduler = GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
                               max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
                               reduction_factor=s.reduction_factor, brackets=s.brackets)
     else:

@@ -29,7 +29,10 @@ def train_trial(config: dict, data: P7Data, gates: Gates) -> None:
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = checkpoint.load(d)
+            state, restored = checkpoint.load(d), checkpoint.load_metrics(d)
+        # Tune registers a checkpoint before it records the result reported with it: a driver killed in between
+        # would lose that epoch's result line. Report it again (at worst a line twice, never a line missing).
+        tune.report({**restored, "resumed": True})
 
     def report(metrics: dict, st: dict | None) -> None:
         metrics = {**metrics, "gate": gate(metrics, gates, cfg.warmup_epochs), "node": node}
@@ -37,7 +40,7 @@ def train_trial(config: dict, data: P7Data, gates: Gates) -> None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as d:
-            checkpoint.save(d, st, metrics)
+            checkpoint.save(d, st, metrics, durable=False)  # Tune copies the folder to storage, then it goes
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     try:

@@ -1,0 +1,93 @@
+"""Run every benchmark (one process each, one after another) and gather the headline figures.
+
+    python bench/run_all.py [--quick] [--only step eval ...] [--skip asha ...]
+
+Writes bench/results/<name>.json per benchmark (each script does) and bench/results/summary.json with the
+headline figures, their targets and whether each is met. A benchmark that fails leaves its figures out of the
+summary (with its error) and the others still run. --only / --skip: re-run some and keep the others' last
+results in the summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+BENCHES = ["store_size", "precision", "step_ablation", "compile", "step", "throughput", "eval", "seed_grid",
+           "ray_overhead", "memory", "asha"]
+
+# key: (bench, how to read it from that bench's JSON, target text, check)
+HEADLINES = {
+    "step_vs_matmul": ("step", lambda r: r["headline"]["step_vs_matmul"], ">= 0.35", lambda v: v >= 0.35),
+    "speedup_vs_naive_fp32": ("step", lambda r: r["headline"]["speedup_vs_naive_fp32"], ">= 4", lambda v: v >= 4),
+    "ray_vs_bare": ("ray_overhead", lambda r: r["ray_vs_bare"], ">= 0.95", lambda v: v >= 0.95),
+    "seed_grid_hours": ("seed_grid", lambda r: r["seed_grid_hours"], "<= 0.75", lambda v: v <= 0.75),
+    "asha_epochs_saved": ("asha", lambda r: r["asha_epochs_saved"], ">= 0.60", lambda v: v >= 0.60),
+    "asha_same_best": ("asha", lambda r: r["asha_same_best"], "true", lambda v: v is True),
+    "store_vs_npz_bytes": ("store_size", lambda r: r["store_vs_npz_bytes"], "<= 0.2", lambda v: v <= 0.2),
+    "data_copies_4_trials": ("memory", lambda r: r["data_copies_4_trials"], "<= 1.2", lambda v: v <= 1.2),
+    "eval_seconds_11k": ("eval", lambda r: r["eval_seconds_11k"], "reported", lambda v: None),
+}
+
+
+def summarize(quick: bool, ran: dict[str, dict]) -> dict:
+    res = {}
+    for name in BENCHES:
+        f = RESULTS / f"{name}.json"
+        if f.exists():
+            res[name] = json.loads(f.read_text())
+    summary = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "runs": ran}
+    checks = {}
+    for key, (bench, get, target, ok) in HEADLINES.items():
+        try:
+            v = get(res[bench])
+        except (KeyError, TypeError):
+            summary[key] = None
+            checks[key] = {"target": target, "met": None, "bench": bench}
+            continue
+        summary[key] = v
+        checks[key] = {"target": target, "met": ok(v), "bench": bench, "measured_at": res[bench].get("time")}
+    if "throughput" in res:
+        summary["sequences_per_second"] = {
+            f"{name} ({t} thread{'s' if str(t) != '1' else ''})": round(v["seq_s"], 1)
+            for t, per in res["throughput"]["threads"].items() for name, v in per.items()}
+    if "precision" in res:
+        summary["bf16_vs_fp32_train_step"] = res["precision"]["train"].get("64", {}).get("bf16_vs_fp32")
+    summary["targets"] = checks
+    return summary
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="+", choices=BENCHES)
+    p.add_argument("--skip", nargs="+", choices=BENCHES, default=[])
+    a = p.parse_args(argv)
+    ran = {}
+    for name in a.only or BENCHES:
+        if name in a.skip:
+            continue
+        cmd = [sys.executable, str(HERE / f"{name}.py")] + (["--quick"] if a.quick else [])
+        print(f"\n=== {name} {'(quick)' if a.quick else ''}", flush=True)
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=str(HERE))
+        ran[name] = {"seconds": round(time.perf_counter() - t, 1), "returncode": proc.returncode}
+    summary = summarize(a.quick, ran)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("\n=== summary (bench/results/summary.json)")
+    for key, c in summary["targets"].items():
+        v = summary[key]
+        shown = f"{v:.3f}" if isinstance(v, float) else str(v)
+        mark = {True: "met", False: "MISSED", None: "-"}[c["met"]]
+        print(f"{key:24s} {shown:>10s}   target {c['target']:9s} {mark}")
+    return 0 if all(r["returncode"] == 0 for r in ran.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
