@@ -31,9 +31,13 @@ RESULTS = ROOT / "bench" / "results"
 
 
 # ------------------------------------------------------------------------------------------------ arguments
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, step: bool = False) -> argparse.ArgumentParser:
+    """--quick; with ``step``, also --threads and --batch of a training-step benchmark."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a smaller run (< 1 minute)")
+    if step:
+        p.add_argument("--threads", type=int, default=2, help="torch threads")
+        p.add_argument("--batch", type=int, default=64, help="training batch size")
     return p
 
 
@@ -197,3 +201,22 @@ def table(rows: list[dict], cols: list[str] | None = None) -> str:
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def step_loop(step, st, batch: int) -> Callable[[int], float]:
+    """``run(n)``: n calls of a TrainStep on consecutive batches of one seeded permutation of ``st`` (wrapping
+    around), returning the seconds they took."""
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(st), generator=gen)
+    at = 0
+
+    def run(n: int) -> float:
+        nonlocal at
+        t = time.perf_counter()
+        for _ in range(n):
+            if (at + 1) * batch > len(st):
+                at = 0
+            step(perm[at * batch:(at + 1) * batch], gen, step.cfg.w_teacher)
+            at += 1
+        return time.perf_counter() - t
+    return run

@@ -22,7 +22,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from common import alternate, median, paired_ratio, parser, spread, synth_split, table, write_result  # noqa: E402
+from common import step_loop, alternate, median, paired_ratio, parser, spread, synth_split, table, write_result  # noqa: E402
 from tune_p7.config import P7Config  # noqa: E402
 from tune_p7.data import SplitTensors  # noqa: E402
 from tune_p7.loop import TrainStep, make_optimizer, use_bf16  # noqa: E402
@@ -34,26 +34,12 @@ def make(cfg, st, steps, compiled: bool):
     model = build_model(cfg, 768)
     fwd = torch.compile(model) if compiled else model
     step = TrainStep(cfg, fwd, make_optimizer(cfg, model), st, use_bf16(cfg))
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(st), generator=gen)
-    b = cfg.batch_size
-    state = {"at": 0}
-
-    def run(n=steps) -> float:
-        t = time.perf_counter()
-        for _ in range(n):
-            if (state["at"] + 1) * b > len(st):
-                state["at"] = 0
-            step(perm[state["at"] * b:(state["at"] + 1) * b], gen, cfg.w_teacher)
-            state["at"] += 1
-        return n * b / (time.perf_counter() - t)
-    return run
+    loop = step_loop(step, st, cfg.batch_size)
+    return lambda n=steps: n * cfg.batch_size / loop(n)  # sequences per second
 
 
 def main(argv=None):
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=64)
+    p = parser(__doc__.splitlines()[0], step=True)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     cfg = P7Config(batch_size=a.batch)

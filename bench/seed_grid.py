@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from common import (alternate, forward_macs, matmul_gflops, median, parser, synth_data, synth_split, table,
+from common import (alternate, step_loop, forward_macs, matmul_gflops, median, parser, synth_data, synth_split, table,
                     train_flops_per_seq, write_result)
 from tune_p7.config import P7Config
 from tune_p7.data import SplitTensors
@@ -42,19 +42,8 @@ def step_runner(cfg: P7Config, st: SplitTensors, steps: int):
     torch.manual_seed(0)
     model = build_model(cfg, st.chunks.shape[1])
     step = TrainStep(cfg, model, make_optimizer(cfg, model), st, use_bf16(cfg))
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(st), generator=gen)
-    b, state = cfg.batch_size, {"at": 0}
-
-    def run(n=steps) -> float:
-        t = time.perf_counter()
-        for _ in range(n):
-            if (state["at"] + 1) * b > len(st):
-                state["at"] = 0
-            step(perm[state["at"] * b:(state["at"] + 1) * b], gen, cfg.w_teacher)
-            state["at"] += 1
-        return n / (time.perf_counter() - t)  # steps per second
-    return run
+    loop = step_loop(step, st, cfg.batch_size)
+    return lambda n=steps: n / loop(n)  # steps per second
 
 
 def partner() -> None:

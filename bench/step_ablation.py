@@ -17,13 +17,13 @@ info_nce values), and times info_nce alone at batch 64 / 256 / 1024.
 """
 from __future__ import annotations
 
-import time
 
 import torch
 import torch.nn.functional as F
 
 import tune_p7.losses as L
-from common import alternate, median, paired_ratio, parser, spread, synth_split, table, timed, write_result
+from common import (alternate, median, paired_ratio, parser, spread, step_loop, synth_split, table, timed,
+                    write_result)
 from reference import FullEncoderRanker, info_nce_before, with_aten_dropout
 from tune_p7.config import P7Config
 from tune_p7.data import SplitTensors
@@ -41,21 +41,12 @@ def runner(cfg: P7Config, st: SplitTensors, steps: int, *, full_encoder: bool, f
         with_aten_dropout(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     step = TrainStep(cfg, model, opt, st, bf16)
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(st), generator=gen)
-    state = {"at": 0}
-    b = cfg.batch_size
+    loop = step_loop(step, st, cfg.batch_size)
 
     def run() -> float:
         L.info_nce = info_nce_before if old_nce else NEW_NCE  # p7_loss looks info_nce up at call time
         try:
-            t = time.perf_counter()
-            for _ in range(steps):
-                if (state["at"] + 1) * b > len(st):
-                    state["at"] = 0
-                step(perm[state["at"] * b:(state["at"] + 1) * b], gen, cfg.w_teacher)
-                state["at"] += 1
-            return steps * b / (time.perf_counter() - t)
+            return steps * cfg.batch_size / loop(steps)
         finally:
             L.info_nce = NEW_NCE
     return run
@@ -112,9 +103,7 @@ def nce_timing(quick: bool) -> list[dict]:
 
 
 def main(argv=None):
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=64)
+    p = parser(__doc__.splitlines()[0], step=True)
     p.add_argument("--rounds", type=int, default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)

@@ -29,9 +29,7 @@ def median_ms(fn, n: int) -> float:
 
 
 def main(argv=None):
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=64)
+    p = parser(__doc__.splitlines()[0], step=True)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     n = 10 if a.quick else 40

@@ -379,6 +379,16 @@ def driver(env: dict, workdir: Path, name: str, *args, space: Path = SMOKE) -> t
     return spawn(cmd, env, log), log
 
 
+def refused(env: dict, workdir: Path, name: str, *args, timeout: float = 180) -> tuple[int, str]:
+    """A driver expected to stop by itself (refused input): its exit code and log."""
+    proc, log = driver(env, workdir, name, *args)
+    try:
+        proc.wait(timeout)
+    finally:
+        stop(proc, grace=5)
+    return proc.returncode, log.read_text(errors="replace")
+
+
 def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
     try:
         proc.wait(timeout)
@@ -486,14 +496,9 @@ def test_search_uses_both_nodes_and_s3_while_dashboard_shows_it(cluster, s3, wor
 
 
 def test_node_local_storage_on_two_nodes_fails_fast(cluster, workdir, store):
-    proc, log = driver(cluster.env, workdir, "local-path", "--address", cluster.address,
-                       "--storage", workdir / "node-local", "--data", store)
-    try:
-        proc.wait(180)
-    finally:
-        stop(proc, grace=5)
-    err = log.read_text(errors="replace")
-    assert proc.returncode == 2, err[-3000:]
+    code, err = refused(cluster.env, workdir, "local-path", "--address", cluster.address,
+                        "--storage", workdir / "node-local", "--data", store)
+    assert code == 2, err[-3000:]
     assert "node-local path on a 2-node cluster" in err and "s3://" in err and "NFS" in err, err[-3000:]
     assert "Traceback" not in err
     assert not (workdir / "node-local" / "local-path").exists()  # nothing started
@@ -504,14 +509,9 @@ def test_driver_with_wrong_token_is_refused(cluster, s3, workdir, store):
     _, client = s3
     env = {**cluster.env, "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_gcs_server_port_wait_time_s": "3"}  # Ray retries the GCS for ~20 s by default
-    proc, log = driver(env, workdir, "wrong-token", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
-                       "--data", store)
-    try:
-        proc.wait(180)
-    finally:
-        stop(proc, grace=5)
-    out = log.read_text(errors="replace")
-    assert proc.returncode == 2, out[-3000:]
+    code, out = refused(env, workdir, "wrong-token", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
+                        "--data", store)
+    assert code == 2, out[-3000:]
     assert "InvalidAuthToken" in out and "error: --address" in out, out[-3000:]
     assert not s3_keys(client, "exp/wrong-token/")
 
@@ -521,14 +521,9 @@ def test_driver_without_any_token_gets_one_line(cluster, workdir, store):
     home = workdir / "home-without-token"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
-    proc, log = driver({**env, "HOME": str(home)}, workdir, "no-token", "--address", cluster.address,
-                       "--storage", workdir / "no-token", "--data", store)
-    try:
-        proc.wait(120)
-    finally:
-        stop(proc, grace=5)
-    out = log.read_text(errors="replace")
-    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    code, out = refused({**env, "HOME": str(home)}, workdir, "no-token", "--address", cluster.address,
+                        "--storage", workdir / "no-token", "--data", store, timeout=120)
+    assert code == 2 and "Traceback" not in out, out[-3000:]
     assert "error: --address" in out and "token" in out, out[-3000:]
 
 
