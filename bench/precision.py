@@ -2,7 +2,7 @@
 
     python bench/precision.py [--quick] [--threads 2]
 
-``precision: auto`` picks bf16 autocast only where the CPU has AMX-BF16 (tune_p7.loop.cpu_has_bf16_matrix_unit).
+``precision: auto`` picks bf16 autocast only where a timed bf16 matmul is >= 1.3x fp32 (tune_p7.loop.cpu_bf16_is_fast).
 This bench shows why: it times 2048^3 and model-shaped matmuls in fp32 / bf16 / fp16, the default model's training
 step (tune_p7 TrainStep, precision fp32 vs bf16, batch 64 and 256) and its no-grad forward (batch 1024).
 """

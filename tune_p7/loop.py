@@ -7,6 +7,7 @@ from a checkpoint replays exactly what an uninterrupted run would have done.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import time
@@ -50,29 +51,24 @@ def bf16_matmul_speedup(reps: int = 5) -> float:
     return min(best[torch.float32][1:]) / min(best[torch.bfloat16][1:])
 
 
-_BF16_FAST: bool | None = None
 BF16_MIN_SPEEDUP = 1.3
 
 
-def cpu_has_bf16_matrix_unit() -> bool:
+@functools.cache
+def cpu_bf16_is_fast() -> bool:
     """bf16 matmuls are clearly faster than fp32 on this CPU: it has AMX-BF16 or AVX512-BF16 and a bf16 matmul,
     timed once per process, runs >= BF16_MIN_SPEEDUP x fp32.
 
     The flags alone do not tell: on an Intel Xeon with avx512_bf16 but no AMX, bf16 matmuls ran at ~0.5x fp32 and
     the training step at ~0.7x; on an AMD EPYC with avx512_bf16, 2048^3 matmuls ran ~4x faster in bf16 and the
-    step ~2x (bench/precision.py). Decided once per process; fit records the choice in every epoch's metrics
-    (``bf16``).
+    step ~2x (bench/precision.py). fit records the choice in every epoch's metrics (``bf16``).
     """
-    global _BF16_FAST
-    if _BF16_FAST is None:
-        flags = _cpu_flags()
-        _BF16_FAST = bool(flags & {"amx_bf16", "avx512_bf16"}) and bf16_matmul_speedup() >= BF16_MIN_SPEEDUP
-    return _BF16_FAST
+    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"}) and bf16_matmul_speedup() >= BF16_MIN_SPEEDUP
 
 
 def use_bf16(cfg: P7Config) -> bool:
     if cfg.precision == "auto":
-        return cfg.device == "cpu" and cpu_has_bf16_matrix_unit()
+        return cfg.device == "cpu" and cpu_bf16_is_fast()
     return cfg.precision == "bf16"
 
 
