@@ -9,13 +9,21 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 STATE, METRICS = "state.pt", "metrics.json"
 
 
-def _json_safe(m: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
+def json_safe(v):
+    """``v`` with NaN/Inf floats as None and numpy scalars as Python ones (nested dicts too), for strict JSON."""
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, (np.integer, np.bool_)):
+        return v.item()
+    return v
 
 
 def save(folder, state: dict, metrics: dict, durable: bool = True) -> None:
@@ -25,7 +33,7 @@ def save(folder, state: dict, metrics: dict, durable: bool = True) -> None:
     report): there the fsync only cost time (~0.05-0.2 s for the default model's 164 MB state)."""
     folder = Path(folder)
     for name, write in ((STATE, lambda f: torch.save(state, f)),
-                        (METRICS, lambda f: f.write(json.dumps(_json_safe(metrics)).encode()))):
+                        (METRICS, lambda f: f.write(json.dumps(json_safe(metrics)).encode()))):
         tmp = folder / (name + ".tmp")
         with open(tmp, "wb") as f:
             write(f)

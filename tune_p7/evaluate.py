@@ -292,18 +292,6 @@ def predict(model: nn.Module, context, bf16: bool = False) -> np.ndarray:
     return q[0] if single else q
 
 
-def _json_safe(v):
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(v) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return v
-
-
 def export(folder: str, c: Candidate, dim: int, held_out: dict, split: str, info: dict) -> None:
     """Write the chosen model as a self-contained folder (path or URI)."""
     folder = storage.normalize(folder)
@@ -313,7 +301,7 @@ def export(folder: str, c: Candidate, dim: int, held_out: dict, split: str, info
     files = {
         "model.pt": buf.getvalue(),
         "config.json": json.dumps({**c.cfg.to_dict(), "dim": dim}, indent=2).encode(),
-        "metrics.json": json.dumps(_json_safe({
+        "metrics.json": json.dumps(checkpoint.json_safe({
             **info, "trial_id": c.trial_id, "checkpoint": c.checkpoint, "epoch": c.val.get("epoch"),
             "split": split, "held_out": held_out,
             "val": {**val, "verdict": M.verdict(val), "deploy_ok": M.deploy_ok(val)}}), indent=2).encode(),
