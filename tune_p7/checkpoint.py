@@ -49,3 +49,14 @@ def load(folder) -> dict:
 
 def load_metrics(folder) -> dict:
     return json.loads((Path(folder) / METRICS).read_text())
+
+
+def stored(fs, trial_path: str) -> list[str]:
+    """Paths of the whole checkpoints (``checkpoint_*`` folders holding both files) in a trial folder on a
+    pyarrow filesystem, oldest first (Tune numbers them in order, zero-padded)."""
+    import pyarrow.fs as pafs
+
+    folders = [i.path for i in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+               if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+    return sorted(f for f in folders if all(i.type == pafs.FileType.File
+                                            for i in fs.get_file_info([f"{f}/{STATE}", f"{f}/{METRICS}"])))

@@ -85,22 +85,16 @@ class Candidate:
     cfg: P7Config | None = None
 
 
-def _listdir(uri: str) -> list[pafs.FileInfo]:
-    fs, path = storage.filesystem(uri)
-    return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-
-
 def best_checkpoint(exp: str, trial_dir: str) -> tuple[str, dict] | None:
     """(folder, metrics) of the trial's checkpoint with the highest finite val margin; None if it has none."""
     best = None
-    for info in _listdir(storage.join(exp, trial_dir)):
-        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        folder = storage.join(exp, trial_dir, info.base_name)
+    fs, path = storage.filesystem(storage.join(exp, trial_dir))
+    for found in checkpoint.stored(fs, path):
+        folder = storage.join(exp, trial_dir, found.rsplit("/", 1)[1])
         try:
             m = json.loads(storage.read_bytes(storage.join(folder, checkpoint.METRICS)))
         except (OSError, json.JSONDecodeError):
-            continue  # no or torn metrics.json: not a usable checkpoint
+            continue  # torn metrics.json: not a usable checkpoint
         margin = m.get("margin")
         if not isinstance(margin, (int, float)) or not math.isfinite(margin):
             continue

@@ -142,11 +142,8 @@ def restore_deleted_checkpoints(exp: str) -> list[tuple[str, str]]:
         ckpt = trial.checkpoint
         if ckpt is None or ckpt.filesystem.get_file_info(ckpt.path).type != pafs.FileType.NotFound:
             continue
-        fs, parent = ckpt.filesystem, ckpt.path.rsplit("/", 1)[0]
-        kept = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(parent))
-                      if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
-                      and all(f.type == pafs.FileType.File for f in fs.get_file_info(
-                          [f"{i.path}/{checkpoint.STATE}", f"{i.path}/{checkpoint.METRICS}"])))
+        fs = ckpt.filesystem
+        kept = checkpoint.stored(fs, ckpt.path.rsplit("/", 1)[0])
         # Checkpoints register in order and the named one was deleted when a later one registered, so the first
         # later one on storage is registered too (its result recorded); a still later one may have been in flight
         later = [p for p in kept if p > ckpt.path]
