@@ -108,9 +108,10 @@ def free_range(n: int) -> tuple[int, int]:
     raise RuntimeError("no free port range")
 
 
-def listening_hosts(port: int) -> set[str]:
-    """Local addresses with a TCP socket in LISTEN state on ``port`` (what `ss -ltn` shows), from /proc/net."""
-    hosts = set()
+def listeners() -> list[tuple[str, int, int]]:
+    """(local address, port, socket inode) of every TCP socket in LISTEN state (what `ss -ltn` shows), from
+    /proc/net; an IPv4-mapped IPv6 address is given as its IPv4 address."""
+    found = []
     for name, width in (("tcp", 8), ("tcp6", 32)):
         try:
             lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
@@ -118,15 +119,55 @@ def listening_hosts(port: int) -> set[str]:
             continue
         for line in lines:
             fields = line.split()
-            host_hex, port_hex = fields[1].split(":")
-            if fields[3] != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+            if fields[3] != "0A":  # 0A: LISTEN
                 continue
+            host_hex, port_hex = fields[1].split(":")
             raw = bytes.fromhex(host_hex)
             if width == 8:
-                hosts.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+                host = socket.inet_ntop(socket.AF_INET, raw[::-1])
             else:  # four little-endian 32-bit words
-                hosts.add(socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))))
-    return hosts
+                host = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+                host = host.removeprefix("::ffff:") if host.startswith("::ffff:") and "." in host else host
+            found.append((host, int(port_hex, 16), int(fields[9])))
+    return found
+
+
+def listening_hosts(port: int) -> set[str]:
+    """Local addresses with a TCP socket listening on ``port``."""
+    return {host for host, p, _ in listeners() if p == port}
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and every process descended from it, from /proc (Ray's servers and workers are all children of
+    the process that started them, even in process groups of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+        except OSError:
+            continue
+        children.setdefault(int(rest.rsplit(") ", 1)[1].split()[1]), []).append(int(pid))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def listeners_of(pids: set[int]) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every listening TCP socket the processes ``pids`` hold open."""
+    owner = {}
+    for pid in pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owner[int(target[8:-1])] = name
+        except OSError:
+            continue  # ended meanwhile
+    return [(host, port, owner[inode]) for host, port, inode in listeners() if inode in owner]
 
 
 def marked_pids(node: str | None = None) -> list[int]:
@@ -433,9 +474,9 @@ def summary(client, exp: str) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- tests (the node-killing one runs last)
 
-def test_local_search_dashboard_on_loopback_only(workdir, store, base_env):
-    """A plain local search (no --address) prints its dashboard URL on 127.0.0.1; the dashboard listens there
-    only and wants the token."""
+def test_local_search_listens_on_loopback_only(workdir, store, base_env):
+    """A plain local search (no --address) listens on loopback only: every TCP server of its Ray (GCS, raylet,
+    dashboard, agents, trial workers) while trials run, the dashboard included, which wants the token."""
     env = {**base_env, "RAY_TMPDIR": str(workdir / "local")}  # its own /tmp/ray, nobody else's session
     (workdir / "local").mkdir()
     proc, log = driver(env, workdir, "local", "--num-cpus", 2, "--data", store, "--storage", workdir / "results",
@@ -449,6 +490,12 @@ def test_local_search_dashboard_on_loopback_only(workdir, store, base_env):
         assert listening_hosts(port) == {"127.0.0.1"}, listening_hosts(port)
         assert http_get(url + "/api/version", token=None)[0] == 401
         assert http_get(url + "/api/version")[0] == 200
+        wait_for(lambda: list((workdir / "results" / "local").glob("*/result.json")), 180, "a trial's first result",
+                 procs=[(proc, log)])
+        servers = listeners_of(process_tree(proc.pid))
+        names = {name for _, _, name in servers}
+        assert {"gcs_server", "raylet"} <= names and len(servers) >= 8, servers
+        assert {host for host, _, _ in servers} == {"127.0.0.1"}, servers
         finish(proc, log, 300)
     finally:
         stop(proc, grace=10)

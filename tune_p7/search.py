@@ -86,8 +86,20 @@ def check_address(address: str | None) -> None:
         raise InputError("--address " + address, f"cannot reach the Ray cluster ({exc})") from None
 
 
+LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def init_ray(args) -> str:
-    """Start a local Ray (dashboard on --dashboard-host) or join --address; returns the dashboard URL."""
+    """Start a local Ray (dashboard on --dashboard-host) or join --address; returns the dashboard URL.
+
+    A local Ray is kept on loopback: with clusters enabled (Linux's default) Ray 2.60 advertises the machine's
+    address and its gRPC servers (GCS, raylet, workers, agents) listen on 0.0.0.0. With ``LOCAL_ONLY_VAR=0``
+    (read once, at ``import ray``) the node's address is 127.0.0.1 and every server binds 127.0.0.1 only; no other
+    node can join, which is what a local search wants. The variable reaches the Ray processes through the
+    environment they inherit.
+    """
+    if not args.address:
+        os.environ.setdefault(LOCAL_ONLY_VAR, "0")
     import ray
 
     if args.dashboard_host not in ("127.0.0.1", "localhost"):
@@ -108,6 +120,9 @@ def init_ray(args) -> str:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise InputError("--address " + str(args.address), f"cannot start or join Ray "
                                                            f"({' '.join(str(exc).split())[:300]})") from None
+    if not args.address and ctx.address_info["node_ip_address"] != "127.0.0.1":
+        print(f"WARNING: Ray's ports listen on all interfaces (node address {ctx.address_info['node_ip_address']}): "
+              f"{LOCAL_ONLY_VAR} was not 0 when ray was imported", file=sys.stderr)
     url = ctx.dashboard_url or ""
     return url if not url or url.startswith("http") else "http://" + url
 
@@ -208,9 +223,9 @@ def main(argv=None) -> int:
         data.check_context(k)
     storage.check_writable(root)
     check_address(args.address)
+    dashboard = init_ray(args)
     import ray
 
-    dashboard = init_ray(args)
     alive = [n for n in ray.nodes() if n["Alive"]]
     if len(alive) > 1 and not (storage.is_shared(root) or args.storage_is_shared):
         raise InputError("--storage " + root, f"a node-local path on a {len(alive)}-node cluster: use s3://BUCKET/... "
