@@ -58,7 +58,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     import ray
 
-    rounds = a.rounds or (1 if a.quick else 2)
+    rounds = a.rounds or (1 if a.quick else 4)
     epochs = 3
     data = synth_data(train_windows=900 if a.quick else 6000, val_windows=300 if a.quick else 1000)
     cfg = P7Config(epochs=epochs, threads=1, train_eval_windows=1024 if a.quick else 4096)

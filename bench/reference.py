@@ -8,11 +8,21 @@ from torch import nn
 from tune_p7.model import TransformerRanker
 
 
-def with_aten_dropout(model: TransformerRanker) -> TransformerRanker:
-    """Put torch's own nn.Dropout (aten bernoulli_ masks) back into the encoder layers."""
+class UniformDropout(nn.Dropout):
+    """The model's dropout before 16-bit masks: keep where a float32 uniform(0, 1) >= p (one 32-bit draw each)."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+def with_dropout(model: TransformerRanker, cls: type[nn.Dropout]) -> TransformerRanker:
+    """Put dropout modules of class ``cls`` into the encoder layers."""
     for layer in model.encoder.layers:
         for name in ("dropout", "dropout1", "dropout2"):
-            setattr(layer, name, nn.Dropout(getattr(layer, name).p))
+            setattr(layer, name, cls(getattr(layer, name).p))
     return model
 
 
@@ -21,7 +31,7 @@ class FullEncoderRanker(TransformerRanker):
 
     def __init__(self, dim, cfg):
         super().__init__(dim, cfg)
-        with_aten_dropout(self)
+        with_dropout(self, nn.Dropout)
 
     def forward(self, context):
         h = self.proj(context) + self.pos[-context.shape[1]:]

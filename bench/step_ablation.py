@@ -9,7 +9,9 @@ bench/reference.py):
   +fused_adamw  AdamW(fused=True)
   +nce_mask     info_nce: repeated ids by a stable sort, the diagonal cleared in place (no eye, no (C, C) matrix)
   +last_layer   the last encoder layer computed for the last position only
-  +dropout_mask dropout keep masks from float32 uniforms instead of aten bernoulli_  (= tune_p7 now, fp32)
+  +dropout_mask dropout keep masks from float32 uniforms instead of aten bernoulli_
+  +dropout_bits dropout keep masks from 16 random bits per element (64-bit draws split in four)
+  +clip_in_adamw gradient clipping as fused AdamW's grad_scale instead of clip_grad_norm_  (= tune_p7 now, fp32)
   bf16          the same with bf16 autocast (precision=bf16)
 
 Also checks that the new parts compute the same thing as the old ones (model outputs and gradients in eval mode,
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 import tune_p7.losses as L
 from common import (alternate, median, paired_ratio, parser, spread, step_loop, synth_split, table, timed,
                     write_result)
-from reference import FullEncoderRanker, info_nce_before, with_aten_dropout
+from reference import FullEncoderRanker, UniformDropout, info_nce_before, with_dropout
 from tune_p7.config import P7Config
 from tune_p7.data import SplitTensors
 from tune_p7.loop import TrainStep
@@ -34,13 +36,14 @@ NEW_NCE = L.info_nce
 
 
 def runner(cfg: P7Config, st: SplitTensors, steps: int, *, full_encoder: bool, fused: bool, old_nce: bool,
-           bf16: bool, aten_dropout: bool = False):
+           bf16: bool, dropout: type[torch.nn.Dropout] | None = None, clip_separately: bool = False):
     torch.manual_seed(0)
     model = FullEncoderRanker(768, cfg) if full_encoder else build_model(cfg, 768)
-    if aten_dropout:
-        with_aten_dropout(model)
+    if dropout is not None:
+        with_dropout(model, dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     step = TrainStep(cfg, model, opt, st, bf16)
+    step.clip_in_optimizer &= not clip_separately
     loop = step_loop(step, st, cfg.batch_size)
 
     def run() -> float:
@@ -113,10 +116,14 @@ def main(argv=None):
     steps = max(1, (128 if a.quick else 384) // a.batch)
     specs = {
         "before": dict(full_encoder=True, fused=False, old_nce=True, bf16=False),
-        "+fused_adamw": dict(full_encoder=True, fused=True, old_nce=True, bf16=False),
-        "+nce_mask": dict(full_encoder=True, fused=True, old_nce=False, bf16=False),
-        "+last_layer": dict(full_encoder=False, fused=True, old_nce=False, bf16=False, aten_dropout=True),
-        "+dropout_mask": dict(full_encoder=False, fused=True, old_nce=False, bf16=False),
+        "+fused_adamw": dict(full_encoder=True, fused=True, old_nce=True, bf16=False, clip_separately=True),
+        "+nce_mask": dict(full_encoder=True, fused=True, old_nce=False, bf16=False, clip_separately=True),
+        "+last_layer": dict(full_encoder=False, fused=True, old_nce=False, bf16=False, dropout=torch.nn.Dropout,
+                            clip_separately=True),
+        "+dropout_mask": dict(full_encoder=False, fused=True, old_nce=False, bf16=False, dropout=UniformDropout,
+                              clip_separately=True),
+        "+dropout_bits": dict(full_encoder=False, fused=True, old_nce=False, bf16=False, clip_separately=True),
+        "+clip_in_adamw": dict(full_encoder=False, fused=True, old_nce=False, bf16=False),
         "bf16": dict(full_encoder=False, fused=True, old_nce=False, bf16=True),
     }
     runs = alternate({k: runner(cfg, st, steps, **v) for k, v in specs.items()}, rounds)
@@ -126,7 +133,7 @@ def main(argv=None):
         out[k] = {"seq_s": median(runs[k]), "runs": runs[k], "vs_before": paired_ratio(runs[k], runs["before"]),
                   "vs_previous": paired_ratio(runs[k], runs[prev]) if prev and k != "bf16" else None}
         if k == "bf16":
-            out[k]["vs_fp32"] = paired_ratio(runs["bf16"], runs["+dropout_mask"])
+            out[k]["vs_fp32"] = paired_ratio(runs["bf16"], runs["+clip_in_adamw"])
         rows.append({"variant": k, "seq/s": out[k]["seq_s"], "spread": spread(runs[k]), "x before": out[k]["vs_before"],
                      "x previous": out[k]["vs_previous"] if out[k]["vs_previous"] else out[k].get("vs_fp32", "")})
         prev = k

@@ -79,3 +79,20 @@ def test_last_position_shortcut_equals_the_full_encoder():
         fast = model(x)
     assert torch.allclose(fast.raw, full.raw, atol=1e-5)
     assert torch.allclose(fast.q, full.q, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_dropout_keeps_1_minus_p_scaled_and_is_seeded(p):
+    """The encoder's dropout: each element kept with probability 1 - p (to 2^-16) and scaled by 1 / (1 - p), the same
+    mask for the same torch seed, none in eval mode."""
+    drop = build_model(small_config(dropout=p), dim=16).encoder.layers[0].dropout.train()
+    x = torch.ones(1_000_003)  # not a multiple of 4: the mask is cut from whole 64-bit draws
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    assert abs(float(kept.float().mean()) - (1 - p)) < 5 * math.sqrt(p * (1 - p) / x.numel())
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)  # the next call draws a new mask
+    assert torch.equal(drop.eval()(x), x)

@@ -207,6 +207,9 @@ class TrainStep:
                  bf16: bool):
         self.cfg, self.model, self.opt, self.train, self.bf16 = cfg, model, opt, train, bf16
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # fused AdamW divides each gradient by ``opt.grad_scale`` inside its kernel (meant for AMP unscaling):
+        # clipping through it saves clip_grad_norm_'s separate read-scale-write pass over every gradient
+        self.clip_in_optimizer = bool(opt.defaults.get("fused"))
 
     def __call__(self, idx: torch.Tensor, gen: torch.Generator, w_teacher: float) -> dict[str, torch.Tensor]:
         cfg, train, h = self.cfg, self.train, self.cfg.hard_negatives
@@ -224,7 +227,11 @@ class TrainStep:
                               gate_threshold=cfg.gate_threshold, gate_weak_weight=cfg.gate_weak_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        if self.clip_in_optimizer:  # clip_grad_norm_'s factor min(1, clip / (norm + 1e-6)), as a divisor
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+            self.opt.grad_scale = ((norm + 1e-6) / cfg.grad_clip).clamp_min(1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.opt.step()
         return parts
 
