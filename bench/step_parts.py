@@ -1,10 +1,13 @@
-"""Where a training step's time goes besides the matmuls: the step, its optimizer part and its autocast casts.
+"""Where a training step's time goes besides the matmuls: the step, its forward, its dropout, its optimizer part and
+its autocast casts.
 
     python bench/step_parts.py [--quick] [--threads 2] [--batch 64]
 
-The default model in loop.TrainStep (precision auto), after warm-up steps: the median time of a whole step, of
-gradient clipping + the fused AdamW step alone (on the last step's gradients) and of casting every weight matrix to
-bf16 once (what autocast does in each forward when bf16 is on). Not part of run_all.py.
+The default model in loop.TrainStep (precision auto), after warm-up steps: the median time of a whole step; of the
+forward in training mode and without dropout (eval mode), under autocast as TrainStep runs it; of
+TrainStep.update alone (gradient clipping inside fused AdamW and the AdamW step, on the last step's gradients); and
+of casting every weight matrix to bf16 once (what autocast does in each forward when bf16 is on). Not part of
+run_all.py.
 """
 from __future__ import annotations
 
@@ -45,16 +48,22 @@ def main(argv=None):
     for _ in range(5):
         step(idx, gen, cfg.w_teacher)
     params = [q for q in model.parameters() if q.requires_grad]
+    context = st.batch(idx).context
 
-    def optimizer_part():
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+    def forward(train: bool):
+        def run():
+            model.train(train)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                model(context)
+        return run
 
     weights = [q for q in params if q.dim() == 2]
     out = {"threads": a.threads, "batch": a.batch, "bf16": bf16, "params": sum(q.numel() for q in params),
            "step_ms": median_ms(lambda: step(idx, gen, cfg.w_teacher), n),
-           "clip_and_adamw_ms": median_ms(optimizer_part, n),
+           "forward_ms": median_ms(forward(True), n), "forward_without_dropout_ms": median_ms(forward(False), n),
+           "clip_and_adamw_ms": median_ms(step.update, n),
            "bf16_weight_casts_ms": median_ms(lambda: [w.to(torch.bfloat16) for w in weights], n)}
+    model.train()
     out["clip_and_adamw_share"] = out["clip_and_adamw_ms"] / out["step_ms"]
     print(table([{"what": k, "value": v} for k, v in out.items() if k.endswith(("_ms", "_share"))]))
     write_result("step_parts", out)

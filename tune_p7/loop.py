@@ -227,13 +227,17 @@ class TrainStep:
                               gate_threshold=cfg.gate_threshold, gate_weak_weight=cfg.gate_weak_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.update()
+        return parts
+
+    def update(self) -> None:
+        """Clip the gradients to norm cfg.grad_clip and take the AdamW step."""
         if self.clip_in_optimizer:  # clip_grad_norm_'s factor min(1, clip / (norm + 1e-6)), as a divisor
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-            self.opt.grad_scale = ((norm + 1e-6) / cfg.grad_clip).clamp_min(1.0)
+            self.opt.grad_scale = ((norm + 1e-6) / self.cfg.grad_clip).clamp_min(1.0)
         else:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
-        return parts
 
 
 def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict | None = None) -> list[dict]:
