@@ -48,9 +48,9 @@ class Anchor(nn.Module):
 class _Dropout(nn.Dropout):
     """nn.Dropout (zero each element with probability p, scale the rest by 1 / (1 - p)) with a cheaper mask: 16 random
     bits per element from torch's generator (64-bit draws split in four), kept where they are >= p * 2^16. The
-    same Bernoulli(1 - p) mask to 2^-16. aten's bernoulli_ draws a double per element and took ~16% of a 2-thread
-    CPU training step; uniform floats cost one 32-bit draw per element; this takes ~0.4x the time of the latter
-    (bench/step_ablation.py)."""
+    same Bernoulli(1 - p) mask to 2^-16. aten's bernoulli_ draws a double per element (~16% of a 2-thread CPU
+    training step); a float32 uniform per element made the step 1.04x faster, these 16-bit masks another 1.03x
+    (bench/step_ablation.py). torch's CPU generator is sequential, so fewer draws is what pays."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
