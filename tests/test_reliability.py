@@ -72,6 +72,26 @@ def test_a_crash_mid_checkpoint_write_never_leaves_a_partial_state(tmp_path):
     assert checkpoint.load_metrics(tmp_path)["epoch"] == 2
 
 
+def test_resume_goes_on_from_the_newest_loadable_checkpoint(tmp_path):
+    """Tune's saved state can name an older checkpoint than the trial had stored when the driver died: the trial
+    goes on from the newest whole one that loads, and gets the results of every stored epoch from the named one on
+    (a half-copied state.pt is passed over)."""
+    import pyarrow.fs as pafs
+
+    for epoch in range(1, 5):
+        folder = tmp_path / f"checkpoint_{epoch - 1:06d}"
+        folder.mkdir()
+        checkpoint.save(folder, {"epoch": epoch, "w": torch.full((4,), float(epoch))}, {"epoch": epoch})
+    (tmp_path / "checkpoint_000004").mkdir()  # a folder the kill left empty
+    fs, named = pafs.LocalFileSystem(), str(tmp_path / "checkpoint_000001")  # epoch 2
+    state, metrics = checkpoint.resume_from(fs, named)
+    assert state["epoch"] == 4 and torch.equal(state["w"], torch.full((4,), 4.0))
+    assert [m["epoch"] for m in metrics] == [2, 3, 4]
+    (tmp_path / "checkpoint_000003" / checkpoint.STATE).write_bytes(b"PK\x03\x04 cut short")
+    state, metrics = checkpoint.resume_from(fs, named)
+    assert state["epoch"] == 3 and [m["epoch"] for m in metrics] == [2, 3]
+
+
 def test_checkpoints_load_without_executing_code(tmp_path):
     class Evil:
         def __reduce__(self):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,41 @@ def stored(fs, trial_path: str) -> list[str]:
                if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
     return sorted(f for f in folders if all(i.type == pafs.FileType.File
                                             for i in fs.get_file_info([f"{f}/{STATE}", f"{f}/{METRICS}"])))
+
+
+def stored_metrics(fs, trial_path: str) -> list[tuple[str, dict]]:
+    """(path, metrics) of each whole checkpoint in a trial folder whose metrics.json reads, oldest first."""
+    found = []
+    for path in stored(fs, trial_path):
+        try:
+            with fs.open_input_stream(f"{path}/{METRICS}") as f:
+                found.append((path, json.loads(f.read())))
+        except (OSError, json.JSONDecodeError):
+            continue  # torn metrics.json: not a usable checkpoint
+    return found
+
+
+def resume_from(fs, named: str) -> tuple[dict, list[dict]]:
+    """Where a restored trial goes on: (the state of the newest loadable checkpoint, by epoch, in the trial folder
+    that holds ``named``, the checkpoint Tune restored; the metrics of every whole checkpoint from ``named``'s epoch
+    up to that one, oldest first). ``fs``: the pyarrow filesystem of the paths.
+
+    Tune writes each result and checkpoint as they come but snapshots its experiment state only every few seconds:
+    after a killed driver the checkpoint it restores can be epochs older than the newest one the trial had stored
+    (resuming from it would train finished epochs again), and the last results before the kill can be missing
+    from result.json while their checkpoints exist (the trial reports them again). A checkpoint cut short by the
+    kill does not load and is passed over.
+    """
+    from ray import tune  # here, not at import: search.py imports this module before it may import ray
+
+    found = sorted(stored_metrics(fs, named.rsplit("/", 1)[0]), key=lambda pm: pm[1].get("epoch", 0))
+    start = next((m.get("epoch", 0) for p, m in found if p == named), 0)
+    since = [(p, m) for p, m in found if m.get("epoch", 0) >= start]
+    error = None
+    for i in range(len(since) - 1, -1, -1):
+        try:
+            with tune.Checkpoint(since[i][0], filesystem=fs).as_directory() as d:
+                return load(d), [m for _, m in since[:i + 1]]
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            error = exc
+    raise error or FileNotFoundError(f"no whole checkpoint next to {named}")

@@ -89,12 +89,8 @@ def best_checkpoint(exp: str, trial_dir: str) -> tuple[str, dict] | None:
     """(folder, metrics) of the trial's checkpoint with the highest finite val margin; None if it has none."""
     best = None
     fs, path = storage.filesystem(storage.join(exp, trial_dir))
-    for found in checkpoint.stored(fs, path):
+    for found, m in checkpoint.stored_metrics(fs, path):
         folder = storage.join(exp, trial_dir, found.rsplit("/", 1)[1])
-        try:
-            m = json.loads(storage.read_bytes(storage.join(folder, checkpoint.METRICS)))
-        except (OSError, json.JSONDecodeError):
-            continue  # torn metrics.json: not a usable checkpoint
         margin = m.get("margin")
         if not isinstance(margin, (int, float)) or not math.isfinite(margin):
             continue

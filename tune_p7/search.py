@@ -146,8 +146,8 @@ def restore_deleted_checkpoints(exp: str) -> list[tuple[str, str]]:
     Tune deletes a checkpoint beyond ``num_to_keep`` as soon as a newer one is registered, but saves its
     experiment state only every few seconds: a driver killed in between leaves a state whose latest checkpoint
     is gone, and ``Tuner.restore`` then fails that trial ("Could not recover from checkpoint"). The first whole
-    checkpoint after it on storage is copied to the missing path: the trial goes on after that checkpoint's epoch
-    (``fit`` reads the epoch from the checkpoint), so at most the epochs reported after it run again.
+    checkpoint after it on storage is copied to the missing path; the trial then goes on from the newest one it
+    stored (checkpoint.resume_from).
     """
     import pyarrow.fs as pafs
     from ray import tune

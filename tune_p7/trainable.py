@@ -17,9 +17,9 @@ from tune_p7.space import Gates, trial_config
 def train_trial(config: dict, data: P7Data, gates: Gates) -> None:
     """One grid point. ``data`` arrives through the object store (read-only, zero-copy numpy on this node).
 
-    Reports every epoch's metrics plus ``gate`` and ``node`` with a checkpoint; resumes from the last
-    checkpoint when Tune restarts it. A NaN/Inf loss ends the trial with its reason in ``error`` (not retried:
-    it would fail the same way again).
+    Reports every epoch's metrics plus ``gate`` and ``node`` with a checkpoint; when Tune restarts it, resumes from
+    the newest checkpoint it stored (checkpoint.resume_from). A NaN/Inf loss ends the trial with its reason in
+    ``error`` (not retried: it would fail the same way again).
     """
     ctx = ray.get_runtime_context()
     cpus = ctx.get_assigned_resources().get("CPU", 1)
@@ -28,11 +28,11 @@ def train_trial(config: dict, data: P7Data, gates: Gates) -> None:
     state = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state, restored = checkpoint.load(d), checkpoint.load_metrics(d)
-        # Tune registers a checkpoint before it records the result reported with it: a driver killed in between
-        # would lose that epoch's result line. Report it again (at worst a line twice, never a line missing).
-        tune.report({**restored, "resumed": True})
+        state, restored = checkpoint.resume_from(ckpt.filesystem, ckpt.path)
+        # Tune registers a checkpoint before it records the result reported with it, and a driver killed in between
+        # loses that result: report the stored checkpoints' results again (a line may appear twice, none missing)
+        for metrics in restored:
+            tune.report({**metrics, "resumed": True})
 
     def report(metrics: dict, st: dict | None) -> None:
         metrics = {**metrics, "gate": gate(metrics, gates, cfg.warmup_epochs), "node": node}
