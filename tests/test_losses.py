@@ -1,10 +1,12 @@
 """Losses: each against a hand-computed case; the id mask; the per-sequence gate."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from tune_p7.losses import gate_weights, info_nce, p7_loss, prev_repel, teacher_pull
+from tune_p7.metrics import infonce_chance
 
 
 def unit(*rows):
@@ -75,4 +77,27 @@ def test_combined_loss_weights_each_sequence_by_its_gate():
     per = info_nce(pred, bank, ids, ids[:4], 0.1) + 0.5 * prev_repel(pred, nxt, prev, 0.07) \
         + 0.2 * teacher_pull(pred, nxt, 0.2)
     assert torch.allclose(total, (g * per).mean(), atol=1e-6)
-    assert set(parts) == {"loss", "loss_rank", "loss_margin", "loss_teacher", "gate_mean"}
+    assert set(parts) == {"loss", "loss_rank", "loss_rank_weighted", "loss_margin", "loss_teacher", "gate_mean"}
+    assert torch.allclose(parts["loss_rank_weighted"], (g * info_nce(pred, bank, ids, ids[:4], 0.1)).mean())
+
+
+def test_loss_rank_is_the_plain_infonce_mean_and_sits_at_chance_for_a_blind_model():
+    """With every gate weight weak (Delta < threshold for all), loss_rank is still the plain mean of the InfoNCE
+    term, so a predictor that cannot tell the C candidates apart scores ln(C) = infonce_chance(C)."""
+    torch.manual_seed(2)
+    b, c = 4, 12
+    bank = F.normalize(torch.randn(c, 6), dim=-1)
+    bank[:, 0] = 0  # every candidate orthogonal to the prediction: all logits equal
+    bank = F.normalize(bank, dim=-1)
+    pred = torch.zeros(b, 6)
+    pred[:, 0] = 1
+    nxt, prev, before = bank[:b], bank[b:2 * b], bank[2 * b:3 * b]
+    ids = torch.arange(c)
+    kw = dict(temperature=0.07, margin=0.07, w_rank=1.0, w_margin=0.5, w_teacher=0.0, teacher_floor=0.2,
+              gate_threshold=2.0, gate_weak_weight=0.25)  # threshold 2 > any Delta: every weight is 0.25
+    _, parts = p7_loss(pred, nxt, prev, before, bank, ids, ids[:b], **kw)
+    nce = info_nce(pred, bank, ids, ids[:b], 0.07)
+    assert parts["gate_mean"].item() == pytest.approx(0.25)
+    assert parts["loss_rank"].item() == pytest.approx(nce.mean().item())
+    assert parts["loss_rank"].item() == pytest.approx(infonce_chance(c), rel=1e-5)
+    assert parts["loss_rank_weighted"].item() == pytest.approx(0.25 * infonce_chance(c), rel=1e-5)

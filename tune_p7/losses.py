@@ -68,13 +68,15 @@ def p7_loss(pred: torch.Tensor, nxt: torch.Tensor, prev: torch.Tensor, before_pr
 
     The mean is over all B sequences (not over sum(g)), so weak sequences really weigh less. Pass
     w_teacher = 0 after the warm-up. prev = ctx[-1], before_prev = ctx[-2]. Returns (total (), parts), the parts
-    detached gate-weighted means for logging plus ``gate_mean``.
+    detached, for logging: ``loss_rank`` = mean_i nce_i, the plain mean, comparable with ln(C) (a model at chance
+    scores ln(C) whatever the gate weights); ``loss_rank_weighted`` = mean_i g_i * nce_i, the term as it enters the
+    total; ``loss_margin``, ``loss_teacher`` gate-weighted means likewise; ``gate_mean`` = mean_i g_i.
     """
     g = gate_weights(prev, before_prev, nxt, gate_threshold, gate_weak_weight)
     nce = info_nce(pred, bank, bank_ids, pos_ids, temperature)
     hinge = prev_repel(pred, nxt, prev, margin)
     pull = teacher_pull(pred, nxt, teacher_floor) if w_teacher else torch.zeros_like(g)
     total = (g * (w_rank * nce + w_margin * hinge + w_teacher * pull)).mean()
-    parts = {"loss": total, "loss_rank": (g * nce).mean(), "loss_margin": (g * hinge).mean(),
-             "loss_teacher": (g * pull).mean(), "gate_mean": g.mean()}
+    parts = {"loss": total, "loss_rank": nce.mean(), "loss_rank_weighted": (g * nce).mean(),
+             "loss_margin": (g * hinge).mean(), "loss_teacher": (g * pull).mean(), "gate_mean": g.mean()}
     return total, {k: v.detach() for k, v in parts.items()}
