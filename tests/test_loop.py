@@ -7,7 +7,7 @@ import torch
 
 from conftest import small_config
 from tune_p7.data import SplitTensors, load
-from tune_p7.loop import NonFiniteLoss, TrainStep, fit, make_optimizer
+from tune_p7.loop import Evaluator, NonFiniteLoss, TrainStep, fit, make_optimizer
 from tune_p7.model import build_model
 from tune_p7.metrics import PASS
 
@@ -19,7 +19,21 @@ def test_learns_a_planted_direction(strong_store):
     assert last["r_at_5"] > last["direct_r_at_5"] + 0.1
     assert last["train_margin"] > 0  # the real cosine margin on training data, not the hinge
     assert {"cos_next", "cos_prev", "cos_anchor", "mrr_at_10", "direct_mrr_at_10", "centroid_r_at_5",
-            "anchor_lambda", "loss_rank"} <= set(last)
+            "anchor_lambda", "loss_rank", "loss_rank_weighted", "r_at_5_xctx", "mrr_at_10_xctx",
+            "direct_r_at_1_xctx", "centroid_r_at_10_xctx"} <= set(last)
+
+
+def test_direct_is_never_first_in_the_whole_bank_but_is_once_its_context_is_left_out(flat_store):
+    """ctx[-1] is in the bank and is DIRECT's own query (cos 1): in the whole bank it outranks every target."""
+    split = load(flat_store).val
+    ev = Evaluator(split, small_config())
+    b = ev.baselines
+    assert b["direct_r_at_1"] == 0.0
+    assert b["direct_r_at_1_xctx"] > 0.1 and b["direct_mrr_at_10_xctx"] > b["direct_mrr_at_10"]
+    assert b["centroid_r_at_5_xctx"] >= b["centroid_r_at_5"]
+    res = ev(build_model(small_config(), split.dim), bf16=False)
+    for k in ("r_at_1", "r_at_5", "r_at_10", "mrr_at_10"):
+        assert res[k + "_xctx"] >= res[k]  # leaving chunks out of the bank can only lift the target
 
 
 def test_no_direction_stays_below_pass(flat_store):

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tune_p7.metrics import cosines, deploy_ok, infonce_chance, retrieval, retrieval_ranks, verdict
+from tune_p7.metrics import (cosines, deploy_ok, infonce_chance, retrieval, retrieval_ranks, retrieval_ranks_xctx,
+                             verdict)
 
 
 def test_cosines_by_hand():
@@ -27,6 +28,23 @@ def test_ranks_and_retrieval():
     r = retrieval(ranks, "x_")
     assert r["x_r_at_1"] == pytest.approx(1 / 3) and r["x_r_at_5"] == 1.0
     assert r["x_mrr_at_10"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+
+
+def test_ranks_without_the_context_by_hand():
+    """Each distinct context chunk that scores above the target is taken out of the rank; the target never is."""
+    bank = torch.eye(5)
+    queries = torch.tensor([[3.0, 2, 1, 0.5, 0],  # target 2: rows 0, 1 above; of its context {3, 0, 4} only 0
+                            [0.0, 5, 1, 0, 4],  # target 2: rows 1, 4 above; context {1, 2}: 1 (twice, once out)
+                            [1.0, 1, 0, 0, 0],  # target 0 tied with context row 1: tied rows are never above
+                            [float("nan")] * 5])  # never found
+    targets = torch.tensor([2, 2, 0, 1])
+    context = torch.tensor([[3, 0, 4], [1, 2, 1], [1, 2, 3], [0, 2, 3]])
+    ranks, xctx = retrieval_ranks_xctx(queries, bank, targets, context, block=3)
+    assert ranks.tolist() == [2, 2, 0, 5]
+    assert xctx.tolist() == [1, 1, 0, 5]
+    assert torch.equal(retrieval_ranks(queries, bank, targets, block=3), ranks)
+    r = retrieval(xctx, "direct_", "_xctx")
+    assert r["direct_r_at_1_xctx"] == pytest.approx(1 / 4) and r["direct_mrr_at_10_xctx"] == pytest.approx((1 / 2 + 1 / 2 + 1 + 1 / 6) / 4)
 
 
 def test_nan_queries_are_never_found():

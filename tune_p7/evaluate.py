@@ -51,7 +51,7 @@ from tune_p7.model import Prediction, build_model  # noqa: E402
 SEARCH_FILE = "tune_p7_search.json"
 SPLIT_ALIASES = {"ood": "ood", "test": "ood", "val": "val"}
 METRICS = ("cos_next", "cos_prev", "margin", "cos_anchor", "cos_raw_anchor", "r_at_1", "r_at_5", "r_at_10",
-           "mrr_at_10")
+           "mrr_at_10", "r_at_1_xctx", "r_at_5_xctx", "r_at_10_xctx", "mrr_at_10_xctx")
 VERDICT_ORDER = {"PASS": 0, "MARGINAL": 1, "FAIL": 2}
 LATENCY_RUNS, LATENCY_WARMUP, THROUGHPUT_BATCH = 200, 20, 1024
 

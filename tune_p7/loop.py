@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from tune_p7 import metrics as M
 from tune_p7.config import P7Config
-from tune_p7.data import P7Data, Split, SplitTensors
+from tune_p7.data import Batch, P7Data, Split, SplitTensors
 from tune_p7.losses import p7_loss
 from tune_p7.model import build_model
 
@@ -114,7 +114,9 @@ class Evaluator:
 
     The DIRECT (ctx[-1] as the prediction) and centroid baselines do not depend on the model: computed once.
     Streams: each batch of eval_batch_size windows is gathered, predicted, scored against the bank (ranks) and
-    dropped, so only per-window scalars accumulate; no (windows, D) matrix is ever built. ``tensors``: reuse a
+    dropped, so only per-window scalars accumulate; no (windows, D) matrix is ever built. Retrieval is reported
+    twice: against the whole bank (``r_at_5``...: the deployment check's, as the seed defines it) and with the
+    query's own context chunks left out (``r_at_5_xctx``...), where ctx[-1] no longer outranks the target. ``tensors``: reuse a
     SplitTensors of the same split and context length (fit shares the training one: no second window table).
     """
 
@@ -133,7 +135,7 @@ class Evaluator:
             self.baselines = self._baselines()
         release_free_memory()
 
-    def _gather(self, fn):
+    def gather(self, fn):
         """fn(batch, target rows) -> dict of (B,) tensors, over the windows in self.index; concatenated."""
         out = []
         for i in range(0, len(self.index), self.cfg.eval_batch_size):
@@ -142,8 +144,10 @@ class Evaluator:
         return {k: torch.cat([o[k] for o in out]) for k in out[0]}
 
     @staticmethod
-    def _ranks(queries: torch.Tensor, bank: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return M.retrieval_ranks(queries.contiguous(), bank, targets, RETRIEVAL_BLOCK)
+    def _ranks(queries: torch.Tensor, bank: torch.Tensor, b: Batch, targets: torch.Tensor, name: str = "rank"):
+        """{name: ranks in the whole bank, name_xctx: ranks with the window's context chunks left out}."""
+        ranks = M.retrieval_ranks_xctx(queries.contiguous(), bank, targets, b.ids[:, :-1], RETRIEVAL_BLOCK)
+        return dict(zip((name, name + "_xctx"), ranks))
 
     def _bank32(self) -> torch.Tensor:
         """The bank as float32 for one pass: the shared matrix itself if float32, else a copy that lives only
@@ -156,15 +160,16 @@ class Evaluator:
         def queries(b, targets):
             c = F.normalize(b.context.mean(1), dim=-1)
             return {"cos_direct": (b.prev * b.next).sum(-1), "cos_centroid": (c * b.next).sum(-1),
-                    "cos_centroid_prev": (c * b.prev).sum(-1),
-                    "rank_direct": self._ranks(b.prev, bank, targets), "rank_centroid": self._ranks(c, bank, targets)}
+                    "cos_centroid_prev": (c * b.prev).sum(-1), **self._ranks(b.prev, bank, b, targets, "direct"),
+                    **self._ranks(c, bank, b, targets, "centroid")}
 
-        q = self._gather(queries)
+        q = self.gather(queries)
         out = {"direct_cos_next": float(q["cos_direct"].mean()), "direct_margin": float(q["cos_direct"].mean() - 1),
                "centroid_cos_next": float(q["cos_centroid"].mean()),
                "centroid_margin": float((q["cos_centroid"] - q["cos_centroid_prev"]).mean())}
-        out.update(M.retrieval(q["rank_direct"], "direct_"))
-        out.update(M.retrieval(q["rank_centroid"], "centroid_"))
+        for name in ("direct", "centroid"):
+            out.update(M.retrieval(q[name], name + "_"))
+            out.update(M.retrieval(q[name + "_xctx"], name + "_", "_xctx"))
         return out
 
     @torch.no_grad()
@@ -178,14 +183,15 @@ class Evaluator:
                 p = model(b.context)
             out = M.cosines(p.q, p.raw, b.context, b.next)
             if self.retrieval:
-                out["rank"] = self._ranks(p.q, bank, targets)
+                out.update(self._ranks(p.q, bank, b, targets))
             return out
 
-        out = self._gather(step)
+        out = self.gather(step)
         model.train(was_training)
-        res = {k: float(v.mean()) for k, v in out.items() if k != "rank"}
+        res = {k: float(v.mean()) for k, v in out.items() if not k.startswith("rank")}
         if self.retrieval:
             res.update(M.retrieval(out["rank"]))
+            res.update(M.retrieval(out["rank_xctx"], suffix="_xctx"))
             res.update(self.baselines)
         release_free_memory()
         return res

@@ -32,26 +32,55 @@ def cosines(pred: torch.Tensor, raw: torch.Tensor, context: torch.Tensor, nxt: t
 
 def retrieval_ranks(queries: torch.Tensor, bank: torch.Tensor, target_rows: torch.Tensor,
                     block: int = 2048) -> torch.Tensor:
-    """0-based rank of each query's target among all bank rows by cosine (ties count against the target).
+    """0-based rank of each query's target among all bank rows by cosine (a row tied with the target is not
+    counted above it).
 
     rank_i = #{j : q_i.bank_j > q_i.bank[target_i]}; a query whose target score is NaN gets rank M (never found).
     queries (N, D), bank (M, D), target_rows (N,) -> (N,) int64. Computed in blocks of queries, one matmul each.
     """
+    none = target_rows.new_empty(len(target_rows), 0)
+    return retrieval_ranks_xctx(queries, bank, target_rows, none, block)[0]
+
+
+def retrieval_ranks_xctx(queries: torch.Tensor, bank: torch.Tensor, target_rows: torch.Tensor,
+                         context_rows: torch.Tensor, block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks of each query's target in the whole bank and with the query's own context chunks left out of it.
+
+    rank_i      = #{j : s_ij > s_i,t_i}                      with s_ij = q_i.bank_j, t_i = target_rows[i]
+    rank_xctx_i = rank_i - #{c in set(context_rows[i]) - {t_i} : s_ic > s_i,t_i}
+
+    The bank holds every chunk of the split, so a query's own context (ctx[-1] above all) competes with its target:
+    copy-last can never be first. The second rank is the same retrieval with those K chunks removed, each distinct
+    chunk counted once, the target never removed; it costs a gather from the same score block, no second matmul.
+    A NaN target score gives rank M in both (never found).
+    queries (N, D), bank (M, D), target_rows (N,), context_rows (N, K) -> two (N,) int64.
+    """
     ranks = torch.empty(len(queries), dtype=torch.long, device=queries.device)
+    ranks_xctx = torch.empty_like(ranks)
+    ctx = context_rows.sort(dim=1).values
+    first = torch.ones_like(ctx, dtype=torch.bool)
+    first[:, 1:] = ctx[:, 1:] != ctx[:, :-1]  # a chunk twice in one context is left out once
+    keep = first & (ctx != target_rows[:, None])
     for i in range(0, len(queries), block):
-        q = queries[i:i + block]
-        scores = q @ bank.T
-        own = scores.gather(1, target_rows[i:i + block, None])
-        ranks[i:i + block] = torch.where(own.squeeze(1).isnan(), len(bank), (scores > own).sum(1))
-    return ranks
+        sl = slice(i, i + block)
+        scores = queries[sl] @ bank.T
+        own = scores.gather(1, target_rows[sl, None])
+        above = scores > own
+        rank = above.sum(1)
+        ctx_above = (above.gather(1, ctx[sl]) & keep[sl]).sum(1)
+        lost = own.squeeze(1).isnan()
+        ranks[sl] = torch.where(lost, len(bank), rank)
+        ranks_xctx[sl] = torch.where(lost, len(bank), rank - ctx_above)
+    return ranks, ranks_xctx
 
 
-def retrieval(ranks: torch.Tensor, prefix: str = "") -> dict[str, float]:
-    """R@1, R@5, R@10 = mean(rank < k); MRR@10 = mean(1 / (rank + 1) if rank < 10 else 0)."""
+def retrieval(ranks: torch.Tensor, prefix: str = "", suffix: str = "") -> dict[str, float]:
+    """R@1, R@5, R@10 = mean(rank < k); MRR@10 = mean(1 / (rank + 1) if rank < 10 else 0); keys
+    prefix + name + suffix."""
     r = ranks.float()
     out = {f"r_at_{k}": float((r < k).float().mean()) for k in (1, 5, 10)}
     out["mrr_at_10"] = float(torch.where(r < 10, 1.0 / (r + 1), torch.zeros_like(r)).mean())
-    return {prefix + k: v for k, v in out.items()}
+    return {prefix + k + suffix: v for k, v in out.items()}
 
 
 def infonce_chance(num_candidates: int) -> float:
