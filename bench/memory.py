@@ -162,7 +162,7 @@ def snapshot(stop: threading.Event, probe_dir: str, trials: int, out: dict) -> N
 def run(data, storage: str, name: str, probe_dir: str, trim: bool) -> dict:
     from ray import tune
 
-    from tune_p7.gates import GatedFIFO
+    from tune_p7.schedulers import GatedFIFO
     from tune_p7.space import Gates
 
     for f in Path(probe_dir).glob("*"):

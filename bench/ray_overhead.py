@@ -38,7 +38,7 @@ def bare(cfg: P7Config, data) -> tuple[list[float], list[float], list[float]]:
 def with_ray(cfg: P7Config, data, storage: str, name: str) -> tuple[list[float], list[float], list[float]]:
     from ray import tune
 
-    from tune_p7.gates import GatedFIFO
+    from tune_p7.schedulers import GatedFIFO
     from tune_p7.trainable import train_trial
 
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=NO_GATES), {"cpu": 1})

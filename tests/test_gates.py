@@ -1,16 +1,17 @@
-"""The gate is a pure function of one epoch's metrics; the scheduler stops exactly the gated results."""
+"""The gate is a pure function of one epoch's metrics, importable without Ray."""
 import math
+import subprocess
+import sys
 
-from ray.tune.schedulers import TrialScheduler
-
-from tune_p7.gates import GatedASHA, GatedFIFO, gate
+from tune_p7.gates import gate
 from tune_p7.space import Gates
 
 G = Gates(drift=0.05, margin=0.10, grace_epochs=1)
+E = Gates(drift=0.05, margin=0.10, grace_epochs=1, escape=0.1)
 
 
-def res(epoch, margin=0.3, cos_anchor=0.5):
-    return {"epoch": epoch, "margin": margin, "cos_anchor": cos_anchor}
+def res(epoch, margin=0.3, cos_anchor=0.5, cos_next=0.6, cos_prev=0.3):
+    return {"epoch": epoch, "margin": margin, "cos_anchor": cos_anchor, "cos_next": cos_next, "cos_prev": cos_prev}
 
 
 def test_drift_gate_at_any_epoch():
@@ -25,16 +26,22 @@ def test_margin_gate_only_after_warmup_and_grace():
     assert gate(res(4, margin=0.10), G, warmup_epochs=2) is None
 
 
-class _Trial:
-    trial_id = "t0"
+def test_escape_gate_stops_a_prediction_far_from_both_neighbours_at_any_epoch():
+    assert gate(res(1, cos_next=0.04, cos_prev=0.04, margin=0.0), E, warmup_epochs=2) == "escape"
+    assert gate(res(1, cos_next=math.nan, cos_prev=0.04), E, warmup_epochs=2) == "escape"  # NaN counts as below
+    assert gate(res(1, cos_next=0.04, cos_prev=0.5, margin=-0.46), E, warmup_epochs=2) is None  # near prev: not it
+    assert gate(res(1, cos_next=0.5, cos_prev=0.04), E, warmup_epochs=2) is None
+    assert gate(res(1, cos_next=0.04, cos_prev=0.04), G, warmup_epochs=2) is None  # off by default
 
 
-def test_schedulers_stop_gated_results():
-    fifo = GatedFIFO()
-    assert fifo.on_trial_result(None, _Trial(), {"gate": "drift"}) == TrialScheduler.STOP
-    assert fifo.on_trial_result(None, _Trial(), {"gate": None}) == TrialScheduler.CONTINUE
-    asha = GatedASHA(time_attr="training_iteration", metric="margin", mode="max", max_t=10, grace_period=5)
-    asha.on_trial_add(None, _Trial())
-    ok = {"training_iteration": 1, "margin": 0.3, "gate": None}
-    assert asha.on_trial_result(None, _Trial(), ok) == TrialScheduler.CONTINUE
-    assert asha.on_trial_result(None, _Trial(), {**ok, "gate": "margin"}) == TrialScheduler.STOP
+def test_gates_are_checked_drift_then_escape_then_margin():
+    both = res(9, cos_anchor=0.0, cos_next=0.0, cos_prev=0.0, margin=0.0)
+    assert gate(both, E, warmup_epochs=2) == "drift"
+    assert gate({**both, "cos_anchor": 0.5}, E, warmup_epochs=2) == "escape"
+    assert gate({**both, "cos_anchor": 0.5, "cos_next": 0.2}, E, warmup_epochs=2) == "margin"
+
+
+def test_gate_imports_without_ray():
+    code = "import sys, tune_p7.gates, tune_p7.probe; assert 'ray' not in sys.modules, 'ray imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -70,3 +70,22 @@ def test_bad_space_names_file_and_key(tmp_path, text, words):
 def test_missing_space_file(tmp_path):
     with pytest.raises(InputError, match="no such search-space file"):
         load_space(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize("text, escape", [("", None), ("gates: {escape: null}\n", None),
+                                          ("gates: {escape: 0.1}\n", 0.1), ("gates: {escape: 0}\n", 0)])
+def test_escape_gate_is_off_unless_given(tmp_path, text, escape):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    assert load_space(path).gates.escape == escape
+
+
+@pytest.mark.parametrize("text, words", [("gates: {escape: high}\n", ["gates.escape", "a number or null"]),
+                                         ("gates: {escape: true}\n", ["gates.escape", "a number or null"]),
+                                         ("gates: {escape: .inf}\n", ["'gates'", "finite thresholds"])])
+def test_bad_escape_gate_names_file_and_key(tmp_path, text, words):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as e:
+        load_space(path)
+    assert str(e.value).startswith(str(path)) and all(w in str(e.value) for w in words), str(e.value)

@@ -1,37 +1,35 @@
-"""Training gates and the schedulers that enforce them.
+"""Training gates: ``gate(result, gates, warmup_epochs)``, a pure function of one epoch's val metrics.
 
-``gate(result, ...)`` is a pure function of one epoch's metrics. The trainable writes its answer into every
-result as ``gate`` (None, "drift" or "margin"), so the decision is stored with the experiment and survives a
-restore; the schedulers below stop a trial whose result carries a gate, and otherwise defer to ASHA / FIFO.
+The trainable writes its answer into every result as ``gate`` (None, "drift", "escape" or "margin"), so the
+decision is stored with the experiment and survives a restore; ``schedulers.py`` stops a trial whose result carries
+a gate. Ray-free, so that the data probe can run the same gates on the oracle and the ridge baseline.
 """
 from __future__ import annotations
 
 from typing import Mapping
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-
 from tune_p7.space import Gates
 
 
+def _below(result: Mapping[str, float], key: str, threshold: float) -> bool:
+    return not result.get(key, float("nan")) >= threshold  # NaN (or a missing metric) counts as below
+
+
 def gate(result: Mapping[str, float], gates: Gates, warmup_epochs: int) -> str | None:
-    """"drift" if cos_anchor < gates.drift (any epoch); "margin" if the val margin < gates.margin once the
-    epoch is past warm-up + grace; else None. NaN compares as failing."""
-    if not result.get("cos_anchor", float("nan")) >= gates.drift:
+    """The first gate that stops this epoch, checked in this order, else None:
+
+    - "drift":  cos_anchor < gates.drift (any epoch);
+    - "escape": cos_next < gates.escape and cos_prev < gates.escape (any epoch; only if gates.escape is set): the
+      prediction has left both neighbours, the original's orthogonal escape;
+    - "margin": val margin < gates.margin, once the epoch is past warm-up + grace (epoch > warmup + grace_epochs).
+
+    NaN compares as failing.
+    """
+    if _below(result, "cos_anchor", gates.drift):
         return "drift"
-    if result["epoch"] > warmup_epochs + gates.grace_epochs and not result.get("margin", float("nan")) >= gates.margin:
+    escape = gates.escape
+    if escape is not None and _below(result, "cos_next", escape) and _below(result, "cos_prev", escape):
+        return "escape"
+    if result["epoch"] > warmup_epochs + gates.grace_epochs and _below(result, "margin", gates.margin):
         return "margin"
     return None
-
-
-class _Gated:
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        return TrialScheduler.STOP if result.get("gate") else decision
-
-
-class GatedASHA(_Gated, ASHAScheduler):
-    """ASHA (time = the reported epoch) that also stops any trial whose result trips a gate."""
-
-
-class GatedFIFO(_Gated, FIFOScheduler):
-    """No early stopping but the gates."""

@@ -173,7 +173,7 @@ def restore_deleted_checkpoints(exp: str) -> list[tuple[str, str]]:
 def build_tuner(space: Space, data, args, root: str, name: str):
     from ray import tune
 
-    from tune_p7.gates import GatedASHA, GatedFIFO
+    from tune_p7.schedulers import GatedASHA, GatedFIFO
     from tune_p7.trainable import train_trial
 
     cpus = args.cpus_per_trial or space.cpus_per_trial

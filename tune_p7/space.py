@@ -12,7 +12,7 @@
     runs:                     # explicit points, each a mapping of keys (tried in turn, times the grids)
       - {context_length: 5, margin: 0.07}
     scheduler: {name: asha, grace_period: 2, reduction_factor: 2, brackets: 1}
-    gates: {drift: 0.05, margin: 0.10, grace_epochs: 1}
+    gates: {drift: 0.05, margin: 0.10, grace_epochs: 1, escape: null}
     checkpoints: {num_to_keep: 2}
     resources: {cpus_per_trial: 1}
 """
@@ -46,6 +46,7 @@ class Gates:
     drift: float = 0.05  # stop when cos_anchor < drift, any epoch
     margin: float = 0.10  # stop when val margin < margin, once warm-up + grace epochs are over
     grace_epochs: int = 1
+    escape: float | None = None  # stop when val cos_next and cos_prev are both < escape (orthogonal escape); off
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,12 @@ def _section(src, raw, name, cls):
     for key, value in values.items():
         if key not in known:
             raise InputError(src, f"unknown key '{name}.{key}' (known: {', '.join(known)})")
-        kind = type(known[key].default)
-        ok = isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        optional = known[key].default is None  # an optional number: null turns it off
+        kind = float if optional else type(known[key].default)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int)) or (optional and value is None)
         if not ok or isinstance(value, bool):
-            raise InputError(src, f"key '{name}.{key}': expected {kind.__name__}, got {value!r}")
+            expected = "a number or null" if optional else kind.__name__
+            raise InputError(src, f"key '{name}.{key}': expected {expected}, got {value!r}")
         out[key] = value
     return cls(**out)
 
@@ -178,7 +181,8 @@ def load_space(path) -> Space:
     if sched.grace_period < 1 or sched.reduction_factor <= 1 or sched.brackets < 1:
         raise InputError(src, "key 'scheduler': needs grace_period >= 1, reduction_factor > 1, brackets >= 1")
     gates = _section(src, raw, "gates", Gates)
-    if gates.grace_epochs < 0 or not math.isfinite(gates.drift) or not math.isfinite(gates.margin):
+    thresholds = [gates.drift, gates.margin] + ([] if gates.escape is None else [gates.escape])
+    if gates.grace_epochs < 0 or not all(math.isfinite(t) for t in thresholds):
         raise InputError(src, "key 'gates': needs finite thresholds and grace_epochs >= 0")
     ckpt = raw.get("checkpoints") or {}
     unknown = set(ckpt) - {"num_to_keep"}
