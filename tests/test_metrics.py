@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tune_p7.metrics import (cosines, deploy_ok, infonce_chance, retrieval, retrieval_ranks, retrieval_ranks_xctx,
+from tune_p7.metrics import (cosines, deploy_ok, fail_reasons, infonce_chance, retrieval, retrieval_ranks, retrieval_ranks_xctx,
                              verdict)
 
 
@@ -60,6 +60,14 @@ def test_verdicts_follow_facts_thresholds():
     assert verdict({"margin": 0.09, "cos_next": 0.9, "cos_anchor": 0.9}) == "FAIL"
     assert verdict({"margin": 0.3, "cos_next": 0.9, "cos_anchor": 0.04}) == "FAIL"  # drift
     assert verdict({"margin": float("nan"), "cos_next": 0.9, "cos_anchor": 0.9}) == "FAIL"
+
+
+def test_fail_reasons_name_the_missed_thresholds():
+    assert fail_reasons({"margin": 0.25, "cos_next": 0.5, "cos_anchor": 0.45}) == []
+    assert fail_reasons({"margin": 0.15, "cos_next": 0.5, "cos_anchor": 0.35}) == []  # MARGINAL is no FAIL
+    assert fail_reasons({"margin": 0.9, "cos_next": 1.0, "cos_anchor": -0.66}) == ["cos_anchor -0.66 < 0.30"]
+    assert fail_reasons({"margin": float("nan"), "cos_next": 0.2, "cos_anchor": 0.9}) == \
+        ["margin +nan < 0.10", "cos_next +0.20 < 0.35"]
 
 
 def test_deployment_check_against_direct():

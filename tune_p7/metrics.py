@@ -102,6 +102,11 @@ def verdict(m: Mapping[str, float]) -> str:
     return "FAIL"
 
 
+def fail_reasons(m: Mapping[str, float]) -> list[str]:
+    """The FAIL thresholds ``m`` misses, each as "key value < threshold"; empty exactly when verdict(m) != FAIL."""
+    return [f"{k} {m.get(k, math.nan):+.2f} < {t:.2f}" for k, t in MARGINAL.items() if not _ge(m.get(k), t)]
+
+
 def deploy_ok(m: Mapping[str, float]) -> bool:
     """R@5 >= DIRECT's R@5 + 0.10 and MRR@10 >= DIRECT's MRR@10 + 0.05, on the same bank."""
     return (_ge(m.get("r_at_5"), m.get("direct_r_at_5", math.nan) + DEPLOY_R5)

@@ -1,9 +1,13 @@
-"""Look at the data before spending compute: ``python -m tune_p7.probe DATA [--context-length K]``.
+"""Look at the data before spending compute: ``python -m tune_p7.probe DATA [--context-length K] [--space FILE]``.
 
-For each held-out split: the forward signal Delta = mean cos(ctx[-1], next) - cos(ctx[-1], ctx[-2]), the mean
-cosine of adjacent vs random chunk pairs, and three cheap predictors scored with the trials' metrics on the
-same bank: DIRECT (copy ctx[-1]), centroid (mean of the context) and a closed-form ridge regression from the
-flattened context to the next vector, fitted on train.
+For each held-out split, from the windows (ctx[-2], ctx[-1], next) at context length K, the ones the trials see
+(the same definition for an article store and an NPZ file, whose chunk rows are not in document order): the
+forward signal Delta = mean[cos(ctx[-1], next) - cos(ctx[-1], ctx[-2])] and the adjacent cosine mean
+cos(ctx[-1], next), beside the mean cosine of chunk pairs from different articles. Then reference predictors
+scored with the trials' metrics on the same bank: DIRECT (copy ctx[-1]), centroid (mean of the context), a
+closed-form ridge regression fitted on train, and the oracle (the true next chunk itself). The search's gates and
+the verdict are run on ridge and on the oracle; where they would stop or fail the oracle, ``warnings`` holds one
+line each (the search prints them before any trial starts).
 """
 from __future__ import annotations
 
@@ -12,63 +16,57 @@ import json
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from tune_p7 import cli
+from tune_p7.baselines import Ridge, judge, oracle, oracle_warnings
 from tune_p7.config import P7Config
-from tune_p7.data import P7Data, Split, SplitTensors, load
+from tune_p7.data import P7Data, Split, load
 from tune_p7.loop import Evaluator
-from tune_p7.model import Prediction
+from tune_p7.space import Gates, load_space
 
-SHOWN = ("cos_next", "cos_prev", "margin", "cos_anchor", "r_at_5", "mrr_at_10")
-
-
-class Ridge(nn.Module):
-    """next ~ normalize(flatten(context) @ W): W = (X^T X + alpha I)^-1 X^T Y on the train windows."""
-
-    def __init__(self, train: Split, k: int, alpha_scale: float = 1e-2, block: int = 8192):
-        super().__init__()
-        st = SplitTensors(train, k)
-        p = k * train.dim
-        xtx = torch.zeros(p, p, dtype=torch.float64)
-        xty = torch.zeros(p, train.dim, dtype=torch.float64)
-        for i in range(0, len(st), block):
-            b = st.batch(torch.arange(i, min(i + block, len(st))))
-            x = b.context.reshape(len(b.next), -1).double()
-            xtx += x.T @ x
-            xty += x.T @ b.next.double()
-        alpha = alpha_scale * xtx.diagonal().mean()  # scale-aware regularisation
-        self.w = nn.Parameter(torch.linalg.solve(xtx + alpha * torch.eye(p, dtype=torch.float64), xty).float(),
-                              requires_grad=False)
-
-    def forward(self, context: torch.Tensor) -> Prediction:
-        q = F.normalize(context.reshape(len(context), -1) @ self.w, dim=-1)
-        return Prediction(q, q, torch.tensor(1.0))
+RETRIEVAL = ("r_at_1", "r_at_5", "r_at_10", "mrr_at_10")
+RETRIEVAL_ALL = RETRIEVAL + tuple(k + "_xctx" for k in RETRIEVAL)
+SHOWN = ("cos_next", "cos_prev", "margin", "cos_anchor", "r_at_5", "mrr_at_10", "r_at_5_xctx", "mrr_at_10_xctx",
+         "gate", "verdict")
 
 
-def pair_cosines(split: Split, seed: int = 0) -> dict[str, float]:
-    """Mean cos of chunks adjacent inside an article vs of random pairs from different articles, and Delta."""
-    x = torch.from_numpy(split.chunks).float()
-    article = np.repeat(np.arange(len(split.offsets) - 1), np.diff(split.offsets))
-    same = article[1:] == article[:-1]
-    adj = (x[1:] * x[:-1]).sum(-1)[torch.from_numpy(same)]
-    rng = np.random.default_rng(seed)
-    i, j = rng.integers(0, len(x), 20000), rng.integers(0, len(x), 20000)
-    keep = torch.from_numpy(article[i] != article[j])
-    rnd = (x[i] * x[j]).sum(-1)[keep]
-    # Delta for every chunk t with t-1 and t+1 in its article
-    mid = torch.from_numpy(np.flatnonzero(same[:-1] & same[1:]) + 1)
-    delta = (x[mid] * x[mid + 1]).sum(-1) - (x[mid] * x[mid - 1]).sum(-1)
-    return {"delta": float(delta.mean()) if len(mid) else float("nan"), "adjacent_cos": float(adj.mean()),
-            "random_cos": float(rnd.mean()) if len(rnd) else float("nan")}
+def pair_cosines(split: Split, k: int, block: int = 65536) -> dict[str, float]:
+    """Delta and the adjacent cosine over the split's windows of context length k, and the random-pair cosine.
+
+    With (a, b, n) = (ctx[-2], ctx[-1], next) of each window: delta = mean(b.n - b.a), adjacent_cos = mean(b.n).
+    random_cos is the exact mean of x_i.x_j over all ordered pairs of chunks from different articles,
+    (|S|^2 - sum_a |S_a|^2) / (M^2 - sum_a M_a^2), with S the sum of all M chunks and S_a, M_a the sum and
+    count of article a's.
+    """
+    x = torch.from_numpy(split.chunks)
+    w = torch.from_numpy(np.ascontiguousarray(split.windows(k)[:, -3:]))
+    adjacent, back = [], []
+    for i in range(0, len(w), block):
+        a, b, n = x[w[i:i + block]].float().unbind(1)
+        adjacent.append((b * n).sum(-1))
+        back.append((b * a).sum(-1))
+    adjacent, back = torch.cat(adjacent), torch.cat(back)
+    sums = np.add.reduceat(split.chunks, split.offsets[:-1], axis=0, dtype=np.float64)
+    counts = np.diff(split.offsets).astype(np.float64)
+    total = sums.sum(0)
+    pairs = counts.sum() ** 2 - (counts ** 2).sum()
+    rnd = (total @ total - (sums * sums).sum()) / pairs if pairs else float("nan")
+    return {"delta": float((adjacent - back).mean()), "adjacent_cos": float(adjacent.mean()),
+            "random_cos": float(rnd)}
 
 
-def probe(data: P7Data, k: int = 5) -> dict:
-    """The probe of every held-out split of ``data`` at context length k (a JSON-able dict)."""
+def probe(data: P7Data, k: int = 5, gates: Gates = Gates(), warmup_epochs: int = P7Config().warmup_epochs) -> dict:
+    """The probe of every held-out split of ``data`` at context length k (a JSON-able dict).
+
+    ``gates`` and ``warmup_epochs`` are the search's: ridge and the oracle get the ``gate`` the search would
+    give a trial with their val metrics at epoch warmup_epochs + grace_epochs + 1, the first epoch past warm-up
+    and grace (so the margin gate applies too), and their ``verdict``. ``warnings``: where the oracle would be
+    stopped by a gate (val) or gets FAIL (any split), one line each, starting ``warning:``.
+    """
     cfg = P7Config(context_length=k, precision="fp32")
     ridge = Ridge(data.train, k)
-    out = {"data": data.source, "context_length": k, "splits": {}}
+    out = {"data": data.source, "context_length": k, "gates": vars(gates), "gate_epoch":
+           warmup_epochs + gates.grace_epochs + 1, "warnings": [], "splits": {}}
     for name in ("val", "ood"):
         split = getattr(data, name)
         if split is None:
@@ -76,30 +74,41 @@ def probe(data: P7Data, k: int = 5) -> dict:
         ev = Evaluator(split, cfg)
         r = ev(ridge, bf16=False)
         base = ev.baselines
+        ridge_m = {k2: r[k2] for k2 in ("cos_next", "cos_prev", "margin", "cos_anchor") + RETRIEVAL_ALL}
+        orc = oracle(ev)
+        orc.update(judge(orc, gates, warmup_epochs))
+        out["warnings"] += oracle_warnings(name, orc, gates, gated=name == "val")
         out["splits"][name] = {
-            **pair_cosines(split), "windows": len(ev.st), "bank": len(ev.bank),
+            **pair_cosines(split, k), "windows": len(ev.st), "bank": len(ev.bank),
             "baselines": {
                 "direct": {"cos_next": base["direct_cos_next"], "cos_prev": 1.0, "margin": base["direct_margin"],
-                           **{k2.removeprefix("direct_"): v for k2, v in base.items() if k2.startswith("direct_r")
-                              or k2.startswith("direct_mrr")}},
+                           **{m: base["direct_" + m] for m in RETRIEVAL_ALL}},
                 "centroid": {"cos_anchor": 1.0, **{k2.removeprefix("centroid_"): v for k2, v in base.items()
                                                    if k2.startswith("centroid_")}},
-                "ridge": {k2: r[k2] for k2 in ("cos_next", "cos_prev", "margin", "cos_anchor", "r_at_1", "r_at_5",
-                                               "r_at_10", "mrr_at_10")},
-            }}
+                "ridge": {**ridge_m, **judge(ridge_m, gates, warmup_epochs)},
+            },
+            "oracle": orc}
     return out
 
 
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
 def markdown(result: dict) -> str:
-    """The probe as a Markdown section."""
+    """The probe as a Markdown section (the warnings are left to the caller: the summary shows them on top)."""
     lines = [f"## Data probe (context length {result['context_length']})", ""]
     for name, s in result["splits"].items():
-        lines += [f"**{name}**: {s['windows']} windows, bank of {s['bank']} chunks. Forward signal "
-                  f"Delta = {s['delta']:+.4f}; adjacent chunks cos {s['adjacent_cos']:.3f} vs random "
-                  f"{s['random_cos']:.3f}.", "",
+        lines += [f"**{name}**: {s['windows']} windows, bank of {s['bank']} chunks (chance R@5 = "
+                  f"{5 / s['bank']:.4f}). Forward signal Delta = {s['delta']:+.4f}; adjacent chunks "
+                  f"cos(ctx[-1], next) {s['adjacent_cos']:.3f} vs random pairs {s['random_cos']:.3f}. `_xctx`: "
+                  "retrieval with the query's own context chunks left out of the bank; gate and verdict as the "
+                  f"search would give them at epoch {result['gate_epoch']}.", "",
                   "| predictor | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
-        for b, m in s["baselines"].items():
-            lines.append(f"| {b} | " + " | ".join(f"{m[c]:.3f}" if c in m else "" for c in SHOWN) + " |")
+        for b, m in {**s["baselines"], "oracle (true next)": s["oracle"]}.items():
+            lines.append(f"| {b} | " + " | ".join(_cell(m[c]) if c in m else "" for c in SHOWN) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -108,12 +117,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tune_p7.probe", description=__doc__.split("\n\n")[0])
     p.add_argument("data", help="article store, NPZ train file or folder")
     p.add_argument("--context-length", type=int, default=5)
+    p.add_argument("--space", help="judge ridge and the oracle with this search space's gates and warm-up "
+                                   "[default: the default gates and warm-up]")
     p.add_argument("--json", help="also write the probe as JSON here")
     a = p.parse_args(argv)
+    gates, warmup = Gates(), P7Config().warmup_epochs
+    if a.space:
+        space = load_space(a.space)
+        gates, warmup = space.gates, max(space.values_of("warmup_epochs"))
     data = load(a.data)
     data.check_context(a.context_length)
-    result = probe(data, a.context_length)
+    result = probe(data, a.context_length, gates, warmup)
     print(markdown(result))
+    for line in result["warnings"]:
+        print(line)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=2)
