@@ -64,6 +64,17 @@ def test_evaluation_files_rank_trials_beside_baselines(experiment):
     assert "## Held-out evaluation (ood split)" in (exp / "summary.md").read_text()  # summary refreshed
 
 
+def test_evaluation_rows_carry_retrieval_without_the_query_context(experiment):
+    df = pd.read_parquet(experiment["exp"] / "evaluation.parquet").set_index("model")
+    xctx = ["r_at_1_xctx", "r_at_5_xctx", "r_at_10_xctx", "mrr_at_10_xctx"]
+    assert np.isfinite(df[xctx].to_numpy(float)).all()  # trials, DIRECT, centroid and ridge (from probe.json)
+    trials = df[df["kind"] == "trial"]
+    assert np.isfinite(trials[["direct_" + m for m in xctx] + ["centroid_" + m for m in xctx]].to_numpy(float)).all()
+    for m in ("r_at_1", "r_at_5", "r_at_10", "mrr_at_10"):  # leaving the context out can only lift the target
+        assert (df[m + "_xctx"] >= df[m]).all(), m
+    assert df.loc["DIRECT", "r_at_1_xctx"] == pytest.approx(trials.iloc[0]["direct_r_at_1_xctx"])
+
+
 def test_export_reloads_in_a_fresh_process_with_the_same_predictions(experiment):
     out, root = experiment["out"], experiment["root"]
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "example.py", "metrics.json", "model.pt"]

@@ -12,11 +12,14 @@ import pytest
 from ray import tune
 
 from conftest import REPO, run_cli
+from tune_p7.store import write_store
+from tune_p7.synth import generate
 
 SEARCH = REPO / "tune_p7" / "search.py"
 EVERY_EPOCH = {"cos_next", "cos_prev", "margin", "cos_anchor", "train_margin", "r_at_1", "r_at_5", "r_at_10",
                "mrr_at_10", "direct_r_at_5", "direct_mrr_at_10", "centroid_r_at_5", "anchor_lambda", "loss",
-               "loss_rank", "loss_margin", "loss_teacher", "gate", "node"}
+               "loss_rank", "loss_margin", "loss_teacher", "gate", "node", "r_at_1_xctx", "mrr_at_10_xctx",
+               "direct_r_at_5_xctx", "centroid_mrr_at_10_xctx", "loss_rank_weighted"}
 SUMMARY_COLUMNS = {"trial_id", "status", "gate", "stopped_epoch", "verdict", "deploy_ok", "rank", "node",
                    "config/arch", "config/margin", "margin", "cos_next", "r_at_5", "direct_r_at_5"}
 
@@ -80,6 +83,25 @@ def test_drift_gate_stops_trials_and_the_summary_says_when(tmp_path, strong_stor
     assert (df["status"] == "gate_stopped").all() and (df["gate"] == "drift").all()
     assert (df["stopped_epoch"] == 1).all()
     assert "gate_stopped (drift)" in (tmp_path / "drift" / "summary.md").read_text()
+
+
+def test_oracle_warnings_come_before_the_trials_and_the_escape_gate_stops_them(tmp_path):
+    """Great-circle articles whose next chunk lies opposite its context centroid: the probe's warning that the
+    verdict fails even the true next chunk is printed (and stored) before the trials; the escape gate (cos_next
+    and cos_prev both < 0.99) stops every trial in its first epoch."""
+    art, idx, vec = generate(60, 12, 16, 1.0, seed=0, rho=10.0, sigma=0.1, tau=0.05)
+    store = tmp_path / "circles.parquet"
+    write_store(store, art, idx, vec, dtype="float32")
+    sp = space(tmp_path, SMALL + "  epochs: 2\nscheduler: {name: fifo}\ngates: {drift: -1.0, escape: 0.99}\n")
+    r = search("--space", sp, "--data", store, "--storage", tmp_path, "--name", "esc")
+    exp = tmp_path / "esc"
+    printed = [line for line in r.stderr.splitlines() if line.startswith("warning: on ")]
+    assert printed == json.loads((exp / "probe.json").read_text())["warnings"]
+    assert any(w.startswith("warning: on val the true next chunk itself gets verdict FAIL") for w in printed)
+    assert not any("drift gate" in w for w in printed)  # drift -1.0 cannot stop it
+    df = pd.read_parquet(exp / "summary.parquet")
+    assert len(df) == 1 and df.iloc[0]["status"] == "gate_stopped"
+    assert df.iloc[0]["gate"] == "escape" and df.iloc[0]["stopped_epoch"] == 1
 
 
 def test_a_nan_trial_errors_alone_with_its_reason(tmp_path, small_store):

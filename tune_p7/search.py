@@ -128,16 +128,20 @@ def init_ray(args) -> str:
 
 
 def write_probe(data, space: Space, exp: str) -> None:
-    """Store the data probe with the experiment (the summary shows it above the ranked table)."""
+    """Store the data probe with the experiment (the summary shows it above the ranked table) and print its
+    ``warning:`` lines (the oracle judged by the space's gates and the verdict) on stderr, before any trial starts."""
     from tune_p7.probe import markdown, probe
 
     ks = space.values_of("context_length")
-    result = probe(data, 5 if 5 in ks else ks[0])
+    result = probe(data, 5 if 5 in ks else ks[0], gates=space.gates,
+                   warmup_epochs=max(space.values_of("warmup_epochs")))
     storage.write_bytes(storage.join(exp, "probe.json"), json.dumps(result, indent=2).encode())
     storage.write_bytes(storage.join(exp, "probe.md"), markdown(result).encode())
     val = result["splits"]["val"]
     print(f"  probe:     val Delta {val['delta']:+.4f}; ridge margin {val['baselines']['ridge']['margin']:+.3f}, "
           f"DIRECT margin {val['baselines']['direct']['margin']:+.3f}", flush=True)
+    for line in result["warnings"]:
+        print(line, file=sys.stderr, flush=True)
 
 
 def restore_deleted_checkpoints(exp: str) -> list[tuple[str, str]]:
