@@ -76,8 +76,8 @@ def oracle_warnings(split: str, o: dict, gates: Gates, gated: bool) -> list[str]
                      f"{o['cos_prev']:+.2f} < {gates.escape:g}): lower gates.escape")
     elif gated and o["gate"] == "margin":
         lines.append(f"{head} would be stopped by the margin gate (oracle margin {o['margin']:+.2f} < "
-                     f"{gates.margin:g}): consecutive chunks are nearly identical here; set gates.margin below the "
-                     "oracle's margin")
+                     f"{gates.margin:g}): consecutive chunks are nearly identical here, so only a prediction that "
+                     "overshoots the next chunk, away from ctx[-1], clears it; consider a lower gates.margin")
     if o["verdict"] == "FAIL":
         why = " (they assume the next chunk lies near its context centroid)" \
             if not o["cos_anchor"] >= M.MARGINAL["cos_anchor"] else ""
