@@ -116,8 +116,9 @@ class Evaluator:
     Streams: each batch of eval_batch_size windows is gathered, predicted, scored against the bank (ranks) and
     dropped, so only per-window scalars accumulate; no (windows, D) matrix is ever built. Retrieval is reported
     twice: against the whole bank (``r_at_5``...: the deployment check's, as the seed defines it) and with the
-    query's own context chunks left out (``r_at_5_xctx``...), where ctx[-1] no longer outranks the target. ``tensors``: reuse a
-    SplitTensors of the same split and context length (fit shares the training one: no second window table).
+    query's own context chunks left out (``r_at_5_xctx``...), where ctx[-1] no longer outranks the target.
+    ``tensors``: reuse a SplitTensors of the same split and context length (fit shares the training one: no second
+    window table).
     """
 
     def __init__(self, split: Split, cfg: P7Config, max_windows: int | None = None, retrieval: bool = True,
