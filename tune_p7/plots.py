@@ -7,8 +7,9 @@
   varied hyperparameter, at most 4 panels a row; numeric keys on numeric axes (log for loguniform ranges),
   categorical keys as jittered strips.
 
-Every PNG carries its layout in its ``Description`` text chunk (JSON: ``grid`` [rows, cols] of each figure's
-panels, ``legend`` the trial names its legend shows), read back from the figure itself, so tests can check it.
+Every PNG carries its layout in its ``Description`` text chunk (JSON: ``grid`` [rows, cols] of the panels,
+``legend`` the legend's entries, ``panels`` each panel's title, reference labels and x scale), read back from the
+figure itself, so what a reader sees can be checked without looking.
 """
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ def curves(ranked: pd.DataFrame, results: dict[str, list[dict]], refs: Reference
     return _png(fig)
 
 
-def _kind(values: pd.Series, sampler: str | None) -> str:
+def axis_kind(values: pd.Series, sampler: str | None) -> str:
     """'log', 'numeric' or 'categorical' axis for a hyperparameter."""
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     if not numeric:
@@ -194,7 +195,7 @@ def outcome_grid(df: pd.DataFrame, keys: list[str], samplers: dict[str, str], me
     lines = [t for t in refs.thresholds(metric) if not t[0].endswith("gate")] + refs.baselines(metric)
     for ax, key in zip(axes.flat, keys):
         name = key.removeprefix("config/")
-        kind = _kind(df[key], samplers.get(name))
+        kind = axis_kind(df[key], samplers.get(name))
         x, cats = _positions(df[key], kind, rng)
         for status, colour in STATUS_COLOURS.items():
             sel = (df["status"] == status).to_numpy()
@@ -226,7 +227,9 @@ def outcome_grid(df: pd.DataFrame, keys: list[str], samplers: dict[str, str], me
 def _layout(fig) -> dict:
     grids = {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes if ax.get_subplotspec() is not None}
     legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
-    return {"grid": [list(g) for g in sorted(grids)], "legend": legend}
+    panels = [{"title": ax.get_title() or ax.get_xlabel(), "labels": [t.get_text() for t in ax.texts],
+               "xscale": ax.get_xscale()} for ax in fig.axes]
+    return {"grid": [list(g) for g in sorted(grids)], "legend": legend, "panels": panels}
 
 
 def _png(fig) -> bytes:
