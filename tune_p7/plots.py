@@ -155,6 +155,13 @@ def curves(ranked: pd.DataFrame, results: dict[str, list[dict]], refs: Reference
     return _png(fig)
 
 
+def hp_label(key: str, df: pd.DataFrame) -> str:
+    """A hyperparameter's name ("config/<name>" column); "cfg.<name>" where a metric has the same name (the hinge
+    ``margin`` beside the val margin)."""
+    name = key.removeprefix("config/")
+    return "cfg." + name if name in df.columns else name
+
+
 def axis_kind(values: pd.Series, sampler: str | None) -> str:
     """'log', 'numeric' or 'categorical' axis for a hyperparameter."""
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
@@ -184,7 +191,7 @@ def outcome_grid(df: pd.DataFrame, keys: list[str], samplers: dict[str, str], me
     how the trial ended, with the thresholds and baselines of ``metric`` drawn across every panel."""
     plt = _plt()
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     cols = min(PER_ROW, len(keys))
     rows = math.ceil(len(keys) / cols)
@@ -205,11 +212,15 @@ def outcome_grid(df: pd.DataFrame, keys: list[str], samplers: dict[str, str], me
         if pd.api.types.is_integer_dtype(df[key]):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if cats is not None:
-            ax.set_xticks(range(len(cats)), cats, rotation=30 if max(map(len, cats)) > 6 else 0, fontsize=8)
+            ax.set_xticks(range(len(cats)), cats, rotation=30 if sum(map(len, cats)) > 24 else 0, fontsize=8)
             ax.set_xlim(-0.6, len(cats) - 0.4)
         elif kind == "log":
             ax.set_xscale("log")
-        ax.set_xlabel(name + (" (log)" if kind == "log" else ""))
+            # ticks at 1, 2, 5 x 10^n: a range of one or two decades gets a few readable labels, none overlapping
+            ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(hp_label(key, df) + (" (log)" if kind == "log" else ""))
         ax.grid(alpha=0.25)
     lo, hi = _ylim(axes[0, 0], lines, y)  # shared by every panel
     for ax in axes[:, 0]:

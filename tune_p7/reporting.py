@@ -11,8 +11,8 @@ from numbers import Integral, Real
 import pandas as pd
 
 VERDICT_ORDER = {"PASS": 0, "MARGINAL": 1, "FAIL": 2}
-RANKING = ("deployment check (R@5 >= DIRECT + 0.10 and MRR@10 >= DIRECT + 0.05) passed first, then verdict "
-           "(PASS > MARGINAL > FAIL), then val margin")
+RANKING = ("the deployment check (R@5 >= DIRECT + 0.10 and MRR@10 >= DIRECT + 0.05; passed first), then the "
+           "verdict (PASS > MARGINAL > FAIL), then the val margin")
 
 
 def ranking_key(deploy_ok, verdict, margin) -> tuple:

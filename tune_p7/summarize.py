@@ -22,7 +22,7 @@ from tune_p7 import cli, storage  # noqa: E402
 from tune_p7.config import P7Config  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
 from tune_p7.metrics import deploy_ok, verdict  # noqa: E402
-from tune_p7.plots import References, plots  # noqa: E402
+from tune_p7.plots import References, hp_label, plots  # noqa: E402
 from tune_p7.report_html import to_html  # noqa: E402
 from tune_p7.reporting import RANKING, fmt, ranked_index  # noqa: E402
 from tune_p7.space import trial_config  # noqa: E402
@@ -139,12 +139,13 @@ def table(df: pd.DataFrame, sampler: dict[str, str], limit: int | None = TOP_ROW
     metrics = [c for pair in PAIRS for c in pair if c and c in df]
     cols = ["rank", "trial_id", *var, *metrics, "best_margin", "verdict", "deploy_ok", "status", "stopped_epoch"]
     cols = [c for c in cols if c in df]
-    head = [HEADERS.get(c, c.removeprefix("config/")) for c in cols]
+    head = [hp_label(c, df) if c.startswith("config/") else HEADERS.get(c, c) for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(cols)]
     for _, r in (df if limit is None else df.head(limit)).iterrows():
         ended = r["status"] + (f" ({r['gate']})" if isinstance(r["gate"], str) else "") + \
             (" †" if r.get("stopped_learning") else "")
-        cells = [ended if c == "status" else fmt(r[c], sampler.get(c.removeprefix("config/"))) for c in cols]
+        cells = [ended if c == "status" else fmt(r[c], sampler.get(c[7:]) if c.startswith("config/") else None)
+                 for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     more = len(df) - len(lines) + 2
     if more > 0:
@@ -199,6 +200,16 @@ def chance_line(probe: dict) -> str | None:
             f"R@5 {fmt(5 / bank)}, R@10 {fmt(10 / bank)}.")
 
 
+def stopped_line(learning: int, gated: int) -> str:
+    """How many trials a gate stopped while they passed the deployment check."""
+    if not gated:
+        return "Stopped while learning: none (no trial was stopped by a gate)."
+    them = "it" if gated == 1 else "them"
+    return (f"Stopped while learning: {learning} of {gated} gate-stopped trial{'s' * (gated != 1)} passed the "
+            f"deployment check when the gate stopped {them} (marked † in the table)"
+            + (": the gate may be wrong for this data, see the probe's oracle." if learning else "."))
+
+
 def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dict, images: list[str]) -> str:
     md = header(exp, search, probe)
     for name in ("probe.md", "evaluation.md"):
@@ -209,13 +220,10 @@ def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dic
         md += [versus_ridge(df.iloc[0], probe), ""]
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
     learning = int(df["stopped_learning"].sum()) if not df.empty else 0
-    gated = counts.get("gate_stopped", 0)
     md += ["## Trials, ranked", "",
-           f"Ranked by {RANKING} (from the final val metrics; margin: the best val margin). Ended: "
-           + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", "",
-           f"Stopped while learning: {learning} of {gated} gate-stopped trial{'s' * (gated != 1)} passed the "
-           f"deployment check when the gate stopped {'it' if gated == 1 else 'them'} (marked † in the table)"
-           + (": the gate may be wrong for this data, see the probe's oracle." if learning else "."), ""]
+           f"Ranked by {RANKING} (verdict and deployment check from the final val metrics, margin: the best val "
+           "margin of any epoch). Ended: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", "",
+           stopped_line(learning, counts.get("gate_stopped", 0)), ""]
     chance = chance_line(probe)
     md += ([chance, ""] if chance else []) + [table(df, sampler), ""]
     errored = df[df["status"] == "errored"] if not df.empty else df
