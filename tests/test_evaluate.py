@@ -3,6 +3,7 @@ reloaded in a fresh process, S3 experiments, and one clear line for data that do
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from tune_p7.config import P7Config
 from tune_p7.errors import InputError
 from tune_p7.evaluate import evaluate, load_exported, predict
 from tune_p7.model import build_model
+from tune_p7.reporting import ranked_index
 
 SHOWN = ("margin", "cos_next", "cos_prev", "cos_anchor", "r_at_1", "r_at_5", "r_at_10", "mrr_at_10")
 
@@ -73,6 +75,30 @@ def test_evaluation_rows_carry_retrieval_without_the_query_context(experiment):
     for m in ("r_at_1", "r_at_5", "r_at_10", "mrr_at_10"):  # leaving the context out can only lift the target
         assert (df[m + "_xctx"] >= df[m]).all(), m
     assert df.loc["DIRECT", "r_at_1_xctx"] == pytest.approx(trials.iloc[0]["direct_r_at_1_xctx"])
+
+
+def _plant_val(exp: Path, trial_dir: str, **values) -> None:
+    for folder in (exp / trial_dir).glob("checkpoint_*"):
+        m = checkpoint.load_metrics(folder)
+        (folder / checkpoint.METRICS).write_text(json.dumps({**m, **values}))
+
+
+def test_the_model_is_chosen_on_val_and_the_held_out_split_only_reported(experiment, tmp_path):
+    """Two candidates whose val and held-out orders disagree: the val-best one is chosen, not the ood-best."""
+    exp = tmp_path / "e"
+    shutil.copytree(experiment["exp"], exp)
+    trials = pd.read_parquet(exp / "evaluation.parquet").query("kind == 'trial'").set_index("trial_id")
+    ood_order = ranked_index(trials)  # what choosing on the held-out figures would pick first
+    ood_best, val_best = ood_order[0], ood_order[1]
+    dirs = pd.read_parquet(exp / "summary.parquet").set_index("trial_id")["trial_dir"]
+    # the checkpoints' val metrics (metrics.json) are what selection reads: make val disagree with ood
+    _plant_val(exp, dirs[val_best], margin=0.5, cos_next=0.9, cos_anchor=0.9, r_at_5=1.0, mrr_at_10=1.0)
+    _plant_val(exp, dirs[ood_best], margin=-0.5, cos_next=0.0, cos_anchor=0.0, r_at_5=0.0, mrr_at_10=0.0)
+    df = evaluate(str(exp), top=2, refresh_summary=False)
+    chosen = df[df["chosen"]].iloc[0]
+    assert chosen["model"] == val_best != ood_best
+    assert chosen["val_verdict"] == "PASS" and bool(chosen["val_deploy_ok"]) and chosen["val_margin"] == 0.5
+    assert "chosen on val" in (exp / "evaluation.md").read_text()
 
 
 def test_export_reloads_in_a_fresh_process_with_the_same_predictions(experiment):

@@ -5,9 +5,10 @@ checkpoint, and loads each trial's best checkpoint (the highest val margin among
 Every checkpoint is checked against the data first (split present, vector dimension, context length), then
 evaluated on a held-out split with the metrics the trials report, beside the DIRECT (copy ctx[-1]) and centroid
 baselines on the same bank and the probe's ridge baseline (from ``probe.json``, when it was computed on the same
-data), and timed: p50/p95 latency per query at batch 1 and throughput at batch 1024. The chosen model is the best
-trial by deployment check, then verdict, then held-out margin. Writes ``evaluation.parquet`` (one row a model)
-and ``evaluation.md`` into the experiment folder and refreshes ``summary.md``, which embeds ``evaluation.md``.
+data), and timed: p50/p95 latency per query at batch 1 and throughput at batch 1024. The model is chosen on val,
+never on the held-out split: the best candidate by the summary's ranking key (``reporting.ranking_key``) applied
+to its checkpoint's val metrics; the held-out split is only reported. Writes ``evaluation.parquet`` (one row a
+model) and ``evaluation.md`` into the experiment folder and refreshes ``summary.md``, which embeds ``evaluation.md``.
 
 Splits: ``ood`` (default) is held out from both training and selection; ``test`` is an alias of ``ood``; ``val``
 is the split the trials were ranked on (not held out: for comparison only).
@@ -47,12 +48,12 @@ from tune_p7.data import P7Data, Split, load  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
 from tune_p7.loop import Evaluator, use_bf16  # noqa: E402
 from tune_p7.model import Prediction, build_model  # noqa: E402
+from tune_p7.reporting import RANKING, ranked_index  # noqa: E402
 
 SEARCH_FILE = "tune_p7_search.json"
 SPLIT_ALIASES = {"ood": "ood", "test": "ood", "val": "val"}
 METRICS = ("cos_next", "cos_prev", "margin", "cos_anchor", "cos_raw_anchor", "r_at_1", "r_at_5", "r_at_10",
            "mrr_at_10", "r_at_1_xctx", "r_at_5_xctx", "r_at_10_xctx", "mrr_at_10_xctx")
-VERDICT_ORDER = {"PASS": 0, "MARGINAL": 1, "FAIL": 2}
 LATENCY_RUNS, LATENCY_WARMUP, THROUGHPUT_BATCH = 200, 20, 1024
 
 
@@ -344,12 +345,13 @@ def markdown(df: pd.DataFrame, split: str, exp: str, data_path: str, notes: list
                 cells.append(_fmt(v))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"**Chosen: trial {chosen['model']}** (summary rank {int(chosen['rank'])}, checkpoint "
-                  f"`{chosen['checkpoint']}`, epoch {int(chosen['epoch'])}): the best trial by deployment check, then "
-                  f"verdict, then {split} margin.",
+                  f"`{chosen['checkpoint']}`, epoch {int(chosen['epoch'])}), chosen on val: {RANKING}, each from the "
+                  f"checkpoint's val metrics. The {split} figures are reported, never used to choose.",
               f"- Verdict {chosen['verdict']}: margin {chosen['margin']:+.3f} (PASS >= {M.PASS['margin']:.2f}), "
               f"cos_next {chosen['cos_next']:.3f} (>= {M.PASS['cos_next']:.2f}), cos_anchor "
               f"{chosen['cos_anchor']:.3f} (>= {M.PASS['cos_anchor']:.2f}); on val it was "
-              f"{chosen['val_verdict']} (margin {chosen['val_margin']:+.3f}).",
+              f"{chosen['val_verdict']} (margin {chosen['val_margin']:+.3f}, deployment check "
+              f"{'passed' if chosen['val_deploy_ok'] else 'failed'}).",
               f"- Deployment check {'passed' if chosen['deploy_ok'] else 'FAILED'}: R@5 {chosen['r_at_5']:.3f} vs "
               f"DIRECT {chosen['direct_r_at_5']:.3f} + {M.DEPLOY_R5:.2f}; MRR@10 {chosen['mrr_at_10']:.3f} vs DIRECT "
               f"{chosen['direct_mrr_at_10']:.3f} + {M.DEPLOY_MRR:.2f}.",
@@ -452,9 +454,7 @@ def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None
     df["verdict"] = [M.verdict(r) for r in df.to_dict("records")]
     df["deploy_ok"] = [M.deploy_ok(r) for r in df.to_dict("records")]
     df.insert(1, "split", split)
-    key = pd.DataFrame({"d": ~df["deploy_ok"], "v": df["verdict"].map(VERDICT_ORDER),
-                        "m": -df["margin"].fillna(-math.inf)})[df["kind"] == "trial"]
-    best = key.sort_values(["d", "v", "m"], kind="stable").index[0]
+    best = ranked_index(df[df["kind"] == "trial"], "val_deploy_ok", "val_verdict", "val_margin")[0]
     df["chosen"] = df.index == best
     df["windows"] = [len(evaluators[k].st) if k in evaluators else w
                      for k, w in zip(df["context_length"], df.get("windows", pd.Series(math.nan, index=df.index)))]

@@ -127,6 +127,23 @@ def init_ray(args) -> str:
     return url if not url or url.startswith("http") else "http://" + url
 
 
+def token_hint() -> str:
+    """Where the dashboard's token is, when Ray's token authentication is on (the dashboard then asks for it)."""
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    if not is_token_auth_enabled():
+        return ""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+    where = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else path
+    return f" (asks for a token: `ray get-auth-token` prints it; it is in {where})"
+
+
+def samplers(space: Space) -> dict[str, str]:
+    """The sampler of every key the space varies (keys of ``runs:`` count as grid), for the summary's axes."""
+    out = {k: next(iter(v)) for k, v in space.params.items() if isinstance(v, dict)}
+    return {**out, **{k: "grid" for r in space.runs for k in r}}
+
+
 def write_probe(data, space: Space, exp: str) -> None:
     """Store the data probe with the experiment (the summary shows it above the ranked table) and print its
     ``warning:`` lines (the oracle judged by the space's gates and the verdict) on stderr, before any trial starts."""
@@ -237,13 +254,13 @@ def main(argv=None) -> int:
                                               "(then pass --storage-is-shared if it is not detected)")
     if not args.resume:
         record = {"space": str(Path(space_path).resolve()), "data": str(Path(data_path).resolve()),
-                  "metric": space.metric, "mode": space.mode, "gates": vars(space.gates),
+                  "metric": space.metric, "mode": space.mode, "gates": vars(space.gates), "samplers": samplers(space),
                   "max_epochs": max(space.values_of("epochs")), "argv": sys.argv[1:],
                   "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         storage.write_bytes(storage.join(exp, SEARCH_FILE), json.dumps(record, indent=2).encode())
         if not args.no_probe:
             write_probe(data, space, exp)
-    print(f"tune_p7: experiment {name}\n  results:   {exp}\n  dashboard: {dashboard or '(not available)'}\n"
+    print(f"tune_p7: experiment {name}\n  results:   {exp}\n  dashboard: {(dashboard + token_hint()) if dashboard else '(not available)'}\n"
           f"  data:      {data_path} (train {len(data.train.chunks)} chunks, val {len(data.val.chunks)}, dim {data.dim})\n"
           f"  space:     {space_path}", flush=True)
     tuner = build_tuner(space, data, args, root, name)
@@ -252,6 +269,7 @@ def main(argv=None) -> int:
 
     table = summarize(exp)
     print(table)
+    print(f"summary: {storage.join(exp, 'summary.md')}\n         {storage.join(exp, 'summary.html')} (open in a browser)")
     return 0
 
 

@@ -1,7 +1,9 @@
 """Rank the trials of one stored experiment: ``python tune_p7/summarize.py EXPERIMENT`` (path or URI).
 
-Works from the experiment folder alone. Writes ``summary.md`` (ranked table), ``summary.parquet`` (one row a
-trial) and PNG plots into the folder, and returns the table as text.
+Works from the experiment folder alone (the search record, the probe, every trial's result.json). Writes
+``summary.md`` (probe, warnings, the top rows of the ranked table, plots), ``summary.html`` (the same as one
+self-contained page), ``summary.parquet`` (every trial, one row each) and the PNG plots (``plots.py``) into the
+folder, and returns the table's top rows as text.
 """
 from __future__ import annotations
 
@@ -19,12 +21,23 @@ import pandas as pd  # noqa: E402
 from tune_p7 import cli, storage  # noqa: E402
 from tune_p7.config import P7Config  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
-from tune_p7.metrics import DRIFT, PASS, deploy_ok, verdict  # noqa: E402
+from tune_p7.metrics import deploy_ok, verdict  # noqa: E402
+from tune_p7.plots import References, hp_label, plots  # noqa: E402
+from tune_p7.report_html import to_html  # noqa: E402
+from tune_p7.reporting import RANKING, fmt, ranked_index  # noqa: E402
 from tune_p7.space import trial_config  # noqa: E402
 
 SEARCH_FILE = "tune_p7_search.json"
-VERDICT_ORDER = {"PASS": 0, "MARGINAL": 1, "FAIL": 2}
-SHOWN = ["margin", "cos_next", "cos_prev", "cos_anchor", "r_at_5", "mrr_at_10", "direct_r_at_5", "direct_mrr_at_10"]
+TOP_ROWS = 20  # rows of the ranked table in summary.md and on the console; summary.parquet holds all
+# the table's metrics, each followed by DIRECT's value on the same bank (None: DIRECT has no counterpart)
+PAIRS = [("margin", "direct_margin"), ("cos_next", "direct_cos_next"), ("cos_prev", None), ("cos_anchor", None),
+         ("r_at_5", "direct_r_at_5"), ("mrr_at_10", "direct_mrr_at_10"), ("r_at_5_xctx", "direct_r_at_5_xctx"),
+         ("mrr_at_10_xctx", "direct_mrr_at_10_xctx")]
+HEADERS = {"margin": "margin", "direct_margin": "DIRECT margin", "direct_cos_next": "DIRECT cos_next",
+           "r_at_5": "R@5", "direct_r_at_5": "DIRECT R@5", "mrr_at_10": "MRR@10", "direct_mrr_at_10": "DIRECT MRR@10",
+           "r_at_5_xctx": "R@5 xctx", "direct_r_at_5_xctx": "DIRECT R@5 xctx", "mrr_at_10_xctx": "MRR@10 xctx",
+           "direct_mrr_at_10_xctx": "DIRECT MRR@10 xctx", "best_margin": "best margin", "deploy_ok": "deploy",
+           "status": "ended", "stopped_epoch": "epochs"}
 
 
 def read_results(exp: str, trial_dir: str) -> list[dict]:
@@ -84,7 +97,7 @@ def collect(exp: str) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
             error = _error_text(exp, trial_dir, t.run_metadata.error_filename)
         row = {"trial_id": t.trial_id, "status": status, "gate": gate, "stopped_epoch": int(last.get("epoch", 0)),
                "verdict": verdict(last), "deploy_ok": deploy_ok(last), "node": last.get("node"), "error": error,
-               "trial_dir": trial_dir}
+               "trial_dir": trial_dir, "stopped_learning": status == "gate_stopped" and deploy_ok(last)}
         row.update({f"config/{k}": v for k, v in cfg.items()})
         row.update({k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         rows.append(row)
@@ -92,12 +105,10 @@ def collect(exp: str) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
 
 
 def rank(df: pd.DataFrame) -> pd.DataFrame:
-    """PASS > MARGINAL > FAIL, then deployment check passed, then best val margin (NaN last)."""
+    """Order by the shared ranking key (reporting.RANKING) on the final val metrics and the best val margin."""
     if df.empty:
         return df.assign(rank=[])
-    key = pd.DataFrame({"v": df["verdict"].map(VERDICT_ORDER), "d": ~df["deploy_ok"].astype(bool),
-                        "m": -df.get("best_margin", pd.Series(math.nan, index=df.index)).fillna(-math.inf)})
-    df = df.loc[key.sort_values(["v", "d", "m"], kind="stable").index].reset_index(drop=True)
+    df = df.loc[ranked_index(df, margin="best_margin" if "best_margin" in df else "margin")].reset_index(drop=True)
     df.insert(0, "rank", range(1, len(df) + 1))
     return df
 
@@ -107,69 +118,39 @@ def varied(df: pd.DataFrame) -> list[str]:
     return [c for c in cols if df[c].astype(str).nunique() > 1]
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
-    return "" if v is None else str(v)
+def samplers(df: pd.DataFrame, record: dict) -> dict[str, str]:
+    """The sampler of each varied key: from the search record, else guessed from the values (positive floats
+    spanning a factor of 10 or more are taken as loguniform)."""
+    known = dict(record.get("samplers") or {})
+    for col in varied(df):
+        name = col.removeprefix("config/")
+        v = df[col]
+        if name in known or not pd.api.types.is_float_dtype(v):
+            continue
+        if (v > 0).all() and v.nunique() > 3 and v.max() >= 10 * v.min():
+            known[name] = "loguniform"
+    return known
 
 
-def table(df: pd.DataFrame) -> str:
-    """The ranked table as Markdown: varied hyperparameters, final metrics, DIRECT's, how each trial ended."""
+def table(df: pd.DataFrame, sampler: dict[str, str], limit: int | None = TOP_ROWS) -> str:
+    """The ranked table as Markdown: varied hyperparameters, the key metrics each beside DIRECT's, how each trial
+    ended (``†``: stopped by a gate while it passed the deployment check); the first ``limit`` rows."""
     var = varied(df)
-    cols = ["rank", "trial_id", *var, *[c for c in SHOWN if c in df], "best_margin", "verdict", "deploy_ok",
-            "status", "stopped_epoch"]
+    metrics = [c for pair in PAIRS for c in pair if c and c in df]
+    cols = ["rank", "trial_id", *var, *metrics, "best_margin", "verdict", "deploy_ok", "status", "stopped_epoch"]
     cols = [c for c in cols if c in df]
-    head = [c.replace("config/", "cfg.") for c in cols]
+    head = [hp_label(c, df) if c.startswith("config/") else HEADERS.get(c, c) for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        ended = r["status"] + (f" ({r['gate']})" if isinstance(r["gate"], str) else "")
-        cells = [_fmt(r[c]) if c != "status" else ended for c in cols]
+    for _, r in (df if limit is None else df.head(limit)).iterrows():
+        ended = r["status"] + (f" ({r['gate']})" if isinstance(r["gate"], str) else "") + \
+            (" †" if r.get("stopped_learning") else "")
+        cells = [ended if c == "status" else fmt(r[c], sampler.get(c[7:]) if c.startswith("config/") else None)
+                 for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    more = len(df) - len(lines) + 2
+    if more > 0:
+        lines += ["", f"... and {more} more trial{'s' * (more > 1)} in summary.parquet."]
     return "\n".join(lines)
-
-
-def plots(df: pd.DataFrame, curves: dict[str, list[dict]], gates: dict) -> dict[str, bytes]:
-    """PNG learning curves (margin, cos_next, cos_anchor with gate and PASS lines) and final margin vs each
-    varied hyperparameter."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = {}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    lines = {"margin": [(gates.get("margin", 0.10), "margin gate"), (PASS["margin"], "PASS")],
-             "cos_next": [(PASS["cos_next"], "PASS")],
-             "cos_anchor": [(gates.get("drift", DRIFT), "drift gate"), (PASS["cos_anchor"], "PASS")]}
-    for ax, (metric, refs) in zip(axes, lines.items()):
-        for tid, rows in curves.items():
-            ax.plot([r.get("epoch") for r in rows], [r.get(metric) for r in rows], marker="o", ms=3, label=tid)
-        for y, label in refs:
-            ax.axhline(y, ls="--", lw=1, color="red" if "gate" in label else "green", label=label)
-        ax.set_title(metric)
-        ax.set_xlabel("epoch")
-    axes[0].legend(fontsize=6)
-    out["curves.png"] = _png(fig)
-    var = varied(df)
-    if var and "margin" in df:
-        fig, axes = plt.subplots(1, len(var), figsize=(4 * len(var), 3.5), squeeze=False)
-        for ax, col in zip(axes[0], var):
-            ax.scatter(df[col].astype(str), df["margin"])
-            ax.axhline(PASS["margin"], ls="--", color="green", lw=1)
-            ax.set_xlabel(col.removeprefix("config/"))
-            ax.set_ylabel("final val margin")
-        out["margin_vs_params.png"] = _png(fig)
-    return out
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def versus_ridge(best: pd.Series, probe: dict) -> str:
@@ -184,41 +165,101 @@ def versus_ridge(best: pd.Series, probe: dict) -> str:
             f"R@5 {best.get('r_at_5', math.nan) - ridge['r_at_5']:+.3f}.")
 
 
-def summarize(exp: str) -> str:
-    """Build, write and return the ranked summary of experiment ``exp`` (path or URI)."""
-    exp = storage.normalize(exp)
-    if not storage.exists(exp):
-        raise InputError(exp, "no such experiment")
-    search_file = storage.join(exp, SEARCH_FILE)
-    search = json.loads(storage.read_bytes(search_file)) if storage.exists(search_file) else {}
-    df, curves = collect(exp)
-    df = rank(df)
-    text = table(df)
+def references(probe: dict, df: pd.DataFrame, gates: dict) -> References:
+    """The plots' reference values: the probe's val baselines and oracle, or DIRECT's from the trials."""
+    val = probe.get("splits", {}).get("val", {})
+    base = val.get("baselines", {})
+    direct = dict(base.get("direct") or {})
+    if not direct and not df.empty:
+        direct = {k.removeprefix("direct_"): df[k].median() for k in df.columns if k.startswith("direct_")}
+    return References(direct, dict(base.get("ridge") or {}), dict(val.get("oracle") or {}), gates)
+
+
+def header(exp: str, search: dict, probe: dict) -> list[str]:
+    """Title, what ran on what, precision, and the probe's warnings (above everything else they qualify)."""
     md = [f"# Summary of {exp.rsplit('/', 1)[-1]}", ""]
+    facts = [f"space `{search['space']}`" if search.get("space") else "",
+             f"data `{search['data']}`" if search.get("data") else ""]
+    prec = search.get("precision")
+    if isinstance(prec, dict):
+        facts.append(f"precision requested {prec.get('requested')}, used {prec.get('used')}")
+    if any(facts):
+        md += ["Search: " + "; ".join(f for f in facts if f) + ".", ""]
+    warnings = [w for w in probe.get("warnings") or [] if isinstance(w, str)]
+    if warnings:
+        md += [f"- {w}" for w in warnings] + [""]
+    return md
+
+
+def chance_line(probe: dict) -> str | None:
+    """The chance level k / bank of R@k on the val bank (the probe's ``splits.val.bank``, a chunk count)."""
+    bank = probe.get("splits", {}).get("val", {}).get("bank")
+    if not isinstance(bank, int) or bank <= 0:
+        return None
+    return (f"Chance level of R@k is k / bank: the val bank holds {bank} chunks, so R@1 {fmt(1 / bank)}, "
+            f"R@5 {fmt(5 / bank)}, R@10 {fmt(10 / bank)}.")
+
+
+def stopped_line(learning: int, gated: int) -> str:
+    """How many trials a gate stopped while they passed the deployment check."""
+    if not gated:
+        return "Stopped while learning: none (no trial was stopped by a gate)."
+    them = "it" if gated == 1 else "them"
+    return (f"Stopped while learning: {learning} of {gated} gate-stopped trial{'s' * (gated != 1)} passed the "
+            f"deployment check when the gate stopped {them} (marked † in the table)"
+            + (": the gate may be wrong for this data, see the probe's oracle." if learning else "."))
+
+
+def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dict, images: list[str]) -> str:
+    md = header(exp, search, probe)
     for name in ("probe.md", "evaluation.md"):
         path = storage.join(exp, name)
         if storage.exists(path):
             md += [storage.read_bytes(path).decode(), ""]
-    probe_file = storage.join(exp, "probe.json")
-    if storage.exists(probe_file) and not df.empty:
-        md += [versus_ridge(df.iloc[0], json.loads(storage.read_bytes(probe_file))), ""]
+    if probe.get("splits", {}).get("val", {}).get("baselines") and not df.empty:
+        md += [versus_ridge(df.iloc[0], probe), ""]
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
+    learning = int(df["stopped_learning"].sum()) if not df.empty else 0
     md += ["## Trials, ranked", "",
-           "Ranked by verdict (PASS > MARGINAL > FAIL, from the final val metrics), then the deployment check "
-           "(R@5 >= DIRECT + 0.10 and MRR@10 >= DIRECT + 0.05), then best val margin. Ended: "
-           + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", "", text, ""]
+           f"Ranked by {RANKING} (verdict and deployment check from the final val metrics, margin: the best val "
+           "margin of any epoch). Ended: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", "",
+           stopped_line(learning, counts.get("gate_stopped", 0)), ""]
+    chance = chance_line(probe)
+    md += ([chance, ""] if chance else []) + [table(df, sampler), ""]
     errored = df[df["status"] == "errored"] if not df.empty else df
     if len(errored):
         md += ["## Errors", ""] + [f"- {r.trial_id}: {r.error}" for r in errored.itertuples()] + [""]
-    files = plots(df, curves, search.get("gates", {})) if not df.empty else {}
-    md += [f"![{n}]({n})" for n in files]
-    storage.write_bytes(storage.join(exp, "summary.md"), "\n".join(md).encode())
+    if images:
+        md += ["## Plots", ""] + [f"![{n}]({n})" for n in images] + [""]
+    return "\n".join(md)
+
+
+def _json(exp: str, name: str) -> dict:
+    path = storage.join(exp, name)
+    return json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
+
+
+def summarize(exp: str) -> str:
+    """Build and write summary.md, summary.html, summary.parquet and the plots of experiment ``exp`` (path or
+    URI); returns the ranked table (its first rows) as text."""
+    exp = storage.normalize(exp)
+    if not storage.exists(exp):
+        raise InputError(exp, "no such experiment")
+    search, probe = _json(exp, SEARCH_FILE), _json(exp, "probe.json")
+    df, curves = collect(exp)
+    df = rank(df)
+    sampler = samplers(df, search)
+    files = plots(df, curves, references(probe, df, search.get("gates", {})), varied(df), sampler)
+    md = markdown(exp, df, search, probe, sampler, list(files))
     buf = io.BytesIO()
     df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(buf, index=False)
     storage.write_bytes(storage.join(exp, "summary.parquet"), buf.getvalue())
     for n, data in files.items():
         storage.write_bytes(storage.join(exp, n), data)
-    return text
+    storage.write_bytes(storage.join(exp, "summary.md"), md.encode())
+    storage.write_bytes(storage.join(exp, "summary.html"),
+                        to_html(md, files, f"tune_p7 summary: {exp.rsplit('/', 1)[-1]}").encode())
+    return table(df, sampler)
 
 
 def main(argv=None) -> int:

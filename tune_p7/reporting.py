@@ -1,0 +1,59 @@
+"""What the summary and the held-out evaluation share: the one ranking key and the number format of the tables.
+
+The ranking key orders trials (summary) and checkpoints (evaluate's choice) the same way, on val metrics only:
+deployment check passed first, then the verdict (PASS > MARGINAL > FAIL), then the higher val margin.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import pandas as pd
+
+VERDICT_ORDER = {"PASS": 0, "MARGINAL": 1, "FAIL": 2}
+RANKING = ("the deployment check (R@5 >= DIRECT + 0.10 and MRR@10 >= DIRECT + 0.05; passed first), then the "
+           "verdict (PASS > MARGINAL > FAIL), then the val margin")
+
+
+def ranking_key(deploy_ok, verdict, margin) -> tuple:
+    """Sort key, smallest first: (deployment check failed, verdict order, -margin); a NaN margin sorts last."""
+    m = float(margin) if isinstance(margin, Real) and math.isfinite(margin) else -math.inf
+    return (not bool(deploy_ok), VERDICT_ORDER.get(verdict, len(VERDICT_ORDER)), -m)
+
+
+def ranked_index(df: pd.DataFrame, deploy: str = "deploy_ok", verdict: str = "verdict",
+                 margin: str = "margin") -> list:
+    """The index of ``df`` in ranking order (stable: ties keep their order), from the named columns."""
+    keys = {i: ranking_key(d, v, m) for i, d, v, m in zip(df.index, df[deploy], df[verdict], df[margin])}
+    return sorted(df.index, key=keys.__getitem__)
+
+
+def fmt(v, sampler: str | None = None) -> str:
+    """A table cell: loguniform values in scientific notation, grid and choice values as given (shortest form),
+    other floats to three significant digits; integers and text as they are, booleans as yes/no, NaN as nan,
+    None as empty."""
+    if v is None:
+        return ""
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return "yes" if v else "no"
+    if isinstance(v, Integral):
+        return str(int(v))
+    if not isinstance(v, Real):
+        return str(v)
+    v = float(v)
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if sampler == "loguniform":
+        return f"{v:.2e}"
+    if sampler in ("grid", "choice"):
+        return f"{v:g}"
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a < 1e-4 or a >= 1e5:
+        return f"{v:.2e}"
+    if a >= 1000:
+        return f"{v:.0f}"
+    return f"{v:#.3g}".rstrip(".")
