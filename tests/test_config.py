@@ -1,5 +1,8 @@
 """Config: the original's defaults, and unknown keys / bad values named."""
+import json
+
 import pytest
+from conftest import SMALL, run_cli
 
 from tune_p7.config import P7Config
 from tune_p7.errors import InputError
@@ -25,7 +28,11 @@ def test_defaults_are_the_originals():
     ({"epochs": "ten"}, ["'epochs'", "integer"]),
     ({"dropout": True}, ["'dropout'"]),
     ({"lambda_init": 0.95}, ["lambda_init 0.95 is outside"]),
-    ({"d_model": 30, "n_heads": 8}, ["not divisible"]),
+    ({"d_model": 30, "n_heads": 8}, ["key 'n_heads'", "not divisible"]),
+    ({"lambda_init": 0.6}, ["key 'lambda_init'", "within 5% of an end", "[0.6, 0.9]", "cannot move"]),
+    ({"lambda_init": 0.605}, ["key 'lambda_init'", "within 5% of an end"]),
+    ({"lambda_init": 0.9}, ["key 'lambda_init'", "within 5% of an end"]),
+    ({"lambda_min": 0.0, "lambda_max": 1.0, "lambda_init": 0.02}, ["key 'lambda_init'", "within 5% of an end"]),
 ])
 def test_bad_values_name_the_source_and_key(values, words):
     with pytest.raises(InputError) as e:
@@ -33,6 +40,21 @@ def test_bad_values_name_the_source_and_key(values, words):
     assert str(e.value).startswith("run.yaml: ")
     for w in words:
         assert w in str(e.value)
+
+
+def test_lambda_may_start_inside_its_range_or_be_fixed():
+    assert P7Config.from_dict({"lambda_init": 0.62}).lambda_init == 0.62  # 6.7% of the range above lambda_min
+    assert P7Config.from_dict({"lambda_min": 0.7, "lambda_max": 0.7, "lambda_init": 0.7}).lambda_init == 0.7
+
+
+def test_the_replay_cli_refuses_lambda_on_its_bound(tmp_path, small_store):
+    cfg = tmp_path / "params.json"
+    cfg.write_text(json.dumps({**SMALL, "lambda_init": 0.6}))
+    r = run_cli("-m", "tune_p7.train", "--config", cfg, "--data", small_store, timeout=120)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and "\n" not in err and "Traceback" not in err, r.stderr
+    assert err.startswith(f"error: {cfg}: key 'lambda_init': 0.6 is within 5%"), err
+    assert r.stdout == ""  # no epoch trained
 
 
 def test_round_trip():

@@ -24,10 +24,23 @@ SUMMARY_COLUMNS = {"trial_id", "status", "gate", "stopped_epoch", "verdict", "de
                    "config/arch", "config/margin", "margin", "cos_next", "r_at_5", "direct_r_at_5"}
 
 
-def search(*args, timeout=600):
+def search(*args, timeout=600, code=0):
     r = run_cli(SEARCH, "--num-cpus", 2, *args, timeout=timeout)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == code, r.stdout[-3000:] + r.stderr[-3000:]
     return r
+
+
+def refused(r: subprocess.CompletedProcess, words) -> None:
+    """Bad input: exit code 2 and one line on stderr holding every one of ``words``, no traceback."""
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.stderr, err
+    for w in words:
+        assert w in err, err
+
+
+def files(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in root.rglob("*")}
 
 
 def results(exp: Path) -> dict[str, list[dict]]:
@@ -107,7 +120,9 @@ def test_oracle_warnings_come_before_the_trials_and_the_escape_gate_stops_them(t
 def test_a_nan_trial_errors_alone_with_its_reason(tmp_path, small_store):
     sp = space(tmp_path, SMALL + "  epochs: 2\nruns:\n  - {lr: 1.0e+12, grad_clip: 1.0e+12}\n  - {lr: 2.0e-3}\n"
                "scheduler: {name: fifo}\n")
-    search("--space", sp, "--data", small_store, "--storage", tmp_path, "--name", "nan")
+    r = search("--space", sp, "--data", small_store, "--storage", tmp_path, "--name", "nan", code=1)
+    assert "error: 1 of 2 trials errored (see summary.md, Errors)" in r.stderr.splitlines(), r.stderr[-2000:]
+    assert "| 1 |" in r.stdout and "## Errors" in (tmp_path / "nan" / "summary.md").read_text()  # summary first
     df = pd.read_parquet(tmp_path / "nan" / "summary.parquet").set_index("config/lr")
     assert df.loc[1e12, "status"] == "errored" and "loss became nan" in df.loc[1e12, "error"]
     assert df.loc[2e-3, "status"] == "completed" and df.loc[2e-3, "stopped_epoch"] == 2
@@ -142,7 +157,8 @@ def test_killed_driver_resumes_from_checkpoints(tmp_path, strong_store):
     newer = Path(named).with_name(f"checkpoint_{index + 1:06d}")
     if Path(named).exists() and not newer.exists():  # else the kill hit the race by itself, or missed it
         os.rename(named, newer)
-    search("--resume", "--name", "res", "--storage", tmp_path)
+    # the same --space and --data as recorded are no change: accepted
+    search("--resume", "--name", "res", "--storage", tmp_path, "--space", sp, "--data", strong_store)
     after = results(exp)
     df = pd.read_parquet(exp / "summary.parquet")
     assert len(df) == 3 and df["trial_id"].is_unique and len(after) == 3
@@ -153,6 +169,40 @@ def test_killed_driver_resumes_from_checkpoints(tmp_path, strong_store):
         # a restored trial first reports its stored checkpoints' results again (``resumed``): lines the kill lost
         trained = [r["epoch"] for r in rows if not r.get("resumed")]
         assert len(trained) == len(set(trained)), seen  # no epoch trained twice
+        # a restored trial keeps the precision the driver decided (it is in its config)
+        used = json.loads((exp / "tune_p7_search.json").read_text())["precision"]["used"]
+        assert {r["bf16"] for r in rows} == {used == "bf16"}, (used, {r["bf16"] for r in rows})
+
+
+@pytest.fixture(scope="module")
+def auto(tmp_path_factory, small_store):
+    """A finished search of two 1-epoch trials with precision: auto."""
+    root = tmp_path_factory.mktemp("auto")
+    sp = space(root, SMALL + "  epochs: 1\n  precision: auto\n  margin: {grid: [0.07, 0.1]}\n"
+               "scheduler: {name: fifo}\n")
+    r = search("--space", sp, "--data", small_store, "--storage", root / "results", "--name", "auto", "--no-probe")
+    return {"root": root / "results", "exp": root / "results" / "auto", "space": sp, "run": r}
+
+
+def test_precision_auto_is_decided_once_by_the_driver_and_recorded(auto):
+    record = json.loads((auto["exp"] / "tune_p7_search.json").read_text())
+    used = record["precision"]["used"]
+    assert record["precision"] == {"requested": "auto", "used": used} and used in ("bf16", "fp32")
+    params = [json.loads(f.read_text()) for f in auto["exp"].glob("*/params.json")]
+    assert len(params) == 2 and [p["precision"] for p in params] == [used, used]
+    assert all(row["bf16"] == (used == "bf16") for rows in results(auto["exp"]).values() for row in rows)
+    assert auto["run"].returncode == 0  # every trial ended
+
+
+@pytest.mark.parametrize("option", [["--epochs", "3"], ["--seed", "1"], ["--scheduler", "asha"], ["--space", "smoke"],
+                                    ["--data", "other"]])
+def test_resume_refuses_options_the_stored_experiment_cannot_honour(auto, flat_store, option):
+    flag, value = option
+    value = {"smoke": REPO / "search_spaces" / "smoke.yaml", "other": flat_store}.get(value, value)
+    before = files(auto["root"])
+    r = run_cli(SEARCH, "--resume", "--name", "auto", "--storage", auto["root"], flag, value, timeout=120)
+    refused(r, [flag, "--resume"])
+    assert files(auto["root"]) == before  # nothing written
 
 
 @pytest.mark.parametrize("args, words", [
@@ -166,11 +216,21 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, small_store,
     store = tmp_path / "results"
     store.mkdir()
     r = run_cli(SEARCH, "--data", small_store, "--storage", store, "--name", "x", *args, timeout=120)
-    assert r.returncode == 2, r.stderr
-    err = r.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.stderr, err
-    for w in words:
-        assert w in err, err
+    refused(r, words)
+    assert list(store.iterdir()) == []
+
+
+@pytest.mark.parametrize("text, args, words", [
+    ("  n_heads: {grid: [8, 6]}\n", [], ["key 'n_heads'", "d_model 64 is not divisible by n_heads 6"]),
+    ("  epochs: 1\n", [], ["'scheduler.grace_period' 2", "'epochs' 1"]),
+    ("  epochs: 3\n", ["--epochs", "1"], ["'scheduler.grace_period' 2", "(with --epochs 1)"]),
+])
+def test_a_space_that_cannot_run_is_refused_before_anything_starts(tmp_path, small_store, text, args, words):
+    sp = space(tmp_path, SMALL + text)
+    store = tmp_path / "results"
+    store.mkdir()
+    r = run_cli(SEARCH, "--space", sp, "--data", small_store, "--storage", store, *args, timeout=120)
+    refused(r, [f"error: {sp}: ", *words])
     assert list(store.iterdir()) == []
 
 

@@ -1,10 +1,15 @@
 """Search spaces: the shipped files load; every kind of mistake names the file and the key."""
+import time
 from pathlib import Path
 
 import pytest
 from ray import tune
 
+from conftest import SMALL
+from tune_p7.config import P7Config
+from tune_p7.data import load
 from tune_p7.errors import InputError
+from tune_p7.loop import fit
 from tune_p7.space import load_space, trial_config
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -14,10 +19,22 @@ def test_seed_grid_is_exactly_the_four_runs():
     s = load_space(SPACES / "seed_grid.yaml")
     assert [(r["context_length"], r["margin"], r["lambda_init"]) for r in s.runs] == \
         [(5, 0.07, 0.8), (5, 0.07, 0.6), (5, 0.10, 0.8), (7, 0.07, 0.8)]
+    assert s.runs[1]["lambda_min"] == 0.5  # the strong-anchoring run: its start lambda 0.6 off the bound
     ps = s.param_space()
     assert ps["run"] == tune.grid_search(s.runs)
     assert trial_config({"epochs": 10, "run": s.runs[3]}) == {"epochs": 10, "context_length": 7, "margin": 0.07,
                                                                "lambda_init": 0.8}
+
+
+def test_seed_grid_strong_anchoring_run_moves_lambda(strong_store):
+    """The run's own config (model shrunk, 2 epochs): lambda leaves its start. Started on lambda_min it stayed
+    within 3e-5 of 0.6 (the logit clamped at p = 1e-4); from 0.6 in [0.5, 0.9] it moved ~0.003."""
+    s = load_space(SPACES / "seed_grid.yaml")
+    size = {k: SMALL[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "threads", "precision")}
+    cfg = P7Config.from_dict({**trial_config({**s.params, "run": s.runs[1]}), **size, "epochs": 2})
+    assert (cfg.lambda_init, cfg.lr, cfg.batch_size) == (0.6, 5e-4, 64)
+    history = fit(cfg, load(strong_store))
+    assert abs(history[-1]["anchor_lambda"] - 0.6) > 1e-3, [m["anchor_lambda"] for m in history]
 
 
 def test_wide_and_smoke_load():
@@ -30,8 +47,31 @@ def test_wide_and_smoke_load():
 
 
 def test_override_fixes_epochs_everywhere():
-    s = load_space(SPACES / "seed_grid.yaml").override(epochs=2, seed=None)
-    assert s.values_of("epochs") == [2]
+    s = load_space(SPACES / "seed_grid.yaml").override(epochs=3, seed=None)
+    assert s.values_of("epochs") == [3] * 4
+
+
+def refused(path, words, call=None):
+    """``call`` (default: loading ``path``) raises one line naming ``path`` and holding every one of ``words``."""
+    with pytest.raises(InputError) as e:
+        (call or (lambda: load_space(path)))()
+    msg = str(e.value)
+    assert msg.startswith(str(path)) and "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_an_epochs_override_asha_cannot_run_is_refused_naming_the_flag():
+    s = load_space(SPACES / "seed_grid.yaml")
+    refused(s.source, ["'scheduler.grace_period' 3", "'epochs' 2", "(with --epochs 2)"], lambda: s.override(epochs=2))
+
+
+def test_a_scheduler_override_asha_cannot_run_is_refused_naming_the_flag(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("params: {epochs: 1}\nscheduler: {name: fifo}\n")
+    s = load_space(path)
+    refused(path, ["'scheduler.grace_period' 2", "'epochs' 1", "(with --scheduler asha)"],
+            lambda: s.override(scheduler="asha"))
 
 
 @pytest.mark.parametrize("text, words", [
@@ -55,16 +95,46 @@ def test_override_fixes_epochs_everywhere():
     ("gates: {drift: high}\n", ["gates.drift", "float"]),
     ("checkpoints: {num_to_keep: 0}\n", ["num_to_keep"]),
     ("params: {lambda_init: 0.95}\n", ["lambda_init 0.95 is outside"]),
+    # every configuration the space can produce, not only the first value of each sampler
+    ("params: {d_model: 64, n_heads: {grid: [8, 6]}}\n", ["key 'n_heads'", "d_model 64", "n_heads 6"]),
+    ("params: {d_model: {choice: [64, 90]}, n_heads: 4}\n", ["key 'n_heads'", "d_model 90"]),
+    ("params: {d_model: 64, arch: {grid: [lstm, transformer]}}\nruns: [{n_heads: 4}, {n_heads: 5}]\n",
+     ["runs[1]", "key 'n_heads'", "n_heads 5"]),
+    ("params: {lambda_init: {uniform: [0.7, 0.9]}}\n", ["key 'lambda_init'", "0.9 is within 5%"]),
+    ("params: {lambda_min: {uniform: [0.5, 0.8]}}\n", ["key 'lambda_init'", "0.8 is within 5%", "[0.8, 0.9]"]),
+    ("runs: [{lambda_init: 0.8}, {lambda_init: 0.6}]\n", ["runs[1]", "key 'lambda_init'", "0.6 is within 5%"]),
+    # scheduler settings Ray's ASHA asserts on
+    ("params: {epochs: 1}\n", ["'scheduler.grace_period' 2", "'epochs' 1", "ASHA needs grace_period <="]),
+    ("params: {epochs: {grid: [1, 2]}}\nscheduler: {grace_period: 3}\n", ["'scheduler.grace_period' 3", "'epochs' 2"]),
 ])
 def test_bad_space_names_file_and_key(tmp_path, text, words):
     path = tmp_path / "space.yaml"
     path.write_text(text)
-    with pytest.raises(InputError) as e:
-        load_space(path)
-    msg = str(e.value)
-    assert msg.startswith(str(path)) and "\n" not in msg
-    for w in words:
-        assert w in msg, msg
+    refused(path, words)
+
+
+@pytest.mark.parametrize("text", [
+    "params: {arch: {grid: [transformer, lstm]}, d_model: 60, n_heads: {grid: [4, 6]}}\n",
+    "params: {d_model: 64, n_heads: 4}\nruns: [{arch: transformer}, {arch: lstm, n_heads: 7}]\n",  # LSTMs have no heads
+    "params: {lambda_min: {uniform: [0.5, 0.7]}, lambda_init: {uniform: [0.75, 0.8]}}\n",
+    "params: {lambda_min: 0.7, lambda_max: 0.7, lambda_init: 0.7}\n",  # lambda fixed
+    "params: {epochs: 1}\nscheduler: {name: fifo}\n",
+])
+def test_spaces_whose_every_configuration_runs_load(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    load_space(path)
+
+
+def test_keys_without_cross_key_rules_are_not_multiplied_out(tmp_path):
+    """12 grids of 5 values (244M configurations) load at once: only keys of a cross-key rule are combined."""
+    keys = ["w_rank", "w_margin", "w_teacher", "teacher_floor", "gate_threshold", "gate_weak_weight", "temperature",
+            "margin", "dropout", "lr", "weight_decay", "grad_clip"]
+    path = tmp_path / "space.yaml"
+    path.write_text("params:\n" + "".join(f"  {k}: {{grid: [0.01, 0.02, 0.03, 0.04, 0.05]}}\n" for k in keys))
+    t = time.perf_counter()
+    load_space(path)
+    assert time.perf_counter() - t < 5
 
 
 def test_missing_space_file(tmp_path):

@@ -54,11 +54,8 @@ class P7Config:
     train_eval_windows: int = field(default=4096, metadata=_rng(1))  # train windows for train_margin
 
     def __post_init__(self):
-        if not self.lambda_min <= self.lambda_init <= self.lambda_max:
-            raise InputError("config", f"lambda_init {self.lambda_init} is outside [lambda_min, lambda_max] = "
-                                       f"[{self.lambda_min}, {self.lambda_max}]")
-        if self.arch == "transformer" and self.d_model % self.n_heads:
-            raise InputError("config", f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        for _keys, rule in RULES:
+            rule(self)
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -84,6 +81,35 @@ class P7Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Adam moves the logit by about lr per step whatever the gradient's size, so a run moves it by O(1) units, and λ by
+# about dλ/dlogit = (max - min)·p(1 - p) per unit, p = (init - min) / (max - min). From p = 0.05 one unit moves λ
+# by 3-8% of its range; from a bound (Anchor clamps p to 1e-4) by 0.02%: λ never moves.
+LAMBDA_EDGE = 0.05
+
+
+def _lambda_rule(c: "P7Config") -> None:
+    lo, hi, init = c.lambda_min, c.lambda_max, c.lambda_init
+    if not lo <= init <= hi:
+        raise InputError("config", f"key 'lambda_init': lambda_init {init} is outside [lambda_min, lambda_max] = "
+                                   f"[{lo}, {hi}]")
+    p = (init - lo) / (hi - lo) if hi > lo else 0.5
+    if not LAMBDA_EDGE <= p <= 1 - LAMBDA_EDGE:
+        slope = (hi - lo) * max(p * (1 - p), 1e-4)
+        raise InputError("config", f"key 'lambda_init': {init} is within {LAMBDA_EDGE:.0%} of an end of [lambda_min, "
+                                   f"lambda_max] = [{lo}, {hi}], where dλ/dlogit = {slope:.1g} and λ cannot move in "
+                                   "a run: widen the range past it")
+
+
+def _heads_rule(c: "P7Config") -> None:
+    if c.arch == "transformer" and c.d_model % c.n_heads:
+        raise InputError("config", f"key 'n_heads': d_model {c.d_model} is not divisible by n_heads {c.n_heads}")
+
+
+# The rules that tie keys together, with the keys each reads: a search space checks every combination of these
+# keys' values that can occur (space.py), every other key one value at a time.
+RULES = ((("lambda_init", "lambda_min", "lambda_max"), _lambda_rule), (("arch", "d_model", "n_heads"), _heads_rule))
 
 
 def check_value(f: dataclasses.Field, value: Any, source: str) -> Any:

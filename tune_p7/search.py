@@ -7,6 +7,7 @@ checkpoints every epoch, and writes the ranked summary into the experiment folde
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import socket
@@ -31,7 +32,8 @@ SEARCH_FILE = "tune_p7_search.json"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python tune_p7/search.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--space", default=str(DEFAULT_SPACE), help="search-space YAML file")
+    p.add_argument("--space", help=f"search-space YAML file [default: {DEFAULT_SPACE.relative_to(REPO)}; with "
+                                   "--resume: the experiment's]")
     p.add_argument("--data", default=None, help=f"article store (.parquet), NPZ train file or folder "
                                                 f"[default: {DEFAULT_DATA.relative_to(REPO)}]")
     p.add_argument("--name", help="experiment name [default: <space>-<date>-<time>; with --resume: the newest]")
@@ -39,9 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--address", help="Ray cluster to join (auto, HOST:PORT, ray://...); none: start a local Ray")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial [default: the space's, else 1]")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as many as CPUs allow)")
-    p.add_argument("--epochs", type=int, help="override every trial's epochs")
-    p.add_argument("--seed", type=int, help="override every trial's seed")
-    p.add_argument("--scheduler", choices=("asha", "fifo"), help="override the space's scheduler")
+    p.add_argument("--epochs", type=int, help="override every trial's epochs (not with --resume)")
+    p.add_argument("--seed", type=int, help="override every trial's seed (not with --resume)")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), help="override the space's scheduler (not with --resume)")
     p.add_argument("--resume", action="store_true", help="resume an interrupted experiment from its checkpoints")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a trial after a worker/node failure")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (no --address) [default: all]")
@@ -73,6 +75,39 @@ def experiment_uri(args, space_path: str) -> tuple[str, str]:
     if not found:
         raise InputError(root, "no experiment to resume")
     return root, found[-1].parent.name
+
+
+def refuse_resume_changes(args, stored: dict) -> None:
+    """--resume goes on with the stored experiment as it started: refuse the options it cannot honour."""
+    for flag in ("epochs", "seed", "scheduler"):
+        if getattr(args, flag) is not None:
+            raise InputError("--" + flag, "cannot change a stored experiment: --resume goes on with its trials as "
+                                          f"they started (drop --{flag})")
+    for flag in ("space", "data"):
+        given = getattr(args, flag)
+        if given is not None and str(Path(given).resolve()) != stored[flag]:
+            raise InputError(f"--{flag} {given}", f"differs from the experiment's {stored[flag]}: --resume goes on "
+                                                  f"with the recorded {flag} (drop --{flag})")
+
+
+def decide_precision(space: Space) -> tuple[Space, dict]:
+    """The space with precision 'auto' decided once, here on the driver, and {"requested", "used"} for the record.
+
+    Every trial gets the decision in its config: a trial deciding for itself times bf16 on its own node, so a
+    trial restarted on another (or a busier) node could switch precision mid-run.
+    """
+    def one(values):
+        values = sorted(set(values))
+        return values[0] if len(values) == 1 else values
+
+    requested = space.values_of("precision")
+    if "auto" in requested:
+        from tune_p7.loop import cpu_bf16_is_fast
+
+        # auto means bf16 only on a CPU where it is fast (loop.use_bf16); one decision covers every trial
+        cpu_only = set(space.values_of("device")) == {"cpu"}
+        space = space.with_precision("bf16" if cpu_only and cpu_bf16_is_fast() else "fp32")
+    return space, {"requested": one(requested), "used": one(space.values_of("precision"))}
 
 
 def check_address(address: str | None) -> None:
@@ -207,7 +242,7 @@ def build_tuner(space: Space, data, args, root: str, name: str):
             print(f"  resume:    trial {trial_id}: Tune's state named a deleted checkpoint, resuming from {path}")
         return tune.Tuner.restore(exp, trainable, resume_errored=True)
     s = space.scheduler
-    if (args.scheduler or s.name) == "asha":
+    if s.name == "asha":
         scheduler = GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
                               max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
                               reduction_factor=s.reduction_factor, brackets=s.brackets)
@@ -229,19 +264,22 @@ def build_tuner(space: Space, data, args, root: str, name: str):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    root, name = experiment_uri(args, args.space)
+    root, name = experiment_uri(args, args.space or str(DEFAULT_SPACE))
     exp = storage.join(root, name)
     stored = None
     if args.resume:
         if not storage.exists(storage.join(exp, SEARCH_FILE)):
             raise InputError(exp, "no experiment to resume (no tune_p7 search record)")
         stored = json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE)))
-    space_path = stored["space"] if stored and args.space == str(DEFAULT_SPACE) else args.space
-    space = load_space(space_path).override(epochs=args.epochs, seed=args.seed)
+        refuse_resume_changes(args, stored)
+    space_path = args.space or (stored["space"] if stored else str(DEFAULT_SPACE))
+    space = load_space(space_path).override(epochs=args.epochs, seed=args.seed, scheduler=args.scheduler)
     data_path = args.data or (stored["data"] if stored else str(DEFAULT_DATA))
     data = load(data_path)
     for k in sorted(set(space.values_of("context_length"))):
         data.check_context(k)
+    if not args.resume:  # before Ray starts: its start-up would disturb the timing
+        space, precision = decide_precision(space)
     storage.check_writable(root)
     check_address(args.address)
     dashboard = init_ray(args)
@@ -256,6 +294,7 @@ def main(argv=None) -> int:
         record = {"space": str(Path(space_path).resolve()), "data": str(Path(data_path).resolve()),
                   "metric": space.metric, "mode": space.mode, "gates": vars(space.gates), "samplers": samplers(space),
                   "max_epochs": max(space.values_of("epochs")), "argv": sys.argv[1:],
+                  "precision": precision,
                   "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         storage.write_bytes(storage.join(exp, SEARCH_FILE), json.dumps(record, indent=2).encode())
         if not args.no_probe:
@@ -270,6 +309,13 @@ def main(argv=None) -> int:
     table = summarize(exp)
     print(table)
     print(f"summary: {storage.join(exp, 'summary.md')}\n         {storage.join(exp, 'summary.html')} (open in a browser)")
+    import pandas as pd
+
+    status = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(exp, "summary.parquet"))))["status"]
+    errored = int((status == "errored").sum())
+    if errored:
+        print(f"error: {errored} of {len(status)} trials errored (see summary.md, Errors)", file=sys.stderr)
+        return 1
     return 0
 
 

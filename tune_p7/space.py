@@ -18,13 +18,15 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from tune_p7.cli import read_yaml
-from tune_p7.config import P7Config, check_value
+from tune_p7.config import RULES, P7Config, check_value
 from tune_p7.errors import InputError
 
 TOP_KEYS = {"description", "num_samples", "metric", "mode", "params", "runs", "scheduler", "gates", "checkpoints",
@@ -80,19 +82,45 @@ class Space:
             out[RUN_KEY] = tune.grid_search(self.runs)
         return out
 
-    def values_of(self, key: str) -> list[Any]:
-        """Every value ``key`` can take in this space (ranges: their bounds)."""
-        default = getattr(P7Config(), key)
-        v = self.params.get(key, default)
-        vals = list(next(iter(v.values()))) if isinstance(v, dict) else [v]
-        vals += [r[key] for r in self.runs if key in r]
-        return vals
+    def run_values(self, run: dict[str, Any], key: str) -> list[Any]:
+        """Every value ``key`` can take in explicit run ``run`` (ranges: their two ends)."""
+        if key in run:
+            return [run[key]]
+        v = self.params.get(key, getattr(P7Config(), key))
+        return list(next(iter(v.values()))) if isinstance(v, dict) else [v]
 
-    def override(self, **values) -> "Space":
-        """The same space with some params fixed (CLI --epochs / --seed)."""
-        params = {**self.params, **{k: v for k, v in values.items() if v is not None}}
-        runs = [{k: v for k, v in r.items() if values.get(k) is None} for r in self.runs]
-        return Space(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "params": params, "runs": runs})
+    def values_of(self, key: str) -> list[Any]:
+        """Every value ``key`` can take in this space (ranges: their two ends), once per explicit run."""
+        return [v for run in self.runs or [{}] for v in self.run_values(run, key)]
+
+    def override(self, epochs: int | None = None, seed: int | None = None, scheduler: str | None = None) -> "Space":
+        """The same space with the CLI's --epochs / --seed / --scheduler applied, checked again against the
+        scheduler (a flag can make a valid file unrunnable: it is named then)."""
+        fixed = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
+        runs = [{k: v for k, v in r.items() if k not in fixed} for r in self.runs]
+        sched = dataclasses.replace(self.scheduler, name=scheduler or self.scheduler.name)
+        space = dataclasses.replace(self, params={**self.params, **fixed}, runs=runs, scheduler=sched)
+        flags = " ".join(f"--{k} {v}" for k, v in (("epochs", epochs), ("scheduler", scheduler)) if v is not None)
+        space.check_scheduler(f" (with {flags})" if flags else "")
+        return space
+
+    def with_precision(self, used: str) -> "Space":
+        """The same space with every precision 'auto' (the default included) replaced by ``used``."""
+        def fix(v):
+            return used if v == "auto" else v
+
+        p = self.params.get("precision", "auto")
+        p = {k: list(dict.fromkeys(map(fix, v))) for k, v in p.items()} if isinstance(p, dict) else fix(p)
+        runs = [{**r, "precision": fix(r["precision"])} if "precision" in r else r for r in self.runs]
+        return dataclasses.replace(self, params={**self.params, "precision": p}, runs=runs)
+
+    def check_scheduler(self, flags: str = "") -> None:
+        """Refuse what Ray's ASHAScheduler asserts on against the space: grace_period <= max_t (the longest trial's
+        epochs). Its other asserts (grace_period >= 1, reduction_factor > 1, brackets >= 1) are load_space's."""
+        s, max_t = self.scheduler, max(self.values_of("epochs"))
+        if s.name == "asha" and s.grace_period > max_t:
+            raise InputError(self.source, f"keys 'scheduler.grace_period' {s.grace_period} and 'epochs' {max_t}"
+                                          f"{flags}: ASHA needs grace_period <= the longest trial's epochs")
 
 
 def trial_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -201,11 +229,17 @@ def load_space(path) -> Space:
     space = Space(src, params, runs, num_samples, metric, mode, str(raw.get("description", "")), sched, gates, keep,
                   float(cpus))
     _check_combinations(space)
+    space.check_scheduler()
     return space
 
 
 def _check_combinations(space: Space) -> None:
-    """Build the config of every explicit run (with the first value of each sampler) to catch cross-key errors."""
-    base = {k: (next(iter(v.values()))[0] if isinstance(v, dict) else v) for k, v in space.params.items()}
+    """Every configuration the space can produce is valid. Each value of each key (every grid and choice value,
+    both ends of each range, every run's) was checked alone; here, per explicit run, every combination of the
+    values of the keys a cross-key rule reads (config.RULES). Ranges are float keys, on which the rules are linear
+    (convex), so their two ends decide."""
     for i, run in enumerate(space.runs or [{}]):
-        P7Config.from_dict({**base, **run}, source=space.source + (f": runs[{i}]" if space.runs else ""))
+        src = space.source + (f": runs[{i}]" if space.runs else "")
+        for keys, _rule in RULES:
+            for values in itertools.product(*(space.run_values(run, k) for k in keys)):
+                P7Config.from_dict(dict(zip(keys, values)), source=src)
