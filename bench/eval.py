@@ -79,7 +79,7 @@ def main(argv=None):
     if n >= 11000:
         out["eval_seconds_11k"] = sec["val_now"]
         print(f"\neval_seconds_11k = {sec['val_now']:.2f} s")
-    write_result("eval", out)
+    write_result("eval", out, quick=a.quick)
 
 
 if __name__ == "__main__":
