@@ -10,9 +10,9 @@
 # The repository is uploaded as the job's working directory (so every node runs this checkout's tune_p7); the
 # search's driver runs on the head node. An absolute --data is a path ON THE HEAD NODE; a relative one (or none:
 # the shipped data/pydocs.parquet) is a path in this repository, uploaded with the job (scripts/job_env.py;
-# other data files and ray_results/ are left out). Follows the job's output until it ends; Ctrl-C detaches (the
-# search goes on): see it again with `ray job logs -f JOB_ID`, stop it with `ray job stop JOB_ID` (both with
-# RAY_ADDRESS=$DASHBOARD).
+# other data files, .git and ray_results/ are left out). Follows the job's output until it ends; Ctrl-C
+# detaches (the search goes on): see it again with `ray job logs -f JOB_ID`, stop it with `ray job stop JOB_ID`
+# (both with RAY_ADDRESS=$DASHBOARD).
 #
 # Environment: DASHBOARD (http://127.0.0.1:8265: on the head itself, or through `ssh -L 8265:127.0.0.1:8265
 # HEAD` from your machine), the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token: the head's),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = "data/pydocs.parquet"  # search.py's default, relative to the repository
-EXCLUDES = ["/ray_results", "*.parquet", "*.npz"]
+EXCLUDES = ["/.git", "/ray_results", "*.parquet", "*.npz"]  # the job needs neither history, results nor data
 
 
 def data_arg(args: list[str]) -> str:
@@ -59,8 +59,8 @@ def excludes_for(data: str) -> list[str]:
         return EXCLUDES
     path = (REPO / data).resolve()
     if not path.is_relative_to(REPO):
-        raise ValueError("a relative path must lie inside the repository (it is uploaded with the job); give a "
-                         "path on the head node as an absolute path")
+        raise ValueError("outside the repository (a relative path is uploaded with the job; give a path on the "
+                         "head node as an absolute path)")
     if not path.exists():
         raise ValueError("not found in the repository (a relative path is uploaded with the job; give a path on "
                          "the head node as an absolute path)")

@@ -178,7 +178,7 @@ def test_job_submission_uploads_the_shipped_data_and_refuses_a_relative_path_it_
     _, client = s3
     env = {**cluster.env, "DASHBOARD": cluster.dashboard_url}
     for data, problem in (("no/such.parquet", "not found in the repository"),
-                          ("../outside.parquet", "must lie inside the repository")):
+                          ("../outside.parquet", "outside the repository")):
         r = script("cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "refused", "--data", data,
                    env=env, timeout=120)
         assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
