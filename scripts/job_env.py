@@ -66,7 +66,7 @@ def excludes_for(data: str) -> list[str]:
                          "the head node as an absolute path)")
     files = data_files(path)
     excludes = EXCLUDES + [f"!/{f.relative_to(REPO).as_posix()}" for f in files]
-    missing = [f for f in files if f not in uploaded(excludes)]
+    missing = sorted(set(files) - uploaded(excludes))
     if missing:
         raise ValueError(f"{missing[0].relative_to(REPO)} is left out of the job upload (ray_results/, .gitignore "
                          "or .rayignore); move it, or give a path on the head node as an absolute path")

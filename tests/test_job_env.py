@@ -40,3 +40,14 @@ def test_the_printed_runtime_env_keeps_the_relative_data_in():
     r = run_cli(REPO / "scripts" / "job_env.py", "--data", "data/pydocs.parquet", timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"excludes": job_env.EXCLUDES + ["!/data/pydocs.parquet"]}
+
+
+def test_a_relative_data_path_the_upload_would_leave_out_is_refused():
+    ignored = REPO / "ray_results" / "job_env_test.parquet"  # ray_results/ is excluded and in .gitignore
+    ignored.parent.mkdir(exist_ok=True)
+    ignored.write_bytes(b"PAR1")
+    try:
+        with pytest.raises(ValueError, match=r"ray_results/job_env_test\.parquet is left out of the job upload"):
+            job_env.excludes_for("ray_results/job_env_test.parquet")
+    finally:
+        ignored.unlink()
