@@ -20,7 +20,7 @@ from tune_p7.data import Split
 from tune_p7.model import TransformerRanker
 
 
-class NaiveRanker(TransformerRanker):
+class FullEncoderRanker(TransformerRanker):
     """TransformerRanker as a plain loop would run it: nn.Dropout, the encoder over every position, then the last
     one read."""
 
@@ -89,7 +89,7 @@ class NaiveLoop:
     def __init__(self, cfg: P7Config, split: Split, seed: int = 0):
         torch.manual_seed(seed)
         self.cfg = cfg
-        self.model = NaiveRanker(split.dim, cfg)
+        self.model = FullEncoderRanker(split.dim, cfg)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.loader = DataLoader(WindowDataset(split, cfg.context_length, cfg.hard_negatives),
                                  batch_size=cfg.batch_size, shuffle=True, num_workers=0, drop_last=True)
