@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -262,6 +263,7 @@ def s3_results(client, exp: str) -> dict[str, list[dict]]:
 
 def summary(client, exp: str) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(s3_read(client, f"{exp}/summary.parquet")))
+
 
 def kill_node(pid: int, name: str) -> None:
     """The machine of a node dies: SIGKILL every process of the node. Its `ray start` session (process group
