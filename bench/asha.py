@@ -100,7 +100,7 @@ def main(argv=None):
          "wall s": asha_s, "best": top(asha)}]))
     print(f"\nasha_epochs_saved = {out['asha_epochs_saved']:.2f} (target >= 0.60), asha_same_best = "
           f"{out['asha_same_best']}; {len(asha)} trials x {epochs} epochs")
-    write_result("asha", out)
+    write_result("asha", out, quick=a.quick)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from tune_p7.config import P7Config  # noqa: E402
 from tune_p7.data import P7Data, Split, _split_from_store  # noqa: E402
 from tune_p7.synth import generate  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "bench" / "results"  # the committed results of full runs
+QUICK_RESULTS = RESULTS / "quick"      # --quick runs: untracked (.gitignore), never over the committed ones
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -168,9 +169,17 @@ def train_flops_per_seq(cfg: P7Config, dim: int, batch: int, last_only: bool = T
 
 
 # ------------------------------------------------------------------------------------------------ results
-def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def results_dir(quick: bool) -> Path:
+    """Where a run's JSON goes: bench/results/ for a full run, bench/results/quick/ (untracked) for --quick, so a
+    quick check never overwrites the committed full-run figures."""
+    return QUICK_RESULTS if quick else RESULTS
+
+
+def write_result(name: str, payload: dict, *, quick: bool) -> Path:
+    """Write ``<results_dir(quick)>/<name>.json``: the payload with the time and this machine's CPU facts."""
+    folder = results_dir(quick)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     payload = {"bench": name, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_info(), **payload}
     path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
     return path

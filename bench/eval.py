@@ -16,7 +16,7 @@ import time
 import torch
 
 from common import alternate, median, paired_ratio, parser, spread, synth_data, table, write_result
-from reference import FullEncoderRanker
+from naive import FullEncoderRanker
 from tune_p7.config import P7Config
 import tune_p7.loop as loop
 from tune_p7.loop import Evaluator, use_bf16
@@ -79,7 +79,7 @@ def main(argv=None):
     if n >= 11000:
         out["eval_seconds_11k"] = sec["val_now"]
         print(f"\neval_seconds_11k = {sec['val_now']:.2f} s")
-    write_result("eval", out)
+    write_result("eval", out, quick=a.quick)
 
 
 if __name__ == "__main__":

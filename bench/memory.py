@@ -249,7 +249,7 @@ def main(argv=None):
           + f"\nany phase, evaluation included: median {out['data_copies_any_phase_median']:.2f}, "
             f"peak {out['data_copies_any_phase_peak']:.2f}"
           f"\nzero-copy in every trial: {zero_copy} (chunk matrix mapped from: {', '.join(maps)})")
-    write_result("memory_trim" if a.trim else "memory", out)
+    write_result("memory_trim" if a.trim else "memory", out, quick=a.quick)
 
 
 if __name__ == "__main__":

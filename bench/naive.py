@@ -12,11 +12,27 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tune_p7.config import P7Config
 from tune_p7.data import Split
-from reference import FullEncoderRanker as NaiveRanker
+from tune_p7.model import TransformerRanker
+
+
+class FullEncoderRanker(TransformerRanker):
+    """TransformerRanker as a plain loop would run it: nn.Dropout, the encoder over every position, then the last
+    one read."""
+
+    def __init__(self, dim, cfg):
+        super().__init__(dim, cfg)
+        for layer in self.encoder.layers:
+            for name in ("dropout", "dropout1", "dropout2"):
+                setattr(layer, name, nn.Dropout(getattr(layer, name).p))
+
+    def forward(self, context):
+        h = self.proj(context) + self.pos[-context.shape[1]:]
+        return self.anchor(self.head(self.encoder(h)[:, -1]), context)
 
 
 class WindowDataset(Dataset):
@@ -73,7 +89,7 @@ class NaiveLoop:
     def __init__(self, cfg: P7Config, split: Split, seed: int = 0):
         torch.manual_seed(seed)
         self.cfg = cfg
-        self.model = NaiveRanker(split.dim, cfg)
+        self.model = FullEncoderRanker(split.dim, cfg)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.loader = DataLoader(WindowDataset(split, cfg.context_length, cfg.hard_negatives),
                                  batch_size=cfg.batch_size, shuffle=True, num_workers=0, drop_last=True)

@@ -94,7 +94,7 @@ def main(argv=None):
           f"avx512_bf16={out['cpu']['avx512_bf16']}; precision auto -> {'bf16' if out['auto_picks_bf16'] else 'fp32'}")
     print(table(rows))
     out["bf16_faster"] = out["train"][64]["bf16_vs_fp32"] > 1.0
-    write_result("precision", {"threads": a.threads, "rounds": rounds, **out})
+    write_result("precision", {"threads": a.threads, "rounds": rounds, **out}, quick=a.quick)
 
 
 if __name__ == "__main__":

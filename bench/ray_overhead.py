@@ -102,7 +102,7 @@ def main(argv=None):
     print(table(rows))
     print(f"\nray_vs_bare = {ratio:.3f} at {bare_epoch:.1f} s epochs ({seqs} sequences; target >= 0.95); overhead "
           f"{overhead:.2f} s/epoch -> {out['ray_vs_bare_seed_scale_projection']:.3f} at a seed-scale epoch")
-    write_result("ray_overhead", out)
+    write_result("ray_overhead", out, quick=a.quick)
 
 
 if __name__ == "__main__":

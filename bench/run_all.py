@@ -2,8 +2,9 @@
 
     python bench/run_all.py [--quick] [--only step eval ...] [--skip asha ...]
 
-Writes bench/results/<name>.json per benchmark (each script does) and bench/results/summary.json with the
-headline figures, their targets and whether each is met. A benchmark that fails leaves its figures out of the
+Writes <name>.json per benchmark (each script does) and summary.json with the headline figures, their targets
+and whether each is met, in bench/results/ (the committed full-run results) or, with --quick, in the untracked
+bench/results/quick/ (common.results_dir). A benchmark that fails leaves its figures out of the
 summary (with its error) and the others still run. --only / --skip: re-run some and keep the others' last
 results in the summary.
 """
@@ -16,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from common import results_dir
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-BENCHES = ["store_size", "precision", "step_ablation", "compile", "step", "throughput", "eval", "seed_grid",
-           "ray_overhead", "memory", "asha"]
+BENCHES = ["store_size", "precision", "step", "throughput", "eval", "seed_grid", "ray_overhead", "memory", "asha"]
 
 # key: (bench, how to read it from that bench's JSON, target text, check)
 HEADLINES = {
@@ -38,7 +39,7 @@ HEADLINES = {
 def summarize(quick: bool, ran: dict[str, dict]) -> dict:
     res = {}
     for name in BENCHES:
-        f = RESULTS / f"{name}.json"
+        f = results_dir(quick) / f"{name}.json"
         if f.exists():
             res[name] = json.loads(f.read_text())
     summary = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "runs": ran}
@@ -78,9 +79,10 @@ def main(argv=None):
         proc = subprocess.run(cmd, cwd=str(HERE))
         ran[name] = {"seconds": round(time.perf_counter() - t, 1), "returncode": proc.returncode}
     summary = summarize(a.quick, ran)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("\n=== summary (bench/results/summary.json)")
+    out = results_dir(a.quick) / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n=== summary ({out.relative_to(HERE.parent)})")
     for key, c in summary["targets"].items():
         v = summary[key]
         shown = f"{v:.3f}" if isinstance(v, float) else str(v)

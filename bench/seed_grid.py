@@ -167,7 +167,7 @@ def main(argv=None):
           f"{out['2x1']['hours_from_fastest_round']:.2f} h / {out['1x2']['hours_from_fastest_round']:.2f} h"
           f"\nfloor: all matmul FLOPs of the grid at the {peak / 1e9:.0f} GFLOP/s matmul peak = "
           f"{out['floor_hours_at_matmul_peak']:.2f} h")
-    write_result("seed_grid", out)
+    write_result("seed_grid", out, quick=a.quick)
 
 
 if __name__ == "__main__":

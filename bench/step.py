@@ -116,7 +116,7 @@ def main(argv=None):
     print(f"\nstep_vs_matmul = {head['step_vs_matmul']:.3f} (target >= 0.35), speedup_vs_naive_fp32 = "
           f"{head['speedup_vs_naive_fp32']:.2f} (target >= 4; at 100% of the matmul peak it would be "
           f"{head['speedup_vs_naive_ceiling']:.2f})  [threads {threads[0]}, batch {batches[0]}]")
-    write_result("step", res)
+    write_result("step", res, quick=a.quick)
     return res
 
 

@@ -46,7 +46,7 @@ def main(argv=None):
     print(table([{"file": k, "bytes": v, "MB": v / 1e6, "vs npz": v / sizes["npz"]} for k, v in sizes.items()]))
     print(f"\n{len(rows)} windows (ctx 5) from {len(vec)} chunks; store_vs_npz_bytes = {out['store_vs_npz_bytes']:.3f} "
           f"(target <= 0.2); float16 rounding: max cosine error {cos_err:.1e}")
-    write_result("store_size", out)
+    write_result("store_size", out, quick=a.quick)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def main(argv=None):
                          "GFLOP/s": out[t][name]["gflops"]})
     print(f"batch {a.batch}, {rounds} alternated rounds")
     print(table(rows))
-    write_result("throughput", {"batch": a.batch, "rounds": rounds, "threads": out})
+    write_result("throughput", {"batch": a.batch, "rounds": rounds, "threads": out}, quick=a.quick)
 
 
 if __name__ == "__main__":

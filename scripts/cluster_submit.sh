@@ -8,13 +8,15 @@
 # Runs, from the repository root:
 #   ray job submit --address $DASHBOARD --working-dir . -- python tune_p7/search.py --address auto ARGS...
 # The repository is uploaded as the job's working directory (so every node runs this checkout's tune_p7); the
-# search's driver runs on the head node. Paths in ARGS (--data) are paths ON THE HEAD NODE, or relative to the
-# repository. Follows the job's output until it ends; Ctrl-C detaches (the search goes on): see it again with
-# `ray job logs -f JOB_ID`, stop it with `ray job stop JOB_ID` (both with RAY_ADDRESS=$DASHBOARD).
+# search's driver runs on the head node. An absolute --data is a path ON THE HEAD NODE; a relative one (or none:
+# the shipped data/pydocs.parquet) is a path in this repository, uploaded with the job (scripts/job_env.py;
+# other data files, .git and ray_results/ are left out). Follows the job's output until it ends; Ctrl-C
+# detaches (the search goes on): see it again with `ray job logs -f JOB_ID`, stop it with `ray job stop JOB_ID`
+# (both with RAY_ADDRESS=$DASHBOARD).
 #
 # Environment: DASHBOARD (http://127.0.0.1:8265: on the head itself, or through `ssh -L 8265:127.0.0.1:8265
 # HEAD` from your machine), the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token: the head's),
-# P7_NO_WAIT=1 to return at once.
+# P7_NO_WAIT=1 to return at once, PYTHON (the interpreter that runs scripts/job_env.py) [python].
 set -euo pipefail
 
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; fi
@@ -41,7 +43,7 @@ if [[ -z ${RAY_AUTH_TOKEN:-} && -z ${RAY_AUTH_TOKEN_PATH:-} && ! -s $HOME/.ray/a
 fi
 
 cd "$(dirname "$0")/.."
-submit=("$RAY" job submit --address "$DASHBOARD" --working-dir .
-        --runtime-env-json '{"excludes": ["ray_results", "data", "*.parquet", "*.npz"]}')
+runtime_env=$("${PYTHON:-python}" scripts/job_env.py "$@") || exit 2
+submit=("$RAY" job submit --address "$DASHBOARD" --working-dir . --runtime-env-json "$runtime_env")
 [[ ${P7_NO_WAIT:-0} == 1 ]] && submit+=(--no-wait)
 exec "${submit[@]}" -- python tune_p7/search.py --address auto "$@"

@@ -1,4 +1,5 @@
-"""The real-text builder: chunking (no model) and a store built with the real packaged all-MiniLM-L6-v2."""
+"""The real-text builder: finding and reading documents, refusing bad input, and a store built with the real
+packaged all-MiniLM-L6-v2 (the embedding extra, marker ``data_extra``)."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,129 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from tune_p7.build_data import article_id, build, chunk_document, find_documents, pack, Para
+from sample_docs import write_docs
+from tune_p7.build_data import article_id, build, find_documents
 from tune_p7.data import load
 from tune_p7.errors import InputError
 from tune_p7.store import read_store
 
 HAVE_EXTRA = importlib.util.find_spec("sentence_transformers") is not None
-
-# Near-duplicate paragraphs (a word or two differ), in different files; and unrelated ones.
-BAKERY = ("The bakery on the corner opens at six in the morning and sells fresh bread, croissants and "
-          "cinnamon rolls to the people of the village before they go to work.")
-BAKERY2 = ("The bakery on the corner opens at seven in the morning and sells fresh bread, croissants and "
-           "cinnamon rolls to the people of the village before they go to work.")
-
-RST = f"""\
-:mod:`queueing` --- Waiting lines
-=================================
-
-.. module:: queueing
-   :synopsis: Waiting lines.
-
-.. index:: single: queue
-
-Token rst01. The :mod:`queueing` module implements waiting lines where the first element that came in is the
-first to leave, as in :func:`~collections.deque.popleft`. See :ref:`the guide <queue-guide>` for
-``put`` and ``get``.
-
-.. note::
-
-   Token rst02. A waiting line is **not** a stack; the *order* of arrival decides who is served next.
-
-Serving customers
------------------
-
-Token rst03. Customers are served one at a time. A clerk calls the next customer, checks the ticket and
-answers the questions of that customer until everything is settled, then calls the next one::
-
-    while line:
-        serve(line.popleft())
-
-.. code-block:: python
-
-   print("this code must not appear")
-
-{BAKERY}
-
-.. _queue-guide:
-
-Token rst05. Glaciers form where snow accumulates faster than it melts over many years; the weight of new
-snow compresses the old layers into dense blue ice that slowly flows downhill under gravity.
-
-.. versionadded:: 3.4
-
-Token rst06. Volcanic eruptions eject ash high into the stratosphere, where the fine particles reflect
-sunlight and can cool the global climate for a year or two after a large eruption.
-"""
-
-MD = f"""\
-# Gardening notes
-
-Token md01. Tomatoes need **full sun**, regular watering and a sturdy stake; see [the guide](https://example.org)
-for `pruning` advice. Pinch the side shoots so that the plant puts its energy into the fruit.
-
-```python
-print("fenced code must not appear")
-```
-
-{BAKERY2}
-
-## Soil
-
-Token md03. Compost improves the structure of clay soil and feeds the worms that keep it loose and airy;
-spread a thick layer in autumn and let the winter frost break it down.
-"""
-
-TXT = """\
-Token txt01. The orchestra tuned their instruments while the audience found their seats in the old concert
-hall, and the conductor waited in the wings for the lights to dim.
-
-Token txt02. The first movement began quietly with the strings, then the brass entered with a bold theme that
-returned at the end of the piece in a different key.
-
-Token txt03. After the interval the soloist played a concerto that was written for her by a young composer,
-and the hall erupted in applause when the last chord faded away.
-"""
-
-
-def write_docs(root):
-    (root / "docs" / "sub").mkdir(parents=True)
-    (root / "docs" / "queueing.rst").write_text(RST)
-    (root / "docs" / "sub" / "garden.md").write_text(MD)
-    (root / "docs" / "concert.txt").write_text(TXT)
-    (root / "docs" / "ignored.py").write_text("print('not a document')\n")
-    return root / "docs"
-
-
-# ------------------------------------------------------------------------------------- chunker (no model)
-def test_chunker_strips_markup_and_drops_code():
-    chunks = chunk_document(RST, "rst", max_chars=400, min_chars=50)
-    text = "\n".join(chunks)
-    for bad in (":mod:", ":func:", ":ref:", ".. note::", ".. module::", ".. code-block::", ".. _queue", "====",
-                "----", "``", "**", "this code must not appear", "serve(line", ":synopsis:", "versionadded"):
-        assert bad not in text, bad
-    assert "collections.deque.popleft" in text and "the guide" in text and "put and get" in text
-    assert "then calls the next one:" in text  # '::' became ':' and the literal block is gone
-    tokens = [int(t) for t in re.findall(r"rst(\d\d)", text)]
-    assert tokens == [1, 2, 3, 5, 6] and "at six in the morning" in text  # every paragraph once, in order
-    md = "\n".join(chunk_document(MD, "md", max_chars=400, min_chars=50))
-    assert "fenced code" not in md and "**" not in md and "](" not in md and "#" not in md
-    assert "full sun" in md and "the guide for pruning advice" in md
-
-
-def test_pack_bounds_and_order():
-    paras = [Para("Heading", heading=True)] + [Para(f"Sentence number {i} of a long paragraph. " * 3)
-                                               for i in range(20)]
-    paras.append(Para(" ".join(f"Long{i} sentence goes on and on." for i in range(60))))
-    chunks = pack(paras, max_chars=300, min_chars=100)
-    assert all(100 <= len(c) <= 300 for c in chunks[:-1]) and len(chunks[-1]) <= 300
-    joined = " ".join(chunks)
-    nums = [int(n) for n in re.findall(r"number (\d+)", joined)]
-    assert nums == sorted(nums) and set(nums) == set(range(20))
-    assert chunks[0].startswith("Heading\n")  # a heading joins its first paragraph
-    longs = [int(n) for n in re.findall(r"Long(\d+)", joined)]
-    assert longs == list(range(60))  # the long paragraph was split at sentences, nothing lost
 
 
 def test_find_documents_and_bad_input(tmp_path):
