@@ -16,7 +16,7 @@ if __package__ in (None, ""):
 
 import pandas as pd  # noqa: E402
 
-from tune_p7 import cli, storage  # noqa: E402
+from tune_p7 import cli, importance, storage  # noqa: E402
 from tune_p7.config import P7Config  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
 from tune_p7.metrics import DRIFT, PASS, deploy_ok, verdict  # noqa: E402
@@ -210,6 +210,7 @@ def summarize(exp: str) -> str:
     errored = df[df["status"] == "errored"] if not df.empty else df
     if len(errored):
         md += ["## Errors", ""] + [f"- {r.trial_id}: {r.error}" for r in errored.itertuples()] + [""]
+    md += importance.write(exp, df, search)
     files = plots(df, curves, search.get("gates", {})) if not df.empty else {}
     md += [f"![{n}]({n})" for n in files]
     storage.write_bytes(storage.join(exp, "summary.md"), "\n".join(md).encode())
