@@ -111,7 +111,7 @@ def test_a_range_is_widened_to_the_values_seen_and_grids_are_categorical():
 
 
 REAL_SPACE = """
-num_samples: 7
+num_samples: 6
 params:
   d_model: 64
   n_layers: 1
@@ -131,13 +131,13 @@ checkpoints: {num_to_keep: 1}
 
 def test_a_real_search_where_only_lr_can_learn_ranks_lr_first(tmp_path, strong_store):
     space = tmp_path / "space.yaml"
-    space.write_text(REAL_SPACE)  # 14 trials: lr 1e-7 cannot move the weights in 2 epochs, w_teacher is noise
+    space.write_text(REAL_SPACE)  # 12 trials: lr 1e-7 cannot move the weights in 2 epochs, w_teacher is noise
     r = run_cli(SEARCH, "--num-cpus", 2, "--space", space, "--data", strong_store, "--storage", tmp_path,
                 "--name", "imp", "--no-probe", timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = tmp_path / "imp"
     saved = json.loads((exp / "importance.json").read_text())
-    assert saved["n_trials"] == {"margin": 14, "r_at_5": 14}
+    assert saved["n_trials"] == {"margin": 12, "r_at_5": 12}
     for target in ("margin", "r_at_5"):
         assert list(saved["importance"][target])[0] == "lr", saved
     assert saved["distributions"] == {"lr": "grid", "w_teacher": "uniform"}
