@@ -18,7 +18,7 @@ if __package__ in (None, ""):
 
 import pandas as pd  # noqa: E402
 
-from tune_p7 import cli, storage  # noqa: E402
+from tune_p7 import cli, importance, storage  # noqa: E402
 from tune_p7.config import P7Config  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
 from tune_p7.metrics import deploy_ok, verdict  # noqa: E402
@@ -210,7 +210,8 @@ def stopped_line(learning: int, gated: int) -> str:
             + (": the gate may be wrong for this data, see the probe's oracle." if learning else "."))
 
 
-def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dict, images: list[str]) -> str:
+def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dict, images: list[str],
+             sections: list[str] = ()) -> str:
     md = header(exp, search, probe)
     for name in ("probe.md", "evaluation.md"):
         path = storage.join(exp, name)
@@ -229,6 +230,7 @@ def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dic
     errored = df[df["status"] == "errored"] if not df.empty else df
     if len(errored):
         md += ["## Errors", ""] + [f"- {r.trial_id}: {r.error}" for r in errored.itertuples()] + [""]
+    md += list(sections)
     if images:
         md += ["## Plots", ""] + [f"![{n}]({n})" for n in images] + [""]
     return "\n".join(md)
@@ -250,7 +252,9 @@ def summarize(exp: str) -> str:
     df = rank(df)
     sampler = samplers(df, search)
     files = plots(df, curves, references(probe, df, search.get("gates", {})), varied(df), sampler)
-    md = markdown(exp, df, search, probe, sampler, list(files))
+    matters, matters_files = importance.section(exp, df, search)
+    md = markdown(exp, df, search, probe, sampler, list(files), matters)
+    files.update(matters_files)
     buf = io.BytesIO()
     df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(buf, index=False)
     storage.write_bytes(storage.join(exp, "summary.parquet"), buf.getvalue())
