@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tune_p7 import checkpoint, cli, storage  # noqa: E402
+from tune_p7 import checkpoint, cli, confirm, storage  # noqa: E402
 from tune_p7.data import load  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
 from tune_p7.space import Space, load_space  # noqa: E402
@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-probe", action="store_true", help="skip the data probe (ridge/DIRECT baselines)")
     p.add_argument("--storage-is-shared", action="store_true",
                    help="the local --storage path is mounted on every node (multi-node without NFS detection)")
+    p.add_argument("--confirm-top", type=int, help="configurations the confirmation stage trains again with new "
+                                                   "seeds, 0: none [default: the space's confirm.top]")
+    p.add_argument("--confirm-seeds", type=int, help="new seeds per confirmed configuration [default: confirm.seeds]")
     a = p.parse_args(argv)
     for flag in ("epochs", "max_concurrent", "max_failures", "num_cpus"):
         v = getattr(a, flag)
@@ -217,6 +220,7 @@ def main(argv=None) -> int:
         stored = json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE)))
     space_path = stored["space"] if stored and args.space == str(DEFAULT_SPACE) else args.space
     space = load_space(space_path).override(epochs=args.epochs, seed=args.seed)
+    confirming = confirm.settings(exp, space.confirm, args.confirm_top, args.confirm_seeds, args.resume)
     data_path = args.data or (stored["data"] if stored else str(DEFAULT_DATA))
     data = load(data_path)
     for k in sorted(set(space.values_of("context_length"))):
@@ -242,12 +246,16 @@ def main(argv=None) -> int:
     print(f"tune_p7: experiment {name}\n  results:   {exp}\n  dashboard: {dashboard or '(not available)'}\n"
           f"  data:      {data_path} (train {len(data.train.chunks)} chunks, val {len(data.val.chunks)}, dim {data.dim})\n"
           f"  space:     {space_path}", flush=True)
+    confirm.save(exp, confirming)
     tuner = build_tuner(space, data, args, root, name)
     tuner.fit()
     from tune_p7.summarize import summarize
 
     table = summarize(exp)
     print(table)
+    if confirming.top:
+        print(confirm.run(exp, confirming, data, space, args.cpus_per_trial or space.cpus_per_trial,
+                          args.max_concurrent, args.max_failures))
     return 0
 
 

@@ -210,6 +210,9 @@ def summarize(exp: str) -> str:
     errored = df[df["status"] == "errored"] if not df.empty else df
     if len(errored):
         md += ["## Errors", ""] + [f"- {r.trial_id}: {r.error}" for r in errored.itertuples()] + [""]
+    if storage.exists(storage.join(exp, "confirm.parquet")):  # the confirmation stage (tune_p7.confirm)
+        from tune_p7.confirm import markdown as confirmed
+        md += [confirmed(exp), ""]
     files = plots(df, curves, search.get("gates", {})) if not df.empty else {}
     md += [f"![{n}]({n})" for n in files]
     storage.write_bytes(storage.join(exp, "summary.md"), "\n".join(md).encode())
