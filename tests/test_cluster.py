@@ -416,7 +416,7 @@ def cluster(s3, workdir):
 
 def driver(env: dict, workdir: Path, name: str, *args, space: Path = SMOKE) -> tuple[subprocess.Popen, Path]:
     log = workdir / f"driver-{name}.log"
-    cmd = [sys.executable, str(SEARCH), "--name", name, "--space", str(space), *map(str, args)]
+    cmd = [sys.executable, str(SEARCH), "--name", name, "--space", str(space), "--confirm-top", "0", *map(str, args)]
     return spawn(cmd, env, log), log
 
 

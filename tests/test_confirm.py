@@ -11,20 +11,10 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run_cli
+from test_search import SMALL, search, space  # the small model's space text, search.py under Ray
 from tune_p7.confirm import aggregate, difference, new_seeds, robust_deploy, robust_pass, t_interval
 
 SEARCH = REPO / "tune_p7" / "search.py"
-SMALL = """
-params:
-  d_model: 64
-  n_layers: 2
-  n_heads: 4
-  d_ff: 128
-  lstm_layers: 1
-  warmup_epochs: 1
-  batch_size: 128
-  lr: 2.0e-3
-"""
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -82,18 +72,6 @@ def test_aggregate_counts_completed_seeds_and_gives_the_verdict_of_the_means():
 
 
 # ------------------------------------------------------------------------------------------------ under Ray
-def search(*args, timeout=900):
-    r = run_cli(SEARCH, "--num-cpus", 2, *args, timeout=timeout)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
-
-
-def space(tmp_path, text):
-    path = tmp_path / "space.yaml"
-    path.write_text(SMALL + text)
-    return path
-
-
 def confirmed(exp):
     rows = pd.read_parquet(exp / "confirm.parquet")
     probe = json.loads((exp / "probe.json").read_text())
@@ -101,9 +79,9 @@ def confirmed(exp):
 
 
 def test_strong_direction_confirms_each_of_the_top_k_with_n_new_seeds_and_robust_deploy(tmp_path, strong_store):
-    sp = space(tmp_path, "  epochs: 2\n  margin: {grid: [0.07, 0.1]}\nscheduler: {name: fifo}\n"
+    sp = space(tmp_path, SMALL + "  epochs: 2\n  margin: {grid: [0.07, 0.1]}\nscheduler: {name: fifo}\n"
                          "confirm: {top: 2, seeds: 3}\n")
-    r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "strong")
+    r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "strong", timeout=900)
     exp = tmp_path / "strong"
     rows, agg = confirmed(exp)
     ranked = pd.read_parquet(exp / "summary.parquet")
@@ -120,8 +98,8 @@ def test_strong_direction_confirms_each_of_the_top_k_with_n_new_seeds_and_robust
 
 def test_confirming_a_finished_search_survives_a_killed_driver_and_flat_data_never_passes(tmp_path, flat_store):
     epochs = 8
-    sp = space(tmp_path, f"  epochs: {epochs}\nscheduler: {{name: fifo}}\nconfirm: {{top: 0}}\n")
-    search("--space", sp, "--data", flat_store, "--storage", tmp_path, "--name", "flat")
+    sp = space(tmp_path, SMALL + f"  epochs: {epochs}\nscheduler: {{name: fifo}}\nconfirm: {{top: 0}}\n")
+    search("--space", sp, "--data", flat_store, "--storage", tmp_path, "--name", "flat", timeout=900)
     exp = tmp_path / "flat"
     assert not (exp / "confirm").exists()
     ranked = pd.read_parquet(exp / "summary.parquet")
@@ -144,13 +122,15 @@ def test_confirming_a_finished_search_survives_a_killed_driver_and_flat_data_nev
 
     r = run_cli(SEARCH, "--resume", "--name", "flat", "--storage", tmp_path, "--confirm-top", 2, timeout=120)
     assert r.returncode == 2 and "has started" in r.stderr and "\n" not in r.stderr.strip(), r.stderr
-    search("--resume", "--name", "flat", "--storage", tmp_path)  # the stored settings: top 1 x 2 seeds
+    search("--resume", "--name", "flat", "--storage", tmp_path, timeout=900)  # the stored settings: top 1 x 2 seeds
     rows, agg = confirmed(exp)
     assert rows["seed"].tolist() == [1, 2] and (rows["status"] == "completed").all()
     assert (rows["epoch"] == epochs).all() and (rows["gate"] == "margin").all()  # gates recorded, not enforced
     for f in exp.glob("confirm/*/result.json"):
-        epochs_seen = [json.loads(line)["epoch"] for line in f.read_text().splitlines()]
-        assert sorted(set(epochs_seen)) == list(range(1, epochs + 1))
+        lines = [json.loads(line) for line in f.read_text().splitlines()]
+        assert sorted({r["epoch"] for r in lines}) == list(range(1, epochs + 1))
+        trained = [r["epoch"] for r in lines if not r.get("resumed")]
+        assert len(trained) == len(set(trained))  # resumed from its checkpoint: no epoch trained twice
     assert not agg["robust_pass"].any() and not agg["robust_deploy"].any()
     assert "No configuration beats DIRECT" in (exp / "summary.md").read_text()
 

@@ -240,6 +240,8 @@ def aggregate(rows: pd.DataFrame, ridge: Mapping[str, float] | None = None) -> p
     key its mean with ``<key>_lo`` / ``<key>_hi`` (t_interval); ``<key>_minus_direct`` (paired by seed) and, with
     ``ridge`` (the probe's val ridge metrics), ``<key>_minus_ridge`` for R@5 and MRR@10, with their intervals; the
     verdict of the means, robust_pass, robust_deploy, and how many seeds a gate would have stopped."""
+    needed = [*METRICS, *("direct_" + k for k in DEPLOY)]
+    rows = rows.assign(**{k: math.nan for k in needed if k not in rows})  # trials that never reported
     out = []
     for rank, g in rows.groupby("config_rank", sort=True):
         done = g[g["status"] == "completed"]
@@ -280,7 +282,8 @@ def _name(row, record: dict) -> str:
 
 def markdown(exp: str) -> str:
     """The "Confirmed" section of summary.md from confirm.parquet, confirm.json and (for ridge) probe.json."""
-    record, ridge = _read(exp), _ridge(exp)
+    record, probe = _read(exp), _probe(exp)
+    ridge = probe["splits"]["val"]["baselines"]["ridge"] if probe else None
     agg = aggregate(_read_parquet(storage.join(exp, TABLE_FILE)), ridge)
     diffs = [f"{k}_minus_direct" for k in DEPLOY] + ([f"{k}_minus_ridge" for k in DEPLOY] if ridge else [])
     head = ["configuration", "n", *[LABEL[k] for k in METRICS],
@@ -292,12 +295,11 @@ def markdown(exp: str) -> str:
                  *[_iv(r, k, signed=True) for k in diffs], r["verdict"], str(r["robust_pass"]),
                  str(r["robust_deploy"]), f"{r['gated']}/{r['n']}"]
         lines.append("| " + " | ".join(cells) + " |")
-    probe_k = json.loads(storage.read_bytes(storage.join(exp, "probe.json")))["context_length"] if ridge else None
     intro = (f"The top {len(record['configs'])} configurations of the ranked table (ranked on val) trained again at "
              f"their full epochs with {len(record['seed_values'])} new seeds each ({record['seed_values']}), without "
              "early stopping. Each cell: the mean over the completed seeds [95% t-interval]; n: completed seeds. "
              "Differences with DIRECT are paired by seed (same val windows); "
-             + (f"with ridge (the probe's, context length {probe_k}) against its single value; " if ridge else
+             + (f"with ridge (the probe's, context length {probe['context_length']}) against its single value; " if ridge else
                 "no ridge (the experiment has no probe.json); ")
              + f"robust_pass: every PASS metric's lower bound clears its threshold ({_thresholds()}); robust_deploy: "
              f"the lower bounds of R@5 - DIRECT and MRR@10 - DIRECT clear +{DEPLOY_R5:.2f} and +{DEPLOY_MRR:.2f}; "
@@ -310,11 +312,9 @@ def _thresholds() -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in PASS.items())
 
 
-def _ridge(exp: str) -> dict | None:
+def _probe(exp: str) -> dict | None:
     path = storage.join(exp, "probe.json")
-    if not storage.exists(path):
-        return None
-    return json.loads(storage.read_bytes(path))["splits"]["val"]["baselines"]["ridge"]
+    return json.loads(storage.read_bytes(path)) if storage.exists(path) else None
 
 
 def recommendation(agg: pd.DataFrame, record: dict) -> str:
@@ -323,7 +323,8 @@ def recommendation(agg: pd.DataFrame, record: dict) -> str:
     done = agg[agg["n"] > 0]
     if done.empty:
         return "**No confirmation seed completed: nothing can be concluded.**"
-    key = pd.DataFrame({"d": ~done["robust_deploy"], "p": ~done["robust_pass"], "m": -done["margin_lo"].fillna(-math.inf)})
+    key = pd.DataFrame({"d": ~done["robust_deploy"], "p": ~done["robust_pass"],
+                        "m": -done["margin_lo"].fillna(-math.inf)})
     best = done.loc[key.sort_values(["d", "p", "m"], kind="stable").index[0]]
     how = (f"over {best['n']} seeds: margin {_iv(best, 'margin', True)}, R@5 - DIRECT "
            f"{_iv(best, 'r_at_5_minus_direct', True)}, MRR@10 - DIRECT {_iv(best, 'mrr_at_10_minus_direct', True)}")
@@ -342,7 +343,8 @@ def recommendation(agg: pd.DataFrame, record: dict) -> str:
     if "beats_ridge" in done:
         winners = done[done["beats_ridge"]]
         if winners.empty:
-            text += " **No configuration beats ridge with confidence** (R@5 and MRR@10 lower bounds above ridge's)."
+            text += (" **No configuration beats ridge with confidence** (none has both its R@5 and its MRR@10 lower "
+                     "bound above ridge's).")
         else:
             w = winners.iloc[0] if best["config_rank"] not in set(winners["config_rank"]) else best
             text += (f" {_name(w, record)} beats ridge with 95% confidence: R@5 - ridge "
