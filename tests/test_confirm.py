@@ -97,7 +97,7 @@ def test_strong_direction_confirms_each_of_the_top_k_with_n_new_seeds_and_robust
 
 
 def test_confirming_a_finished_search_survives_a_killed_driver_and_flat_data_never_passes(tmp_path, flat_store):
-    epochs = 8
+    epochs = 6
     sp = space(tmp_path, SMALL + f"  epochs: {epochs}\nscheduler: {{name: fifo}}\nconfirm: {{top: 0}}\n")
     search("--space", sp, "--data", flat_store, "--storage", tmp_path, "--name", "flat", timeout=900)
     exp = tmp_path / "flat"

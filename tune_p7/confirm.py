@@ -347,6 +347,7 @@ def recommendation(agg: pd.DataFrame, record: dict) -> str:
                      "bound above ridge's).")
         else:
             w = winners.iloc[0] if best["config_rank"] not in set(winners["config_rank"]) else best
-            text += (f" {_name(w, record)} beats ridge with 95% confidence: R@5 - ridge "
+            who = "It" if w is best else _name(w, record)
+            text += (f" {who} beats ridge with 95% confidence: R@5 - ridge "
                      f"{_iv(w, 'r_at_5_minus_ridge', True)}, MRR@10 - ridge {_iv(w, 'mrr_at_10_minus_ridge', True)}.")
     return text
