@@ -44,7 +44,7 @@ def space(quick: bool) -> dict:
             "metric": "margin", "mode": "max", "params": params,
             "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2 if quick else 3, "brackets": 1},
             "gates": {"drift": 0.05, "margin": 0.10, "grace_epochs": 1}, "checkpoints": {"num_to_keep": 1},
-            "resources": {"cpus_per_trial": 1}}
+            "resources": {"cpus_per_trial": 1}, "confirm": {"top": 0}}
 
 
 def search(space_file: Path, data: Path, storage: Path, name: str, scheduler: str) -> tuple[pd.DataFrame, float]:

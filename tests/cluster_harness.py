@@ -209,7 +209,7 @@ def two_node_cluster(env: dict, workdir: Path):
 
 def driver(env: dict, workdir: Path, name: str, *args, space: Path = SMOKE) -> tuple[subprocess.Popen, Path]:
     log = workdir / f"driver-{name}.log"
-    cmd = [sys.executable, str(SEARCH), "--name", name, "--space", str(space), *map(str, args)]
+    cmd = [sys.executable, str(SEARCH), "--name", name, "--space", str(space), "--confirm-top", "0", *map(str, args)]
     return spawn(cmd, env, log), log
 
 

@@ -46,6 +46,16 @@ def test_wide_and_smoke_load():
     assert smoke.scheduler.name == "asha"
 
 
+def test_confirm_defaults_to_top_3_by_5_seeds_and_top_0_turns_it_off(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("params: {epochs: 2}\n")
+    assert (load_space(path).confirm.top, load_space(path).confirm.seeds) == (3, 5)
+    path.write_text("confirm: {top: 0}\n")
+    assert load_space(path).confirm.top == 0
+    smoke = load_space(SPACES / "smoke.yaml").confirm
+    assert smoke.top * smoke.seeds <= 3  # the README's first command stays quick
+
+
 def test_override_fixes_epochs_everywhere():
     s = load_space(SPACES / "seed_grid.yaml").override(epochs=3, seed=None)
     assert s.values_of("epochs") == [3] * 4
@@ -106,6 +116,11 @@ def test_a_scheduler_override_asha_cannot_run_is_refused_naming_the_flag(tmp_pat
     # scheduler settings Ray's ASHA asserts on
     ("params: {epochs: 1}\n", ["'scheduler.grace_period' 2", "'epochs' 1", "ASHA needs grace_period <="]),
     ("params: {epochs: {grid: [1, 2]}}\nscheduler: {grace_period: 3}\n", ["'scheduler.grace_period' 3", "'epochs' 2"]),
+    ("confirm: {tops: 3}\n", ["unknown key 'confirm.tops'"]),
+    ("confirm: {top: -1}\n", ["confirm.top", ">= 0"]),
+    ("confirm: {seeds: 0}\n", ["confirm.seeds", ">= 1"]),
+    ("confirm: {seeds: 2.5}\n", ["confirm.seeds", "expected int"]),
+    ("confirm: 3\n", ["'confirm' must be a mapping"]),
 ])
 def test_bad_space_names_file_and_key(tmp_path, text, words):
     path = tmp_path / "space.yaml"

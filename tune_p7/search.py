@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tune_p7 import checkpoint, cli, storage  # noqa: E402
+from tune_p7 import checkpoint, cli, confirm, storage  # noqa: E402
 from tune_p7.data import load  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
 from tune_p7.space import Space, load_space  # noqa: E402
@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-probe", action="store_true", help="skip the data probe (ridge/DIRECT baselines)")
     p.add_argument("--storage-is-shared", action="store_true",
                    help="the local --storage path is mounted on every node (multi-node without NFS detection)")
+    p.add_argument("--confirm-top", type=int, help="configurations the confirmation stage trains again with new "
+                                                   "seeds, 0: none [default: the space's confirm.top]")
+    p.add_argument("--confirm-seeds", type=int, help="new seeds per confirmed configuration [default: confirm.seeds]")
     a = p.parse_args(argv)
     for flag in ("epochs", "max_concurrent", "max_failures", "num_cpus"):
         v = getattr(a, flag)
@@ -274,6 +277,7 @@ def main(argv=None) -> int:
         refuse_resume_changes(args, stored)
     space_path = args.space or (stored["space"] if stored else str(DEFAULT_SPACE))
     space = load_space(space_path).override(epochs=args.epochs, seed=args.seed, scheduler=args.scheduler)
+    confirming = confirm.settings(exp, space.confirm, args.confirm_top, args.confirm_seeds, args.resume)
     data_path = args.data or (stored["data"] if stored else str(DEFAULT_DATA))
     data = load(data_path)
     for k in sorted(set(space.values_of("context_length"))):
@@ -302,13 +306,18 @@ def main(argv=None) -> int:
     print(f"tune_p7: experiment {name}\n  results:   {exp}\n  dashboard: {(dashboard + token_hint()) if dashboard else '(not available)'}\n"
           f"  data:      {data_path} (train {len(data.train.chunks)} chunks, val {len(data.val.chunks)}, dim {data.dim})\n"
           f"  space:     {space_path}", flush=True)
+    confirm.save(exp, confirming)
     tuner = build_tuner(space, data, args, root, name)
     tuner.fit()
     from tune_p7.summarize import summarize
 
     table = summarize(exp)
-    print(table)
+    confirmed = confirm.run(exp, confirming, data, space, args.cpus_per_trial or space.cpus_per_trial,
+                            args.max_concurrent, args.max_failures) if confirming.top else None
+    if confirmed:
+        print(confirmed)
     print(f"summary: {storage.join(exp, 'summary.md')}\n         {storage.join(exp, 'summary.html')} (open in a browser)")
+    print(table)
     import pandas as pd
 
     status = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(exp, "summary.parquet"))))["status"]

@@ -15,6 +15,7 @@
     gates: {drift: 0.05, margin: 0.10, grace_epochs: 1, escape: null}
     checkpoints: {num_to_keep: 2}
     resources: {cpus_per_trial: 1}
+    confirm: {top: 3, seeds: 5}  # re-run the top 3 configurations with 5 new seeds each (top 0: no confirmation)
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from tune_p7.config import RULES, P7Config, check_value
 from tune_p7.errors import InputError
 
 TOP_KEYS = {"description", "num_samples", "metric", "mode", "params", "runs", "scheduler", "gates", "checkpoints",
-            "resources"}
+            "resources", "confirm"}
 SAMPLERS = ("grid", "choice", "uniform", "loguniform")
 RUN_KEY = "run"  # the param_space key that holds one explicit run
 
@@ -52,6 +53,12 @@ class Gates:
 
 
 @dataclass(frozen=True)
+class ConfirmSettings:
+    top: int = 3  # configurations of the ranked summary trained again (0: no confirmation stage)
+    seeds: int = 5  # new seeds for each
+
+
+@dataclass(frozen=True)
 class Space:
     source: str
     params: dict[str, Any]
@@ -64,6 +71,7 @@ class Space:
     gates: Gates = field(default_factory=Gates)
     num_to_keep: int = 2
     cpus_per_trial: float = 1.0
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
 
     def param_space(self) -> dict[str, Any]:
         """The Ray Tune param_space: samplers become tune.grid_search / choice / uniform / loguniform."""
@@ -226,8 +234,12 @@ def load_space(path) -> Space:
     cpus = res.get("cpus_per_trial", 1)
     if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
         raise InputError(src, f"key 'resources.cpus_per_trial': expected a number > 0, got {cpus!r}")
+    confirm = _section(src, raw, "confirm", ConfirmSettings)
+    for key, low in (("top", 0), ("seeds", 1)):
+        if getattr(confirm, key) < low:
+            raise InputError(src, f"key 'confirm.{key}': expected an integer >= {low}, got {getattr(confirm, key)!r}")
     space = Space(src, params, runs, num_samples, metric, mode, str(raw.get("description", "")), sched, gates, keep,
-                  float(cpus))
+                  float(cpus), confirm)
     _check_combinations(space)
     space.check_scheduler()
     return space

@@ -18,7 +18,7 @@ if __package__ in (None, ""):
 
 import pandas as pd  # noqa: E402
 
-from tune_p7 import cli, importance, storage  # noqa: E402
+from tune_p7 import cli, confirm, importance, storage  # noqa: E402
 from tune_p7.config import P7Config  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
 from tune_p7.metrics import deploy_ok, verdict  # noqa: E402
@@ -253,7 +253,8 @@ def summarize(exp: str) -> str:
     sampler = samplers(df, search)
     files = plots(df, curves, references(probe, df, search.get("gates", {})), varied(df), sampler)
     matters, matters_files = importance.section(exp, df, search)
-    md = markdown(exp, df, search, probe, sampler, list(files), matters)
+    confirmed = [confirm.markdown(exp), ""] if storage.exists(storage.join(exp, "confirm.parquet")) else []
+    md = markdown(exp, df, search, probe, sampler, list(files), confirmed + matters)
     files.update(matters_files)
     buf = io.BytesIO()
     df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(buf, index=False)
