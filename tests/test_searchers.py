@@ -14,8 +14,8 @@ from ray import tune
 from conftest import REPO, run_cli
 from test_search import SEARCH, results, search
 
-# warmup_epochs 1 trials trip the margin gate at epoch 2 (no margin reaches 2.0; the gate is checked once past
-# warm-up + grace 0); warmup_epochs 3 trials are never checked and complete epoch 3. The points make both run.
+# warmup_epochs 0 trials trip the margin gate at epoch 1 (no margin reaches 2.0; the gate is checked once past
+# warm-up + grace 0); warmup_epochs 3 trials are never checked and run to epoch 3. The points make both run.
 GATED = """
 num_samples: 4
 params:
@@ -26,7 +26,7 @@ params:
   lstm_layers: 1
   batch_size: 128
   epochs: 3
-  warmup_epochs: {choice: [1, 3]}
+  warmup_epochs: {choice: [0, 3]}
   lr: {loguniform: [5.0e-4, 3.0e-3]}
   margin: {grid: [0.05, 0.07]}
 gates: {drift: -1.0, margin: 2.0, grace_epochs: 0}
@@ -56,13 +56,13 @@ def by_params(df: pd.DataFrame) -> dict:
 def test_each_algorithm_searches_and_ranks_every_trial_and_a_gated_trial_is_never_told_complete(
         tmp_path, small_store, algorithm, extra):
     sp = tmp_path / "space.yaml"
-    sp.write_text(GATED + extra + "points_to_evaluate: [{warmup_epochs: 1}, {warmup_epochs: 3}]}\n")
+    sp.write_text(GATED + extra + "points_to_evaluate: [{warmup_epochs: 0}, {warmup_epochs: 3}]}\n")
     search("--space", sp, "--data", small_store, "--storage", tmp_path, "--name", "s", "--no-probe")
     exp = tmp_path / "s"
     df = summary(exp)
     assert len(df) == 4 and df["rank"].tolist() == [1, 2, 3, 4] and df["trial_id"].is_unique
-    gated = df[df["config/warmup_epochs"] == 1]
-    assert len(gated) >= 1 and (gated["status"] == "gate_stopped").all() and (gated["stopped_epoch"] == 2).all()
+    gated = df[df["config/warmup_epochs"] == 0]
+    assert len(gated) >= 1 and (gated["status"] == "gate_stopped").all() and (gated["stopped_epoch"] == 1).all()
     assert set(df[df["config/warmup_epochs"] == 3]["status"]) <= {"completed", "asha_stopped"}
     assert (df["status"] == "completed").any()
     state = searcher_state(exp)
@@ -85,9 +85,11 @@ def test_each_algorithm_searches_and_ranks_every_trial_and_a_gated_trial_is_neve
         assert all("loss" not in d["result"] for d in docs if d["result"]["status"] == "fail")
         assert sorted(-d["result"]["loss"] for d in docs if d["result"]["status"] == "ok") == \
             pytest.approx(sorted(df[df["status"] == "completed"]["margin"]))
-    else:  # BOHB is told each rung's result at its budget, never a gated trial's stopping epoch (2: no rung)
-        budgets = state["bohber"].configs.keys()
-        assert budgets and all(b in (1, 3) for b in budgets), budgets
+    else:  # BOHB is told each rung's result at its budget (epochs 1, 3), never a gated trial's stopping result
+        told = {b: len(losses) for b, losses in state["bohber"].losses.items()}
+        assert told and set(told) <= {1, 3}, told
+        ungated = df[df["config/warmup_epochs"] == 3]
+        assert sum(told.values()) <= (ungated["stopped_epoch"] >= 1).sum() + (ungated["stopped_epoch"] >= 3).sum()
 
 
 def test_killed_optuna_search_resumes_without_repeats(tmp_path, strong_store):
@@ -127,3 +129,21 @@ def test_killed_optuna_search_resumes_without_repeats(tmp_path, strong_store):
         assert after[name] == rows  # a finished trial did not run again
     told = searcher_state(exp)["_ot_study"].trials
     assert len(told) == trials and all(t.state.name == "COMPLETE" for t in told)
+
+
+@pytest.mark.parametrize("section, words", [
+    ("search: {algorithm: smac}", ["search.algorithm", "smac"]),
+    ("search: {algorithm: optuna, n_trials: 3}", ["search.n_trials", "unknown key"]),
+    ("search: {algorithm: hyperopt, gamma: high}", ["search.gamma", "expected float"]),
+    ("search: {algorithm: optuna, points_to_evaluate: [{lr: 1.0e-3, lrr: 2}]}", ["points_to_evaluate[0]", "'lrr'"]),
+])
+def test_a_bad_search_section_is_one_line_exit_2_and_nothing_written(tmp_path, small_store, section, words):
+    sp = tmp_path / "space.yaml"
+    sp.write_text("params: {lr: {loguniform: [1.0e-4, 2.0e-3]}}\n" + section + "\n")
+    store = tmp_path / "results"
+    store.mkdir()
+    r = run_cli(SEARCH, "--space", sp, "--data", small_store, "--storage", store, "--name", "x", timeout=120)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and err.startswith(f"error: {sp}: ") and "\n" not in err, r.stderr
+    assert all(w in err for w in words), err
+    assert list(store.iterdir()) == []

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
+
 from ray.tune.schedulers import HyperBandForBOHB
 
 from tune_p7.config import P7Config
@@ -127,6 +129,20 @@ def _hyperopt_search():
     return PruningHyperOptSearch
 
 
+def _bohb_search():
+    from ray.tune.search.bohb import TuneBOHB
+
+    class PlainTuneBOHB(TuneBOHB):
+        """TuneBOHB whose suggestions are Python values: ConfigSpace hands out numpy scalars (np.int64 for an
+        integer choice), which the typed config refuses."""
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            return config and {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
+
+    return PlainTuneBOHB
+
+
 def search_alg(space: Space):
     """The Tune searcher of ``space.search`` (None for a space without a ``search:`` section: Tune's default)."""
     s = space.search
@@ -142,9 +158,7 @@ def search_alg(space: Space):
         return _hyperopt_search()(n_initial_points=s.n_initial_points, gamma=s.gamma, random_state_seed=s.seed,
                                   **common)
     if s.algorithm == "bohb":
-        from ray.tune.search.bohb import TuneBOHB
-
-        return TuneBOHB(bohb_config={"random_fraction": s.random_fraction}, seed=s.seed, **common)
+        return _bohb_search()(bohb_config={"random_fraction": s.random_fraction}, seed=s.seed, **common)
     if s.seed is None:
         return None
     from ray.tune.search import BasicVariantGenerator
