@@ -13,6 +13,8 @@ from ray import tune
 
 from conftest import REPO, run_cli
 from test_search import SEARCH, results, search
+from tune_p7.searchers import PruningHyperOptSearch, PruningOptunaSearch, reached_budget, search_alg
+from tune_p7.space import load_space
 
 # warmup_epochs 0 trials trip the margin gate at epoch 1 (no margin reaches 2.0; the gate is checked once past
 # warm-up + grace 0); warmup_epochs 3 trials are never checked and run to epoch 3. The points make both run.
@@ -31,6 +33,59 @@ params:
   margin: {grid: [0.05, 0.07]}
 gates: {drift: -1.0, margin: 2.0, grace_epochs: 0}
 """
+
+
+def space_with(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text("params: {epochs: 3, lr: {loguniform: [1.0e-4, 1.0e-2]}}\n" + text)
+    return load_space(path)
+
+
+def started(searcher, space, trial_ids):
+    searcher.set_search_properties(space.metric, space.mode, space.param_space())
+    return [searcher.suggest(t) for t in trial_ids]
+
+
+def test_the_space_chooses_the_searcher_and_its_settings(tmp_path):
+    assert search_alg(space_with(tmp_path, "")) is None  # Tune's default, as before
+    assert type(search_alg(space_with(tmp_path, "search: {seed: 4}\n"))).__name__ == "BasicVariantGenerator"
+    opt = search_alg(space_with(tmp_path, "search: {algorithm: optuna, seed: 5, n_startup_trials: 3}\n"))
+    assert isinstance(opt, PruningOptunaSearch) and opt._sampler._n_startup_trials == 3
+    hyp = search_alg(space_with(tmp_path, "search: {algorithm: hyperopt, seed: 5, gamma: 0.4}\n"))
+    assert isinstance(hyp, PruningHyperOptSearch) and hyp.algo.keywords["gamma"] == 0.4
+    assert type(search_alg(space_with(tmp_path, "search: {algorithm: bohb}\n"))).__name__ == "PlainTuneBOHB"
+
+
+def test_a_trial_that_stopped_early_or_tripped_a_gate_is_pruned_in_optuna_at_the_epoch_it_reached(tmp_path):
+    space = space_with(tmp_path, "search: {algorithm: optuna, seed: 0}\n")
+    searcher = search_alg(space)
+    started(searcher, space, ["done", "asha", "gated"])
+    for trial_id, last in (("done", 3), ("asha", 1), ("gated", 3)):
+        for epoch in range(1, last):
+            searcher.on_trial_result(trial_id, {"margin": 0.1 * epoch, "epoch": epoch, "config/epochs": 3})
+        final = {"margin": 0.1 * last, "epoch": last, "config/epochs": 3, "gate": "margin" if trial_id == "gated" else None}
+        assert reached_budget(final) == (trial_id == "done")
+        searcher.on_trial_complete(trial_id, result=final)
+    told = {t.number: t for t in searcher._ot_study.trials}
+    assert [told[i].state.name for i in range(3)] == ["COMPLETE", "PRUNED", "PRUNED"]
+    # a pruned trial carries the value at the epoch it reached (Optuna takes the last intermediate value), but
+    # TPE ranks every pruned trial below every complete one
+    assert [told[i].value for i in range(3)] == pytest.approx([0.3, 0.1, 0.3])
+    assert told[1].intermediate_values == {1: pytest.approx(0.1)}  # Tune never passed the stopping result before
+    assert told[2].intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2), 3: pytest.approx(0.3)}
+
+
+def test_the_searcher_counts_its_running_trials_across_save_and_restore(tmp_path):
+    space = space_with(tmp_path, "search: {algorithm: optuna, seed: 0}\n")
+    searcher = search_alg(space)
+    assert searcher.set_max_concurrency(1)  # True: Tune's ConcurrencyLimiter leaves the count to the searcher
+    assert started(searcher, space, ["a", "b"])[1] is None
+    searcher.save(tmp_path / "state.pkl")
+    again = search_alg(space)
+    again.restore(tmp_path / "state.pkl")
+    assert again.suggest("b") is None  # "a" still runs
+    again.on_trial_complete("a", result={"margin": 0.2, "epoch": 3, "config/epochs": 3})
+    assert again.suggest("b") is not None
 
 
 def searcher_state(exp) -> dict:

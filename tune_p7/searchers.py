@@ -6,9 +6,10 @@ tripped a gate, so a model fitted on those values takes an epoch-2 margin for a 
 
 - **optuna** (``PruningOptunaSearch``): every epoch's metric is reported to the Optuna trial as an intermediate
   value at step = epoch (``Trial.report``). A trial that reached its ``epochs`` without a gate is told COMPLETE
-  with its final value; a trial stopped earlier (ASHA, gate) is told PRUNED: it has no final value, and Optuna's
-  TPE ranks pruned trials below every complete one, ordered by the epoch they reached, then by their last
-  intermediate value (optuna.samplers._tpe.sampler._split_pruned_trials). A trial whose loss became NaN is FAIL.
+  with its final value; a trial stopped earlier (ASHA, a gate; a gate at the last epoch too) is told PRUNED:
+  Optuna keeps its value at the epoch it reached, and TPE ranks pruned trials below every complete one, ordered
+  by the epoch they reached, then by that value (optuna.samplers._tpe.sampler._split_pruned_trials). A trial
+  whose loss became NaN is FAIL.
 - **hyperopt** (``PruningHyperOptSearch``): HyperOpt has no pruned state and no intermediate values. A stopped
   trial is told as done with status ``fail`` and no loss; HyperOpt's TPE takes a trial without a loss as
   infinitely bad (hyperopt.tpe.suggest), i.e. ranked below every finished trial, never with its partial value.
@@ -29,8 +30,11 @@ import math
 import warnings
 
 import numpy as np
-
 from ray.tune.schedulers import HyperBandForBOHB
+# Ray's wrappers import without their optional packages (space.py refuses a search whose package is missing)
+from ray.tune.search.bohb import TuneBOHB
+from ray.tune.search.hyperopt import HyperOptSearch
+from ray.tune.search.optuna import OptunaSearch
 
 from tune_p7.config import P7Config
 from tune_p7.errors import InputError
@@ -65,82 +69,69 @@ class _OwnConcurrency:
         return super().suggest(trial_id)
 
 
-def _optuna_search():
-    from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch
+class PruningOptunaSearch(_OwnConcurrency, OptunaSearch):
+    """OptunaSearch that reports each epoch's value at step = epoch and tells a trial stopped before its last
+    epoch PRUNED (see the module docstring)."""
 
-    class PruningOptunaSearch(_OwnConcurrency, OptunaSearch):
-        """OptunaSearch that reports each epoch's value at step = epoch and tells a trial stopped before its
-        last epoch PRUNED (see the module docstring)."""
+    def _running(self) -> int:
+        return len(self._ot_trials.keys() - self._completed_trials)
 
-        def _running(self) -> int:
-            return len(self._ot_trials.keys() - self._completed_trials)
+    def _report(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            with warnings.catch_warnings():  # a resumed trial reports stored epochs again: Optuna keeps the first
+                warnings.simplefilter("ignore")
+                self._ot_trials[trial_id].report(value, int(result.get("epoch", 0)))
 
-        def _report(self, trial_id: str, result: dict) -> None:
-            value = result.get(self.metric)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                with warnings.catch_warnings():  # a resumed trial reports stored epochs again: Optuna keeps the first
-                    warnings.simplefilter("ignore")
-                    self._ot_trials[trial_id].report(value, int(result.get("epoch", 0)))
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self._completed_trials:
+            self._report(trial_id, result)
 
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id not in self._completed_trials:
-                self._report(trial_id, result)
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from optuna.trial import TrialState
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            ot_trial = self._ot_trials[trial_id]
-            value = (result or {}).get(self.metric)
-            if error or not result or result.get("error") or not (isinstance(value, (int, float))
-                                                                   and math.isfinite(value)):
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-            elif reached_budget(result):
-                self._report(trial_id, result)
-                self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
-            else:  # Tune does not pass the stopping result to on_trial_result: report it here
-                self._report(trial_id, result)
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-
-    return PruningOptunaSearch
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self.metric)
+        if error or not result or result.get("error") or not (isinstance(value, (int, float))
+                                                               and math.isfinite(value)):
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif reached_budget(result):
+            self._report(trial_id, result)
+            self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
+        else:  # Tune does not pass the stopping result to on_trial_result: report it here
+            self._report(trial_id, result)
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
 
 
-def _hyperopt_search():
-    import hyperopt
-    from ray.tune.search.hyperopt import HyperOptSearch
+class PruningHyperOptSearch(_OwnConcurrency, HyperOptSearch):
+    """HyperOptSearch that tells a trial stopped before its last epoch as done without a loss."""
 
-    class PruningHyperOptSearch(_OwnConcurrency, HyperOptSearch):
-        """HyperOptSearch that tells a trial stopped before its last epoch as done without a loss."""
+    def _running(self) -> int:
+        return len(self._live_trial_mapping)
 
-        def _running(self) -> int:
-            return len(self._live_trial_mapping)
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        import hyperopt
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            ho_trial = self._get_hyperopt_trial(trial_id)
-            if ho_trial is None or error or not result or reached_budget(result):
-                return super().on_trial_complete(trial_id, result, error)
-            ho_trial["refresh_time"] = hyperopt.utils.coarse_utcnow()
-            ho_trial["state"] = hyperopt.base.JOB_STATE_DONE
-            ho_trial["result"] = {"status": hyperopt.STATUS_FAIL}
-            self._hpopt_trials.refresh()
-            del self._live_trial_mapping[trial_id]
-
-    return PruningHyperOptSearch
+        ho_trial = self._get_hyperopt_trial(trial_id)
+        if ho_trial is None or error or not result or reached_budget(result):
+            return super().on_trial_complete(trial_id, result, error)
+        ho_trial["refresh_time"] = hyperopt.utils.coarse_utcnow()
+        ho_trial["state"] = hyperopt.base.JOB_STATE_DONE
+        ho_trial["result"] = {"status": hyperopt.STATUS_FAIL}
+        self._hpopt_trials.refresh()
+        del self._live_trial_mapping[trial_id]
 
 
-def _bohb_search():
-    from ray.tune.search.bohb import TuneBOHB
+class PlainTuneBOHB(TuneBOHB):
+    """TuneBOHB whose suggestions are Python values: ConfigSpace hands out numpy scalars (np.int64 for an integer
+    choice), which the typed config refuses."""
 
-    class PlainTuneBOHB(TuneBOHB):
-        """TuneBOHB whose suggestions are Python values: ConfigSpace hands out numpy scalars (np.int64 for an
-        integer choice), which the typed config refuses."""
-
-        def suggest(self, trial_id: str):
-            config = super().suggest(trial_id)
-            return config and {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
-
-    return PlainTuneBOHB
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        return config and {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
 
 
 def search_alg(space: Space):
@@ -153,12 +144,12 @@ def search_alg(space: Space):
 
         sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
                                              multivariate=s.multivariate)
-        return _optuna_search()(sampler=sampler, **common)
+        return PruningOptunaSearch(sampler=sampler, **common)
     if s.algorithm == "hyperopt":
-        return _hyperopt_search()(n_initial_points=s.n_initial_points, gamma=s.gamma, random_state_seed=s.seed,
-                                  **common)
+        return PruningHyperOptSearch(n_initial_points=s.n_initial_points, gamma=s.gamma, random_state_seed=s.seed,
+                                     **common)
     if s.algorithm == "bohb":
-        return _bohb_search()(bohb_config={"random_fraction": s.random_fraction}, seed=s.seed, **common)
+        return PlainTuneBOHB(bohb_config={"random_fraction": s.random_fraction}, seed=s.seed, **common)
     if s.seed is None:
         return None
     from ray.tune.search import BasicVariantGenerator
