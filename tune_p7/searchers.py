@@ -21,8 +21,9 @@ tripped a gate, so a model fitted on those values takes an epoch-2 margin for a 
 - **random**: Tune's BasicVariantGenerator; nothing is learned.
 
 Resume: Tune saves the searcher's state (``searcher-state-*.pkl``: the Optuna study, HyperOpt's trials, BOHB's
-observations) with its experiment state, and ``Tuner.restore`` restores both together, so a resumed search
-neither suggests a configuration again nor loses a finished trial's result.
+observations) and its wrappers' (``search_gen_state-*.json``: trials suggested so far, ConcurrencyLimiter's running
+trials) with its experiment state, and ``Tuner.restore`` restores them together, so a resumed search neither
+suggests a configuration again nor loses a finished trial's result (tests/test_searchers.py kills a driver).
 """
 from __future__ import annotations
 
@@ -52,29 +53,9 @@ def reached_budget(result: dict) -> bool:
     return not result.get("gate") and result.get("epoch", 0) >= epochs
 
 
-class _OwnConcurrency:
-    """Counts its own running trials for ``max_concurrent_trials``. Tune's ConcurrencyLimiter would, but its count
-    is not saved with the experiment: after a restore it has forgotten the running trials, drops their
-    completions (the searcher never learns their results) and lets too many start."""
-
-    _max_concurrent = 0
-
-    def set_max_concurrency(self, max_concurrent: int) -> bool:
-        self._max_concurrent = max_concurrent
-        return True
-
-    def suggest(self, trial_id: str):
-        if 0 < self._max_concurrent <= self._running():
-            return None
-        return super().suggest(trial_id)
-
-
-class PruningOptunaSearch(_OwnConcurrency, OptunaSearch):
+class PruningOptunaSearch(OptunaSearch):
     """OptunaSearch that reports each epoch's value at step = epoch and tells a trial stopped before its last
     epoch PRUNED (see the module docstring)."""
-
-    def _running(self) -> int:
-        return len(self._ot_trials.keys() - self._completed_trials)
 
     def _report(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
@@ -106,11 +87,8 @@ class PruningOptunaSearch(_OwnConcurrency, OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-class PruningHyperOptSearch(_OwnConcurrency, HyperOptSearch):
+class PruningHyperOptSearch(HyperOptSearch):
     """HyperOptSearch that tells a trial stopped before its last epoch as done without a loss."""
-
-    def _running(self) -> int:
-        return len(self._live_trial_mapping)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import hyperopt

@@ -71,7 +71,7 @@ class SearchSettings:
     gamma: float = _typed(0.25, float, lo=0.0, hi=1.0)  # fraction of trials in the "good" density
     # bohb: hpbandster's BOHB under Ray's HyperBandForBOHB; budgets are epochs, up to params.epochs
     reduction_factor: float = _typed(3.0, float, lo=1.0)  # keep 1/reduction_factor of a rung's trials
-    random_fraction: float = _typed(1 / 3, float, lo=0.0, hi=1.0)  # of suggestions drawn at random, not from BOHB's model
+    random_fraction: float = _typed(1 / 3, float, lo=0.0, hi=1.0)  # suggestions drawn at random, not by the model
 
     @property
     def model_based(self) -> bool:
@@ -280,14 +280,15 @@ def _search(src, raw, params, num_samples) -> SearchSettings:
             raise InputError(src, "key 'scheduler': bohb runs under its own scheduler (Ray's HyperBandForBOHB): "
                                   "set search.reduction_factor instead")
         if isinstance(params.get("epochs"), dict):
-            raise InputError(src, "key 'params.epochs': bohb's budget is the epochs: give one value (the largest budget)")
+            raise InputError(src, "key 'params.epochs': bohb's budget is the epochs: give one value (the largest)")
     missing = [p for p in EXTRA_PACKAGES.get(algorithm, ()) if importlib.util.find_spec(p) is None]
     if missing:
         raise InputError(src, f"search.algorithm {algorithm} needs {' and '.join(missing)}: "
                               "pip install -r requirements-search.txt")
     points = tuple(_point(src, i, p, params) for i, p in enumerate(values.get("points_to_evaluate") or []))
     if len(points) > num_samples:
-        raise InputError(src, f"key 'num_samples': {num_samples} trials cannot run the {len(points)} points_to_evaluate")
+        raise InputError(src, f"key 'num_samples': {num_samples} trials cannot run the {len(points)} "
+                              "points_to_evaluate")
     return replace(settings, points_to_evaluate=points)
 
 
