@@ -8,3 +8,6 @@ class InputError(ValueError):
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+    def __reduce__(self):  # Ray copies and pickles a trial's exception: rebuild it from both arguments
+        return InputError, (self.source, self.problem)

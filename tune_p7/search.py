@@ -232,6 +232,7 @@ def restore_deleted_checkpoints(exp: str) -> list[tuple[str, str]]:
 def build_tuner(space: Space, data, args, root: str, name: str):
     from ray import tune
 
+    from tune_p7 import searchers
     from tune_p7.schedulers import GatedASHA, GatedFIFO
     from tune_p7.trainable import train_trial
 
@@ -245,7 +246,9 @@ def build_tuner(space: Space, data, args, root: str, name: str):
             print(f"  resume:    trial {trial_id}: Tune's state named a deleted checkpoint, resuming from {path}")
         return tune.Tuner.restore(exp, trainable, resume_errored=True)
     s = space.scheduler
-    if s.name == "asha":
+    if space.search.algorithm == "bohb":
+        scheduler = searchers.bohb_scheduler(space, args.scheduler)
+    elif s.name == "asha":
         scheduler = GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
                               max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
                               reduction_factor=s.reduction_factor, brackets=s.brackets)
@@ -254,7 +257,8 @@ def build_tuner(space: Space, data, args, root: str, name: str):
     return tune.Tuner(
         trainable,
         param_space=space.param_space(),
-        tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=space.num_samples,
+        tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=searchers.search_alg(space),
+                                    num_samples=space.num_samples,
                                     max_concurrent_trials=args.max_concurrent or None, reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=root,
