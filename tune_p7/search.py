@@ -177,7 +177,9 @@ def build_tuner(space: Space, data, args, root: str, name: str):
     from tune_p7.trainable import train_trial
 
     cpus = args.cpus_per_trial or space.cpus_per_trial
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates), {"cpu": cpus})
+    mutated = tuple(space.scheduler.mutations)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates, mutated=mutated),
+                                    {"cpu": cpus})
     exp = storage.join(root, name)
     if args.resume:
         if not tune.Tuner.can_restore(exp):
@@ -190,6 +192,10 @@ def build_tuner(space: Space, data, args, root: str, name: str):
         scheduler = GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
                               max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
                               reduction_factor=s.reduction_factor, brackets=s.brackets)
+    elif not args.scheduler and s.name in ("pbt", "pb2"):
+        from tune_p7.pbt import build_scheduler
+
+        scheduler = build_scheduler(space)
     else:
         scheduler = GatedFIFO()
     return tune.Tuner(

@@ -210,6 +210,9 @@ def summarize(exp: str) -> str:
     errored = df[df["status"] == "errored"] if not df.empty else df
     if len(errored):
         md += ["## Errors", ""] + [f"- {r.trial_id}: {r.error}" for r in errored.itertuples()] + [""]
+    from tune_p7.pbt import schedules  # PBT/PB2: what the top trials ran, epoch by epoch
+
+    md += schedules(df, curves)
     files = plots(df, curves, search.get("gates", {})) if not df.empty else {}
     md += [f"![{n}]({n})" for n in files]
     storage.write_bytes(storage.join(exp, "summary.md"), "\n".join(md).encode())
