@@ -59,8 +59,8 @@ def lineages(rows):
 
 
 def test_pbt_search_exploits_another_trials_checkpoint_and_the_summary_accounts_for_every_trial(tmp_path,
-                                                                                                 small_store):
-    search("--space", population(tmp_path), "--data", small_store, "--storage", tmp_path, "--name", "pbt",
+                                                                                                 strong_store):
+    search("--space", population(tmp_path), "--data", strong_store, "--storage", tmp_path, "--name", "pbt",
            "--no-probe")
     exp = tmp_path / "pbt"
     res = {rows[0]["trial_id"]: rows for rows in results(exp).values()}
@@ -77,8 +77,11 @@ def test_pbt_search_exploits_another_trials_checkpoint_and_the_summary_accounts_
     assert exploited, "no exploit happened"
     for tid, part in exploited:
         assert part[0]["exploited_from"] in res and part[0]["exploited_from"] != tid
-    start = {tid: json.loads(next(exp.glob(f"*{tid}*/params.json")).read_text())["lr"] for tid in res}
-    assert any(part[0]["hp/lr"] != start[tid] for tid, part in exploited)  # a config changed mid-run
+    assert any(rows[0]["hp/lr"] != rows[-1]["hp/lr"] for rows in res.values())  # a config changed mid-run
+    for rows in res.values():  # every epoch of every lineage it ran is in the trial's result.json
+        for part in lineages(rows).values():
+            assert sorted({r["epoch"] for r in part}) == list(range(part[0]["epoch"], part[-1]["epoch"] + 1))
+        assert rows[0]["epoch"] == 1 and rows[-1]["epoch"] == 5
     # the donor's results are never reported as the recipient's: every lineage belongs to one trial
     owners = {}
     for tid, rows in res.items():

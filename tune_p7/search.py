@@ -174,6 +174,7 @@ def build_tuner(space: Space, data, args, root: str, name: str):
     from ray import tune
 
     from tune_p7.gates import GatedASHA, GatedFIFO
+    from tune_p7.resultlog import KeepLocalResults
     from tune_p7.trainable import train_trial
 
     cpus = args.cpus_per_trial or space.cpus_per_trial
@@ -208,7 +209,7 @@ def build_tuner(space: Space, data, args, root: str, name: str):
             checkpoint_config=tune.CheckpointConfig(num_to_keep=space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
-            failure_config=tune.FailureConfig(max_failures=args.max_failures)),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures), callbacks=[KeepLocalResults()]),
     )
 
 
