@@ -33,6 +33,33 @@ class _Population:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 
+    def _exploit(self, tune_controller, trial, trial_to_clone) -> None:
+        """PBT's exploit, then the handed checkpoint copied into the trial's own folder and handed over from there.
+
+        Ray hands over the other trial's checkpoint by path, and that trial's checkpoint retention (num_to_keep)
+        deletes it as soon as it has registered enough newer ones: before this trial restarts when the population
+        is time-multiplexed, and always across a killed driver, whose saved state names the path ("Could not
+        recover from checkpoint"). The copy (``exploited_*``, not a ``checkpoint_*`` folder: never one of this
+        trial's own) is Tune's latest checkpoint of the trial until the trial reports its next one; an older
+        copy is deleted (the trial has registered its own checkpoints since).
+        """
+        import pyarrow.fs as pafs
+        from ray.train._internal.session import _TrainingResult
+
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        manager = trial.run_metadata.checkpoint_manager
+        handed = manager._latest_checkpoint_result
+        src, fs = handed.checkpoint, trial.storage.storage_filesystem
+        own = trial.storage.trial_fs_path
+        dest = f"{own}/exploited_{trial_to_clone.trial_id}_{src.path.rstrip('/').rsplit('/', 1)[-1]}"
+        for old in fs.get_file_info(pafs.FileSelector(own, allow_not_found=True)):
+            if old.base_name.startswith("exploited_") and old.path != dest:
+                fs.delete_dir(old.path)
+        fs.create_dir(dest)
+        pafs.copy_files(src.path, dest, source_filesystem=src.filesystem, destination_filesystem=fs)
+        manager._latest_checkpoint_result = _TrainingResult(checkpoint=tune.Checkpoint(dest, filesystem=fs),
+                                                            metrics=handed.metrics)
+
 
 class GatedPBT(_Gated, _Population, PopulationBasedTraining):
     """Population-based training (time = the reported epoch) that also stops any trial whose result trips a gate."""
