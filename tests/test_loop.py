@@ -60,6 +60,20 @@ def test_resume_from_a_state_replays_the_uninterrupted_run(small_store):
     assert resumed[-1]["margin"] == full[-1]["margin"] and resumed[-1]["loss"] == full[-1]["loss"]
 
 
+def test_a_resumed_run_trains_with_its_config_lr_not_the_checkpoints(small_store):
+    """A PBT exploit hands a trial another trial's checkpoint with a new lr: the optimizer state loads, its lr and
+    weight decay come from the config."""
+    data = load(small_store)
+    first, after = {}, {}
+    fit(small_config(epochs=1), data, report=lambda m, s: first.update(copy.deepcopy(s)))
+    fit(small_config(epochs=2, lr=1e-9, weight_decay=0.5), data, report=lambda m, s: after.update(copy.deepcopy(s)),
+        state=first)
+    groups = after["optimizer"]["param_groups"]
+    assert all(g["lr"] == 1e-9 and g["weight_decay"] == 0.5 for g in groups)
+    moved = max(float((after["model"][k].float() - v.float()).abs().max()) for k, v in first["model"].items())
+    assert moved < 1e-6  # at lr 2e-3 (the checkpoint's) one epoch moves weights by ~1e-3
+
+
 def test_lstm_trains(small_store):
     h = fit(small_config(arch="lstm", epochs=1), load(small_store))
     assert math.isfinite(h[0]["margin"])

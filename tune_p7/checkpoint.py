@@ -65,37 +65,50 @@ def stored(fs, trial_path: str) -> list[str]:
 
 def stored_metrics(fs, trial_path: str) -> list[tuple[str, dict]]:
     """(path, metrics) of each whole checkpoint in a trial folder whose metrics.json reads, oldest first."""
-    found = []
-    for path in stored(fs, trial_path):
-        try:
-            with fs.open_input_stream(f"{path}/{METRICS}") as f:
-                found.append((path, json.loads(f.read())))
-        except (OSError, json.JSONDecodeError):
-            continue  # torn metrics.json: not a usable checkpoint
-    return found
+    found = [(path, read_metrics(fs, path)) for path in stored(fs, trial_path)]
+    return [(p, m) for p, m in found if m is not None]  # a torn metrics.json: not a usable checkpoint
+
+
+def read_metrics(fs, path: str) -> dict | None:
+    """The metrics of checkpoint folder ``path`` on pyarrow filesystem ``fs``; None when missing or torn."""
+    try:
+        with fs.open_input_stream(f"{path}/{METRICS}") as f:
+            return json.loads(f.read())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def resume_from(fs, named: str) -> tuple[dict, list[dict]]:
-    """Where a restored trial goes on: (the state of the newest loadable checkpoint, by epoch, in the trial folder
-    that holds ``named``, the checkpoint Tune restored; the metrics of every whole checkpoint from ``named``'s epoch
-    up to that one, oldest first). ``fs``: the pyarrow filesystem of the paths.
+    """Where a restored trial goes on: (the state of the newest loadable checkpoint, by epoch, of ``named``'s lineage in
+    the trial folder that holds ``named``, the checkpoint Tune restored; the metrics of every whole checkpoint of that
+    lineage from ``named``'s epoch up to that one, oldest first). ``fs``: the pyarrow filesystem of the paths.
 
     Tune writes each result and checkpoint as they come but snapshots its experiment state only every few seconds:
     after a killed driver the checkpoint it restores can be epochs older than the newest one the trial had stored
     (resuming from it would train finished epochs again), and the last results before the kill can be missing
     from result.json while their checkpoints exist (the trial reports them again). A checkpoint cut short by the
-    kill does not load and is passed over.
+    kill does not load and is passed over. Lineage: under PBT a trial that exploited another one's checkpoint goes
+    on from an earlier epoch with other weights; its folder then also holds checkpoints of its former lineage, some
+    with later epochs: only checkpoints whose metrics carry ``named``'s ``lineage`` are candidates.
     """
-    from ray import tune  # here, not at import: search.py imports this module before it may import ray
-
     found = sorted(stored_metrics(fs, named.rsplit("/", 1)[0]), key=lambda pm: pm[1].get("epoch", 0))
-    start = next((m.get("epoch", 0) for p, m in found if p == named), 0)
+    mine = next((m for p, m in found if p == named), None)
+    if mine is not None:
+        found = [(p, m) for p, m in found if m.get("lineage") == mine.get("lineage")]
+    start = mine.get("epoch", 0) if mine is not None else 0
     since = [(p, m) for p, m in found if m.get("epoch", 0) >= start]
     error = None
     for i in range(len(since) - 1, -1, -1):
         try:
-            with tune.Checkpoint(since[i][0], filesystem=fs).as_directory() as d:
-                return load(d), [m for _, m in since[:i + 1]]
+            return load_from(fs, since[i][0]), [m for _, m in since[:i + 1]]
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
             error = exc
     raise error or FileNotFoundError(f"no whole checkpoint next to {named}")
+
+
+def load_from(fs, path: str) -> dict:
+    """The state of the checkpoint folder ``path`` on pyarrow filesystem ``fs`` (copied to a local folder first)."""
+    from ray import tune  # here, not at import: search.py imports this module before it may import ray
+
+    with tune.Checkpoint(path, filesystem=fs).as_directory() as d:
+        return load(d)

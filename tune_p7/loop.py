@@ -265,7 +265,9 @@ def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict |
     best = {"margin": -math.inf, "epoch": 0}
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])  # which restores the saved lr and weight decay too:
+        for group in opt.param_groups:  # this config's apply from here on (a PBT exploit changes them)
+            group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
         start, best = state["epoch"], state["best"]
     train = SplitTensors(data.train, cfg.context_length, cfg.device)
     val_eval = Evaluator(data.val, cfg)

@@ -234,10 +234,13 @@ def build_tuner(space: Space, data, args, root: str, name: str):
 
     from tune_p7 import searchers
     from tune_p7.schedulers import GatedASHA, GatedFIFO
+    from tune_p7.resultlog import KeepLocalResults
     from tune_p7.trainable import train_trial
 
     cpus = args.cpus_per_trial or space.cpus_per_trial
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates), {"cpu": cpus})
+    mutated = tuple(space.scheduler.mutations)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates, mutated=mutated),
+                                    {"cpu": cpus})
     exp = storage.join(root, name)
     if args.resume:
         if not tune.Tuner.can_restore(exp):
@@ -247,11 +250,15 @@ def build_tuner(space: Space, data, args, root: str, name: str):
         return tune.Tuner.restore(exp, trainable, resume_errored=True)
     s = space.scheduler
     if space.search.algorithm == "bohb":
-        scheduler = searchers.bohb_scheduler(space, args.scheduler)
+        scheduler = searchers.bohb_scheduler(space)
     elif s.name == "asha":
         scheduler = GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
                               max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
                               reduction_factor=s.reduction_factor, brackets=s.brackets)
+    elif s.name in ("pbt", "pb2"):
+        from tune_p7.pbt import build_scheduler
+
+        scheduler = build_scheduler(space)
     else:
         scheduler = GatedFIFO()
     return tune.Tuner(
@@ -265,7 +272,7 @@ def build_tuner(space: Space, data, args, root: str, name: str):
             checkpoint_config=tune.CheckpointConfig(num_to_keep=space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
-            failure_config=tune.FailureConfig(max_failures=args.max_failures)),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures), callbacks=[KeepLocalResults()]),
     )
 
 

@@ -39,7 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune_p7.config import P7Config
 from tune_p7.errors import InputError
-from tune_p7.gates import _Gated
+from tune_p7.schedulers import _Gated
 from tune_p7.space import Space
 
 
@@ -135,10 +135,7 @@ def search_alg(space: Space):
     return BasicVariantGenerator(random_state=s.seed)
 
 
-def bohb_scheduler(space: Space, scheduler_flag: str | None) -> GatedHyperBandForBOHB:
+def bohb_scheduler(space: Space) -> GatedHyperBandForBOHB:
     """BOHB's scheduler: HyperBand over epochs up to the space's ``epochs``, with the gates."""
-    if scheduler_flag:
-        raise InputError("--scheduler " + scheduler_flag, f"{space.source} searches with bohb, which runs under "
-                                                          "its own scheduler (HyperBandForBOHB)")
     return GatedHyperBandForBOHB(time_attr="epoch", metric=space.metric, mode=space.mode,
                                  max_t=max(space.values_of("epochs")), reduction_factor=space.search.reduction_factor)

@@ -12,6 +12,9 @@
     runs:                     # explicit points, each a mapping of keys (tried in turn, times the grids)
       - {context_length: 5, margin: 0.07}
     scheduler: {name: asha, grace_period: 2, reduction_factor: 2, brackets: 1}
+    # or population-based training (the scheduler then replaces ASHA; see tune_p7/pbt.py):
+    # scheduler: {name: pbt | pb2, perturbation_interval: 1, quantile_fraction: 0.25, resample_probability: 0.25,
+    #             mutations: {lr: {loguniform: [1.0e-4, 3.0e-3]}, margin: {choice: [0.05, 0.07, 0.10]}}}
     gates: {drift: 0.05, margin: 0.10, grace_epochs: 1, escape: null}
     checkpoints: {num_to_keep: 2}
     resources: {cpus_per_trial: 1}
@@ -36,14 +39,26 @@ TOP_KEYS = {"description", "num_samples", "metric", "mode", "params", "runs", "s
             "resources", "confirm", "search"}
 SAMPLERS = ("grid", "choice", "uniform", "loguniform")
 RUN_KEY = "run"  # the param_space key that holds one explicit run
+# Keys a PBT exploit may change mid-run: the loop reads them from the config every step (TrainStep) or sets them on
+# the optimizer after loading its state (lr, weight_decay). Architecture, data and batch keys shape the model or
+# its inputs and cannot change under a checkpoint.
+MUTABLE = ("lr", "weight_decay", "grad_clip", "temperature", "margin", "w_rank", "w_margin", "w_teacher",
+           "teacher_floor", "gate_threshold", "gate_weak_weight")
+ASHA_KEYS = ("grace_period", "reduction_factor", "brackets")
+PBT_KEYS = ("perturbation_interval", "quantile_fraction", "resample_probability", "mutations")
+POPULATION = ("pbt", "pb2")
 
 
 @dataclass(frozen=True)
 class SchedulerSettings:
-    name: str = "asha"
+    name: str = "asha"  # asha | fifo | pbt | pb2
     grace_period: int = 2
     reduction_factor: float = 2.0
     brackets: int = 1
+    perturbation_interval: int = 2  # pbt/pb2: epochs between exploit/explore steps of a trial
+    quantile_fraction: float = 0.25  # pbt/pb2: the bottom fraction copies the top fraction
+    resample_probability: float = 0.25  # pbt: draw a mutated key afresh instead of perturbing it
+    mutations: dict = field(default_factory=dict)  # pbt/pb2: key -> {uniform|loguniform: [lo, hi]} | {choice: [...]}
 
 
 @dataclass(frozen=True)
@@ -118,7 +133,7 @@ class Space:
         make = {"grid": tune.choice if self.search.model_based else tune.grid_search, "choice": tune.choice,
                 "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
         out = {}
-        for key, value in self.params.items():
+        for key, value in {**self.scheduler.mutations, **self.params}.items():  # a mutation's range: first values
             if isinstance(value, dict):
                 (kind, arg), = value.items()
                 out[key] = make[kind](arg)
@@ -142,6 +157,9 @@ class Space:
     def override(self, epochs: int | None = None, seed: int | None = None, scheduler: str | None = None) -> "Space":
         """The same space with the CLI's --epochs / --seed / --scheduler applied, checked again against the
         scheduler (a flag can make a valid file unrunnable: it is named then)."""
+        if scheduler and self.search.algorithm == "bohb":
+            raise InputError("--scheduler " + scheduler, f"{self.source} searches with bohb, which runs under its "
+                                                         "own scheduler (HyperBandForBOHB)")
         fixed = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
         runs = [{k: v for k, v in r.items() if k not in fixed} for r in self.runs]
         points = tuple({k: v for k, v in p.items() if k not in fixed} for p in self.search.points_to_evaluate)
@@ -197,24 +215,99 @@ def _section(src, raw, name, cls):
     return cls(**out)
 
 
-def _param(src, key, value):
+def _param(src, key, value, section="params", samplers=SAMPLERS):
     f = {f.name: f for f in fields(P7Config)}.get(key)
     if f is None:
-        raise InputError(src, f"unknown key 'params.{key}' (not a config key)")
+        raise InputError(src, f"unknown key '{section}.{key}' (not a config key)")
     if not isinstance(value, dict):
         return check_value(f, value, src)
-    if len(value) != 1 or next(iter(value)) not in SAMPLERS:
-        raise InputError(src, f"key 'params.{key}': a sampler is one of {{{', '.join(SAMPLERS)}: ...}}, got {value!r}")
+    if len(value) != 1 or next(iter(value)) not in samplers:
+        raise InputError(src, f"key '{section}.{key}': a sampler is one of {{{', '.join(samplers)}: ...}}, "
+                              f"got {value!r}")
     (kind, arg), = value.items()
     if not isinstance(arg, list) or not arg:
-        raise InputError(src, f"key 'params.{key}': {kind} needs a non-empty list, got {arg!r}")
-    checked = [check_value(f, v, f"{src}: params.{key}") for v in arg]
+        raise InputError(src, f"key '{section}.{key}': {kind} needs a non-empty list, got {arg!r}")
+    checked = [check_value(f, v, f"{src}: {section}.{key}") for v in arg]
     if kind in ("uniform", "loguniform"):
         if len(arg) != 2 or not isinstance(f.default, float) or not checked[0] < checked[1]:
-            raise InputError(src, f"key 'params.{key}': {kind} needs [low, high] with low < high on a float key")
+            raise InputError(src, f"key '{section}.{key}': {kind} needs [low, high] with low < high on a float key")
         if kind == "loguniform" and checked[0] <= 0:
-            raise InputError(src, f"key 'params.{key}': loguniform needs low > 0")
+            raise InputError(src, f"key '{section}.{key}': loguniform needs low > 0")
     return {kind: checked}
+
+
+def _scheduler(src, raw) -> SchedulerSettings:
+    values = raw.get("scheduler") or {}
+    if not isinstance(values, dict):
+        raise InputError(src, "'scheduler' must be a mapping")
+    name = values.get("name", "asha")
+    if name not in ("asha", "fifo", *POPULATION):
+        raise InputError(src, f"key 'scheduler.name': expected asha, fifo, pbt or pb2, got {name!r}")
+    own = {"asha": ASHA_KEYS, "fifo": ASHA_KEYS, "pbt": PBT_KEYS, "pb2": tuple(k for k in PBT_KEYS if k != "resample_probability")}[name]
+    alien = [k for k in values if k in ASHA_KEYS + PBT_KEYS and k not in own]
+    if alien:
+        raise InputError(src, f"key 'scheduler.{alien[0]}' does not apply to scheduler {name}")
+    sched = _section(src, {"scheduler": {k: v for k, v in values.items() if k != "mutations"}}, "scheduler",
+                     SchedulerSettings)
+    if sched.grace_period < 1 or sched.reduction_factor <= 1 or sched.brackets < 1:
+        raise InputError(src, "key 'scheduler': needs grace_period >= 1, reduction_factor > 1, brackets >= 1")
+    if name not in POPULATION:
+        return sched
+    if sched.perturbation_interval < 1 or not 0 < sched.quantile_fraction <= 0.5 \
+            or not 0 <= sched.resample_probability <= 1:
+        raise InputError(src, "key 'scheduler': needs perturbation_interval >= 1, 0 < quantile_fraction <= 0.5, "
+                              "0 <= resample_probability <= 1")
+    if name == "pb2" and importlib.util.find_spec("sklearn") is None:
+        raise InputError(src, "scheduler pb2 needs scikit-learn: pip install -r requirements-search.txt")
+    raw_mut = values.get("mutations")
+    if not isinstance(raw_mut, dict) or not raw_mut:
+        raise InputError(src, f"key 'scheduler.mutations': {name} needs a mapping of keys to mutate, "
+                              "e.g. {lr: {loguniform: [1.0e-4, 3.0e-3]}}")
+    kinds = ("uniform", "loguniform") if name == "pb2" else ("uniform", "loguniform", "choice")
+    mutations = {}
+    for key, spec in raw_mut.items():
+        if key in P7Config.keys() and key not in MUTABLE:
+            raise InputError(src, f"key 'scheduler.mutations.{key}': {key} cannot change mid-run "
+                                  f"(mutable: {', '.join(MUTABLE)})")
+        if not isinstance(spec, dict) and key in MUTABLE:
+            raise InputError(src, f"key 'scheduler.mutations.{key}': expected {{{' | '.join(kinds)}: [...]}}, "
+                                  f"got {spec!r}")
+        if name == "pb2" and isinstance(spec, dict) and "choice" in spec:
+            raise InputError(src, f"key 'scheduler.mutations.{key}': pb2 takes continuous bounds only "
+                                  "({uniform: [lo, hi]} or {loguniform: [lo, hi]})")
+        (kind, arg), = _param(src, key, spec, "scheduler.mutations", kinds).items()
+        mutations[key] = {kind: sorted(arg) if kind == "choice" else arg}  # PBT shifts a choice to a neighbour
+    return SchedulerSettings(**{**{f.name: getattr(sched, f.name) for f in fields(sched)}, "mutations": mutations})
+
+
+def _check_mutations(space: "Space") -> None:
+    """The start values of every mutated key (params) lie in its mutation's range; no run sets one; a population
+    of >= 2 trials; perturbations happen before the last epoch; checkpoints live long enough to be exploited."""
+    sched, src = space.scheduler, space.source
+    for key, spec in sched.mutations.items():
+        (kind, arg), = spec.items()
+        for i, run in enumerate(space.runs):
+            if key in run:
+                raise InputError(src, f"runs[{i}]: key '{key}' is mutated by the scheduler: give its start values "
+                                      "in params")
+        if key in space.params:
+            starts = space.values_of(key)
+            inside = all(v in arg for v in starts) if kind == "choice" else all(arg[0] <= v <= arg[1] for v in starts)
+            if not inside:
+                raise InputError(src, f"key 'params.{key}': start values {starts} are outside "
+                                      f"scheduler.mutations.{key} ({kind} {arg})")
+    grids = [len(v["grid"]) for v in space.params.values() if isinstance(v, dict) and "grid" in v]
+    population = space.num_samples * math.prod(grids) * max(1, len(space.runs))
+    if population < 2:
+        raise InputError(src, f"scheduler {sched.name} needs a population of >= 2 trials (num_samples x grid "
+                              f"points x runs), got {population}")
+    epochs = min(space.values_of("epochs"))
+    if sched.perturbation_interval >= epochs:
+        raise InputError(src, f"key 'scheduler.perturbation_interval': {sched.perturbation_interval} >= epochs "
+                              f"({epochs}): no trial would ever be perturbed")
+    if space.num_to_keep < 3:
+        raise InputError(src, f"key 'checkpoints.num_to_keep': {sched.name} needs >= 3 (Tune deletes a checkpoint "
+                              "beyond it, and a checkpoint another trial is about to exploit must still exist)")
 
 
 def load_space(path) -> Space:
@@ -251,11 +344,7 @@ def load_space(path) -> Space:
         raise InputError(src, f"key 'metric': expected a string, got {metric!r}")
     if mode not in ("max", "min"):
         raise InputError(src, f"key 'mode': expected max or min, got {mode!r}")
-    sched = _section(src, raw, "scheduler", SchedulerSettings)
-    if sched.name not in ("asha", "fifo"):
-        raise InputError(src, f"key 'scheduler.name': expected asha or fifo, got {sched.name!r}")
-    if sched.grace_period < 1 or sched.reduction_factor <= 1 or sched.brackets < 1:
-        raise InputError(src, "key 'scheduler': needs grace_period >= 1, reduction_factor > 1, brackets >= 1")
+    sched = _scheduler(src, raw)
     gates = _section(src, raw, "gates", Gates)
     thresholds = [gates.drift, gates.margin] + ([] if gates.escape is None else [gates.escape])
     if gates.grace_epochs < 0 or not all(math.isfinite(t) for t in thresholds):
@@ -283,6 +372,11 @@ def load_space(path) -> Space:
                   float(cpus), confirm, search)
     _check_combinations(space)
     space.check_scheduler()
+    if sched.name in POPULATION:
+        _check_mutations(space)
+    if sched.name in POPULATION and search.model_based:
+        raise InputError(src, f"keys 'scheduler.name' {sched.name} and 'search.algorithm' {search.algorithm}: "
+                              "population-based training chooses its own configurations and takes no searcher")
     return space
 
 

@@ -22,6 +22,7 @@ from tune_p7 import cli, confirm, importance, storage  # noqa: E402
 from tune_p7.config import P7Config  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
 from tune_p7.metrics import deploy_ok, verdict  # noqa: E402
+from tune_p7.pbt import schedules  # noqa: E402
 from tune_p7.plots import References, hp_label, plots  # noqa: E402
 from tune_p7.report_html import to_html  # noqa: E402
 from tune_p7.reporting import RANKING, fmt, ranked_index  # noqa: E402
@@ -254,7 +255,7 @@ def summarize(exp: str) -> str:
     files = plots(df, curves, references(probe, df, search.get("gates", {})), varied(df), sampler)
     matters, matters_files = importance.section(exp, df, search)
     confirmed = [confirm.markdown(exp), ""] if storage.exists(storage.join(exp, "confirm.parquet")) else []
-    md = markdown(exp, df, search, probe, sampler, list(files), confirmed + matters)
+    md = markdown(exp, df, search, probe, sampler, list(files), confirmed + schedules(df, curves) + matters)
     files.update(matters_files)
     buf = io.BytesIO()
     df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(buf, index=False)
