@@ -38,7 +38,6 @@ from ray.tune.search.hyperopt import HyperOptSearch
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_p7.config import P7Config
-from tune_p7.errors import InputError
 from tune_p7.schedulers import _Gated
 from tune_p7.space import Space
 
