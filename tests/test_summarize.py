@@ -167,7 +167,7 @@ def test_the_summary_and_its_page_are_built_from_an_experiment_on_s3(search40, s
         s3.delete_object(Bucket="p7-eval", Key=f"s40/{name}")
     summarize("s3://p7-eval/s40")
     page = s3.get_object(Bucket="p7-eval", Key="s40/summary.html")["Body"].read().decode()
-    assert page.count('src="data:image/png;base64,') == 3
+    assert page.count('src="data:image/png;base64,') == 5  # curves, margin and R@5 vs params, importance, parallel coordinates
     png = s3.get_object(Bucket="p7-eval", Key="s40/curves.png")["Body"].read()
     assert Image.open(io.BytesIO(png)).size[0] <= 2400
 
