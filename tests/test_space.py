@@ -183,14 +183,18 @@ def test_keys_without_cross_key_rules_are_not_multiplied_out(tmp_path):
 def test_a_model_based_search_turns_grids_into_choices_and_fills_points_with_defaults(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text("num_samples: 8\nparams:\n  margin: {grid: [0.05, 0.07]}\n  lr: {loguniform: [1.0e-4, 1.0e-3]}\n"
-                    "search: {algorithm: optuna, seed: 2, points_to_evaluate: [{}, {margin: 0.05, lr: 2.0e-4}]}\n")
+                    "  epochs: {grid: [4, 10]}\n"
+                    "search: {algorithm: optuna, seed: 2, points_to_evaluate: [{}, {margin: 0.05, lr: 2.0e-4, epochs: 4}]}\n")
     s = load_space(path)
     assert s.search.algorithm == "optuna" and s.search.seed == 2 and s.search.n_startup_trials == 10
-    assert s.search.points_to_evaluate == ({"margin": 0.07, "lr": 5e-4}, {"margin": 0.05, "lr": 2e-4})
+    assert s.search.points_to_evaluate == ({"margin": 0.07, "lr": 5e-4, "epochs": 10},
+                                           {"margin": 0.05, "lr": 2e-4, "epochs": 4})
     margin = s.param_space()["margin"]
     assert isinstance(margin, tune.search.sample.Categorical) and margin.categories == [0.05, 0.07]
     assert load_space(SPACES / "smoke.yaml").param_space()["margin"] == tune.grid_search([0.07, 0.10])
-    assert s.override(lr=3e-4, seed=None).search.points_to_evaluate == ({"margin": 0.07}, {"margin": 0.05})
+    # --epochs fixes the key everywhere, the points included
+    assert s.override(epochs=3).search.points_to_evaluate == ({"margin": 0.07, "lr": 5e-4},
+                                                              {"margin": 0.05, "lr": 2e-4})
 
 
 def test_wide_tpe_is_wide_searched_by_tpe_from_the_seeds_defaults():
