@@ -45,10 +45,9 @@ from tune_p7.errors import InputError  # noqa: E402
 from tune_p7.loop import Evaluator, use_bf16  # noqa: E402
 from tune_p7.export import export, load_exported, predict  # noqa: E402,F401  (folders exported before tune_p7.export import them from here)
 from tune_p7.model import Prediction  # noqa: E402
-from tune_p7.reporting import RANKING  # noqa: E402
+from tune_p7.reporting import RANKING, SEARCH_FILE, fmt  # noqa: E402
 from tune_p7.selection import build, check_fits, choose_candidates, chosen_index, load_state, read_summary  # noqa: E402
 
-SEARCH_FILE = "tune_p7_search.json"
 SPLIT_ALIASES = {"ood": "ood", "test": "ood", "val": "val"}
 METRICS = ("cos_next", "cos_prev", "margin", "cos_anchor", "cos_raw_anchor", "r_at_1", "r_at_5", "r_at_10",
            "mrr_at_10", "r_at_1_xctx", "r_at_5_xctx", "r_at_10_xctx", "mrr_at_10_xctx")
@@ -129,16 +128,6 @@ def ridge_from_probe(exp: str, split: str, same_data: bool) -> tuple[dict | None
 
 
 # ----------------------------------------------------------------------------------------------- report
-def _fmt(v, digits=3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.{digits}f}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
-
-
 TABLE = [("model", "model"), ("arch", "arch"), ("context_length", "K"), ("epoch", "epoch"),
          ("margin", "margin"), ("cos_next", "cos_next"), ("cos_prev", "cos_prev"), ("cos_anchor", "cos_anchor"),
          ("r_at_1", "R@1"), ("r_at_5", "R@5"), ("r_at_10", "R@10"), ("mrr_at_10", "MRR@10"),
@@ -161,14 +150,14 @@ def markdown(df: pd.DataFrame, split: str, exp: str, data_path: str, notes: list
         cells = []
         for key, _ in TABLE:
             v = r.get(key)
-            if key in ("latency_p50_ms", "latency_p95_ms"):
-                cells.append(_fmt(v, 2))
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("")  # a baseline has no epoch, val margin or timing
             elif key in ("context_length", "epoch") and isinstance(v, (int, float)) and not pd.isna(v):
                 cells.append(str(int(v)))
             elif key == "model" and bool(r["chosen"]):
                 cells.append(f"**{v}**")
             else:
-                cells.append(_fmt(v))
+                cells.append(fmt(v))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"**Chosen: trial {chosen['model']}** (summary rank {int(chosen['rank'])}, checkpoint "
                   f"`{chosen['checkpoint']}`, epoch {int(chosen['epoch'])}), chosen on val: {RANKING}, each from the "
