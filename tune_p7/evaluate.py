@@ -42,7 +42,8 @@ from tune_p7 import metrics as M  # noqa: E402
 from tune_p7.config import P7Config  # noqa: E402
 from tune_p7.data import P7Data, load  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
-from tune_p7.loop import Evaluator, use_bf16  # noqa: E402
+from tune_p7.fastpath import use_bf16  # noqa: E402
+from tune_p7.loop import Evaluator  # noqa: E402
 from tune_p7.export import export, load_exported, predict  # noqa: E402,F401  (folders exported before tune_p7.export import them from here)
 from tune_p7.model import Prediction  # noqa: E402
 from tune_p7.reporting import RANKING, SEARCH_FILE, fmt  # noqa: E402

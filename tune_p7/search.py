@@ -105,7 +105,7 @@ def decide_precision(space: Space) -> tuple[Space, dict]:
 
     requested = space.values_of("precision")
     if "auto" in requested:
-        from tune_p7.loop import cpu_bf16_is_fast
+        from tune_p7.fastpath import cpu_bf16_is_fast
 
         # auto means bf16 only on a CPU where it is fast (loop.use_bf16); one decision covers every trial
         cpu_only = set(space.values_of("device")) == {"cpu"}
