@@ -19,7 +19,8 @@ from common import alternate, median, paired_ratio, parser, spread, synth_data, 
 from naive import FullEncoderRanker
 from tune_p7.config import P7Config
 import tune_p7.loop as loop
-from tune_p7.loop import Evaluator, use_bf16
+from tune_p7.fastpath import use_bf16
+from tune_p7.loop import Evaluator
 from tune_p7.model import build_model
 
 

@@ -2,7 +2,7 @@
 
     python bench/precision.py [--quick] [--threads 2]
 
-``precision: auto`` picks bf16 autocast only where a timed bf16 matmul is >= 1.3x fp32 (tune_p7.loop.cpu_bf16_is_fast).
+``precision: auto`` picks bf16 autocast only where a timed bf16 matmul is >= 1.3x fp32 (tune_p7.fastpath.cpu_bf16_is_fast).
 This bench shows why: it times 2048^3 and model-shaped matmuls in fp32 / bf16 / fp16, the default model's training
 step (tune_p7 TrainStep, precision fp32 vs bf16, batch 64 and 256) and its no-grad forward (batch 1024).
 """
@@ -17,8 +17,8 @@ from common import (alternate, cpu_info, matmul_gflops, median, paired_ratio, pa
 from step import tune_p7_runner
 from tune_p7.config import P7Config
 from tune_p7.data import SplitTensors
-import tune_p7.loop as loop
-from tune_p7.loop import use_bf16
+from tune_p7 import fastpath
+from tune_p7.fastpath import use_bf16
 from tune_p7.model import build_model
 
 
@@ -62,7 +62,7 @@ def main(argv=None):
         mm[f"320x512x2048 {name}"] = shaped_matmul(320, 512, 2048, dt)
     runs = alternate(mm, rounds)
     out["matmul_gflops"] = {k: median(v) for k, v in runs.items()}
-    out["bf16_matmul_speedup_check"] = loop.bf16_matmul_speedup()  # what precision auto decides on (once)
+    out["bf16_matmul_speedup_check"] = fastpath.bf16_matmul_speedup()  # what precision auto decides on (once)
     for shape in ("2048^3", "320x512x2048"):
         for name, _ in dtypes:
             k = f"{shape} {name}"

@@ -66,33 +66,3 @@ def test_anchoring_bound_fails_for_an_opposite_prediction():
     bound = 0.2 / math.sqrt(0.8 ** 2 + 0.2 ** 2)
     assert (q * ctx.mean(1)).sum().item() == pytest.approx(-1.0)
     assert (q * ctx.mean(1)).sum().item() < bound
-
-
-def test_last_position_shortcut_equals_the_full_encoder():
-    """forward computes only the last position in the last layer: the same as encoder(h)[:, -1] (eval mode)."""
-    torch.manual_seed(0)
-    model = build_model(small_config(context_length=5, n_layers=3), dim=32).eval()
-    x = F.normalize(torch.randn(6, 5, 32), dim=-1)
-    with torch.no_grad():
-        h = model.proj(x) + model.pos[-x.shape[1]:]
-        full = model.anchor(model.head(model.encoder(h)[:, -1]), x)
-        fast = model(x)
-    assert torch.allclose(fast.raw, full.raw, atol=1e-5)
-    assert torch.allclose(fast.q, full.q, atol=1e-5)
-
-
-@pytest.mark.parametrize("p", [0.1, 0.3])
-def test_dropout_keeps_1_minus_p_scaled_and_is_seeded(p):
-    """The encoder's dropout: each element kept with probability 1 - p (to 2^-16) and scaled by 1 / (1 - p), the same
-    mask for the same torch seed, none in eval mode."""
-    drop = build_model(small_config(dropout=p), dim=16).encoder.layers[0].dropout.train()
-    x = torch.ones(1_000_003)  # not a multiple of 4: the mask is cut from whole 64-bit draws
-    torch.manual_seed(0)
-    y = drop(x)
-    kept = y != 0
-    assert abs(float(kept.float().mean()) - (1 - p)) < 5 * math.sqrt(p * (1 - p) / x.numel())
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
-    torch.manual_seed(0)
-    assert torch.equal(drop(x), y)
-    assert not torch.equal(drop(x), y)  # the next call draws a new mask
-    assert torch.equal(drop.eval()(x), x)

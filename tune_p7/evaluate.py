@@ -24,11 +24,8 @@ import io
 import json
 import math
 import os
-import pickle
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -36,21 +33,22 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pyarrow.fs as pafs  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from tune_p7 import checkpoint, cli, storage  # noqa: E402
+from tune_p7 import cli, storage  # noqa: E402
 from tune_p7 import metrics as M  # noqa: E402
 from tune_p7.config import P7Config  # noqa: E402
-from tune_p7.data import P7Data, Split, load  # noqa: E402
+from tune_p7.data import P7Data, load  # noqa: E402
 from tune_p7.errors import InputError  # noqa: E402
-from tune_p7.loop import Evaluator, use_bf16  # noqa: E402
-from tune_p7.model import Prediction, build_model  # noqa: E402
-from tune_p7.reporting import RANKING, ranked_index  # noqa: E402
+from tune_p7.fastpath import use_bf16  # noqa: E402
+from tune_p7.loop import Evaluator  # noqa: E402
+from tune_p7.export import export, load_exported, predict  # noqa: E402,F401  (folders exported before tune_p7.export import them from here)
+from tune_p7.model import Prediction  # noqa: E402
+from tune_p7.reporting import RANKING, SEARCH_FILE, fmt  # noqa: E402
+from tune_p7.selection import build, check_fits, choose_candidates, chosen_index, load_state, read_summary  # noqa: E402
 
-SEARCH_FILE = "tune_p7_search.json"
 SPLIT_ALIASES = {"ood": "ood", "test": "ood", "val": "val"}
 METRICS = ("cos_next", "cos_prev", "margin", "cos_anchor", "cos_raw_anchor", "r_at_1", "r_at_5", "r_at_10",
            "mrr_at_10", "r_at_1_xctx", "r_at_5_xctx", "r_at_10_xctx", "mrr_at_10_xctx")
@@ -72,102 +70,6 @@ class Centroid(nn.Module):
     def forward(self, context: torch.Tensor) -> Prediction:
         q = F.normalize(context.float().mean(1), dim=-1)
         return Prediction(q, q, torch.tensor(0.0))
-
-
-# ----------------------------------------------------------------------------------------------- checkpoints
-@dataclass
-class Candidate:
-    """One trial to evaluate: its summary row, its best checkpoint and that checkpoint's loaded state."""
-    trial_id: str
-    rank: int
-    checkpoint: str  # folder path or URI
-    val: dict  # the checkpoint's metrics.json: val metrics of that epoch
-    state: dict | None = None
-    cfg: P7Config | None = None
-
-
-def best_checkpoint(exp: str, trial_dir: str) -> tuple[str, dict] | None:
-    """(folder, metrics) of the trial's checkpoint with the highest finite val margin; None if it has none."""
-    best = None
-    fs, path = storage.filesystem(storage.join(exp, trial_dir))
-    for found, m in checkpoint.stored_metrics(fs, path):
-        folder = storage.join(exp, trial_dir, found.rsplit("/", 1)[1])
-        margin = m.get("margin")
-        if not isinstance(margin, (int, float)) or not math.isfinite(margin):
-            continue
-        if best is None or margin > best[1]["margin"]:
-            best = (folder, m)
-    return best
-
-
-def load_state(folder: str) -> dict:
-    """A checkpoint's state.pt (weights_only); a URI's folder is downloaded to a temporary folder first."""
-    try:
-        if not storage.is_uri(folder):
-            return checkpoint.load(folder)
-        fs, path = storage.filesystem(folder)
-        with tempfile.TemporaryDirectory(prefix="tune_p7_ckpt_") as tmp:
-            pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-            return checkpoint.load(tmp)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise InputError(folder, f"cannot read the checkpoint ({type(exc).__name__}: "
-                                 f"{' '.join(str(exc).split())[:200]})") from None
-
-
-def trained_dim(model_state: dict) -> int | None:
-    """The vector dimension a state dict was trained for: the output size of the head's last layer."""
-    w = model_state.get("head.3.weight")
-    return int(w.shape[0]) if w is not None else None
-
-
-def read_summary(exp: str) -> pd.DataFrame:
-    path = storage.join(exp, "summary.parquet")
-    if not storage.exists(path):
-        from tune_p7.summarize import summarize
-
-        print(f"no summary.parquet in {exp}: summarizing first", flush=True)
-        summarize(exp)
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
-
-
-def choose_candidates(exp: str, summary: pd.DataFrame, top: int) -> tuple[list[Candidate], list[str]]:
-    """The top ``top`` trials by rank that have a checkpoint with a finite margin; notes on trials skipped."""
-    out, skipped = [], []
-    for _, row in summary.sort_values("rank").iterrows():
-        if len(out) == top:
-            break
-        trial_dir = row.get("trial_dir")
-        found = best_checkpoint(exp, trial_dir) if isinstance(trial_dir, str) and trial_dir else None
-        if found is None:
-            skipped.append(f"{row['trial_id']} (rank {row['rank']}): no checkpoint with a finite val margin")
-            continue
-        out.append(Candidate(str(row["trial_id"]), int(row["rank"]), found[0], found[1]))
-    if not out:
-        raise InputError(exp, "no trial has a checkpoint to evaluate")
-    return out, skipped
-
-
-def check_fits(c: Candidate, split: Split, data_source: str) -> None:
-    """Raise a one-line InputError unless the checkpoint's dimension and context length fit the split."""
-    dim = trained_dim(c.state["model"])
-    if dim is not None and dim != split.dim:
-        raise InputError(data_source, f"vectors of dimension {split.dim}, but trial {c.trial_id} was trained on "
-                                      f"dimension {dim} ({c.checkpoint})")
-    try:
-        split.windows(c.cfg.context_length)
-    except InputError as err:
-        raise InputError(data_source, f"trial {c.trial_id} needs context length {c.cfg.context_length}: "
-                                      f"{err.problem}") from None
-
-
-def build(c: Candidate, dim: int) -> nn.Module:
-    model = build_model(c.cfg, dim)
-    try:
-        model.load_state_dict(c.state["model"])
-    except RuntimeError as exc:
-        raise InputError(c.checkpoint, "the weights do not fit the model of the checkpoint's config "
-                                       f"({' '.join(str(exc).split())[:200]})") from None
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -226,93 +128,7 @@ def ridge_from_probe(exp: str, split: str, same_data: bool) -> tuple[dict | None
     return row, None
 
 
-# ----------------------------------------------------------------------------------------------- export
-EXAMPLE = '''"""Predict the next chunk vector with this exported P7 ranker: python example.py [CONTEXT.npy [OUT.npy]]
-
-CONTEXT.npy: (K, D) or (B, K, D) chunk embeddings, oldest first (default: random unit vectors). Needs the tune_p7
-package (pip install -e <repo>)."""
-import json, sys
-from pathlib import Path
-
-import numpy as np
-
-from tune_p7.evaluate import load_exported, predict
-
-here = Path(__file__).resolve().parent
-model, cfg = load_exported(here)  # P7Config.from_dict(config.json) + build_model + model.pt
-dim = json.loads((here / "config.json").read_text())["dim"]
-if len(sys.argv) > 1:
-    context = np.load(sys.argv[1])
-else:
-    context = np.random.default_rng(0).standard_normal((cfg.context_length, dim))
-pred = predict(model, context)  # unit vector(s): (D,) or (B, D)
-print(f"context {context.shape} -> prediction {pred.shape}, norm {np.round(np.linalg.norm(pred, axis=-1), 4)}")
-if len(sys.argv) > 2:
-    np.save(sys.argv[2], pred)
-'''
-
-
-def load_exported(folder) -> tuple[nn.Module, P7Config]:
-    """The model (eval mode, CPU) and config of a folder written by ``--export``."""
-    folder = Path(folder)
-    values = json.loads((folder / "config.json").read_text())
-    dim = values.pop("dim")
-    cfg = P7Config.from_dict(values, source=str(folder / "config.json"))
-    model = build_model(cfg, dim)
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    return model.eval(), cfg
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, context, bf16: bool = False) -> np.ndarray:
-    """The anchored unit prediction of the next vector from context(s) (K, D) or (B, K, D), oldest first.
-
-    Context rows are L2-normalised first, as the training data was. Returns float32 (D,) or (B, D).
-    """
-    x = torch.as_tensor(np.asarray(context, dtype=np.float32))
-    single = x.ndim == 2
-    if single:
-        x = x[None]
-    dim = model.head[-1].out_features
-    if x.ndim != 3 or x.shape[-1] != dim:
-        raise ValueError(f"context must be (K, {dim}) or (B, K, {dim}), got {tuple(np.shape(context))}")
-    x = F.normalize(x, dim=-1)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        q = model(x).q.float()
-    q = q.numpy()
-    return q[0] if single else q
-
-
-def export(folder: str, c: Candidate, dim: int, held_out: dict, split: str, info: dict) -> None:
-    """Write the chosen model as a self-contained folder (path or URI)."""
-    folder = storage.normalize(folder)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in c.state["model"].items()}, buf)
-    val = {k: v for k, v in c.val.items() if not isinstance(v, (dict, list))}
-    files = {
-        "model.pt": buf.getvalue(),
-        "config.json": json.dumps({**c.cfg.to_dict(), "dim": dim}, indent=2).encode(),
-        "metrics.json": json.dumps(checkpoint.json_safe({
-            **info, "trial_id": c.trial_id, "checkpoint": c.checkpoint, "epoch": c.val.get("epoch"),
-            "split": split, "held_out": held_out,
-            "val": {**val, "verdict": M.verdict(val), "deploy_ok": M.deploy_ok(val)}}), indent=2).encode(),
-        "example.py": EXAMPLE.encode(),
-    }
-    for name, data in files.items():
-        storage.write_bytes(storage.join(folder, name), data)
-
-
 # ----------------------------------------------------------------------------------------------- report
-def _fmt(v, digits=3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.{digits}f}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
-
-
 TABLE = [("model", "model"), ("arch", "arch"), ("context_length", "K"), ("epoch", "epoch"),
          ("margin", "margin"), ("cos_next", "cos_next"), ("cos_prev", "cos_prev"), ("cos_anchor", "cos_anchor"),
          ("r_at_1", "R@1"), ("r_at_5", "R@5"), ("r_at_10", "R@10"), ("mrr_at_10", "MRR@10"),
@@ -335,14 +151,14 @@ def markdown(df: pd.DataFrame, split: str, exp: str, data_path: str, notes: list
         cells = []
         for key, _ in TABLE:
             v = r.get(key)
-            if key in ("latency_p50_ms", "latency_p95_ms"):
-                cells.append(_fmt(v, 2))
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("")  # a baseline has no epoch, val margin or timing
             elif key in ("context_length", "epoch") and isinstance(v, (int, float)) and not pd.isna(v):
                 cells.append(str(int(v)))
             elif key == "model" and bool(r["chosen"]):
                 cells.append(f"**{v}**")
             else:
-                cells.append(_fmt(v))
+                cells.append(fmt(v))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"**Chosen: trial {chosen['model']}** (summary rank {int(chosen['rank'])}, checkpoint "
                   f"`{chosen['checkpoint']}`, epoch {int(chosen['epoch'])}), chosen on val: {RANKING}, each from the "
@@ -454,7 +270,7 @@ def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None
     df["verdict"] = [M.verdict(r) for r in df.to_dict("records")]
     df["deploy_ok"] = [M.deploy_ok(r) for r in df.to_dict("records")]
     df.insert(1, "split", split)
-    best = ranked_index(df[df["kind"] == "trial"], "val_deploy_ok", "val_verdict", "val_margin")[0]
+    best = chosen_index(df)
     df["chosen"] = df.index == best
     df["windows"] = [len(evaluators[k].st) if k in evaluators else w
                      for k, w in zip(df["context_length"], df.get("windows", pd.Series(math.nan, index=df.index)))]

@@ -6,8 +6,6 @@ from a checkpoint replays exactly what an uninterrupted run would have done.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 import os
 import time
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from tune_p7 import metrics as M
 from tune_p7.config import P7Config
 from tune_p7.data import Batch, P7Data, Split, SplitTensors
+from tune_p7.fastpath import RETRIEVAL_BLOCK, clip_and_step, release_free_memory, use_bf16
 from tune_p7.losses import p7_loss
 from tune_p7.model import build_model
 
@@ -29,80 +28,10 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or Inf: the trial cannot go on."""
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return set()
-    return set(next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith("flags")), "").split())
-
-
-def bf16_matmul_speedup(reps: int = 5) -> float:
-    """fp32 / bf16 time of a 1024^3 matmul with torch's current threads: the fastest of ``reps`` alternated calls
-    each (~0.3 s in all). Smaller, model-shaped matmuls gave noisier ratios on a loaded machine."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    best = {}
-    for _ in range(reps + 1):  # the first round warms up
-        for dt in (torch.float32, torch.bfloat16):
-            x, y = a.to(dt), b.to(dt)
-            t = time.perf_counter()
-            x @ y
-            best.setdefault(dt, []).append(time.perf_counter() - t)
-    return min(best[torch.float32][1:]) / min(best[torch.bfloat16][1:])
-
-
-BF16_MIN_SPEEDUP = 1.3
-
-
-@functools.cache
-def cpu_bf16_is_fast() -> bool:
-    """bf16 matmuls are clearly faster than fp32 on this CPU: it has AMX-BF16 or AVX512-BF16 and a bf16 matmul,
-    timed once per process, runs >= BF16_MIN_SPEEDUP x fp32.
-
-    The flags alone do not tell: on an Intel Xeon with avx512_bf16 but no AMX, bf16 matmuls ran at ~0.5x fp32 and
-    the training step at ~0.7x; on an AMD EPYC with avx512_bf16, 2048^3 matmuls ran ~4x faster in bf16 and the
-    step ~2x (bench/precision.py). fit records the choice in every epoch's metrics (``bf16``).
-    """
-    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"}) and bf16_matmul_speedup() >= BF16_MIN_SPEEDUP
-
-
-def use_bf16(cfg: P7Config) -> bool:
-    if cfg.precision == "auto":
-        return cfg.device == "cpu" and cpu_bf16_is_fast()
-    return cfg.precision == "bf16"
-
-
 def set_threads(cfg: P7Config) -> int:
     n = cfg.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(n)
     return n
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc
-    except (AttributeError, OSError):
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the OS (glibc malloc_trim; a no-op elsewhere).
-
-    An evaluation's temporaries (gathered batches, score blocks: tens of MB) are freed when it ends, but glibc
-    keeps most of that memory in its arenas (its mmap threshold rises after the first large free), so every trial
-    held ~80 MB more at seed scale than with tiny data, resident for the whole trial (bench/memory.py). Called
-    after each evaluation, i.e. once or twice per epoch; it takes a few ms.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-# Queries per retrieval matmul: a (128, bank) score block stays in cache; 2048-query blocks (115 MB against an 11k+
-# bank) were ~25% slower and left that much memory with the allocator in every trial (bench/eval.py).
-RETRIEVAL_BLOCK = 128
 
 
 def epoch_seed(cfg: P7Config, epoch: int) -> int:
@@ -214,9 +143,6 @@ class TrainStep:
                  bf16: bool):
         self.cfg, self.model, self.opt, self.train, self.bf16 = cfg, model, opt, train, bf16
         self.params = [p for p in model.parameters() if p.requires_grad]
-        # fused AdamW divides each gradient by ``opt.grad_scale`` inside its kernel (meant for AMP unscaling):
-        # clipping through it saves clip_grad_norm_'s separate read-scale-write pass over every gradient
-        self.clip_in_optimizer = bool(opt.defaults.get("fused"))
 
     def __call__(self, idx: torch.Tensor, gen: torch.Generator, w_teacher: float) -> dict[str, torch.Tensor]:
         cfg, train, h = self.cfg, self.train, self.cfg.hard_negatives
@@ -239,12 +165,7 @@ class TrainStep:
 
     def update(self) -> None:
         """Clip the gradients to norm cfg.grad_clip and take the AdamW step."""
-        if self.clip_in_optimizer:  # clip_grad_norm_'s factor min(1, clip / (norm + 1e-6)), as a divisor
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-            self.opt.grad_scale = ((norm + 1e-6) / self.cfg.grad_clip).clamp_min(1.0)
-        else:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        self.opt.step()
+        clip_and_step(self.opt, self.params, self.cfg.grad_clip)
 
 
 def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict | None = None) -> list[dict]:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune_p7.config import P7Config
+from tune_p7.fastpath import Dropout16, last_position
 
 
 class Prediction(NamedTuple):
@@ -45,22 +46,6 @@ class Anchor(nn.Module):
         return Prediction(anchor_blend(raw, context.float(), lam), raw, lam)
 
 
-class _Dropout(nn.Dropout):
-    """nn.Dropout (zero each element with probability p, scale the rest by 1 / (1 - p)) with a cheaper mask: 16 random
-    bits per element from torch's generator (64-bit draws split in four), kept where they are >= p * 2^16. The
-    same Bernoulli(1 - p) mask to 2^-16. aten's bernoulli_ draws a double per element (~16% of a 2-thread CPU
-    training step); a float32 uniform per element made the step 1.04x faster, these 16-bit masks another 1.03x
-    (bench/step_ablation.py). torch's CPU generator is sequential, so fewer draws is what pays."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)  # full range
-        keep = bits.view(torch.int16)[:n].view(x.shape) >= round(self.p * 65536) - 32768
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
-
-
 def _head(d_model: int, dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.LayerNorm(d_model), nn.Linear(d_model, dim))
 
@@ -76,8 +61,8 @@ class TransformerRanker(nn.Module):
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, norm=nn.LayerNorm(cfg.d_model),
                                              enable_nested_tensor=False)
-        for enc_layer in self.encoder.layers:  # the same dropout, a cheaper mask (see _Dropout)
-            enc_layer.dropout, enc_layer.dropout1, enc_layer.dropout2 = (_Dropout(cfg.dropout) for _ in range(3))
+        for enc_layer in self.encoder.layers:  # the same dropout, a cheaper mask
+            enc_layer.dropout, enc_layer.dropout1, enc_layer.dropout2 = (Dropout16(cfg.dropout) for _ in range(3))
         self.head = _head(cfg.d_model, dim)
         self.anchor = Anchor(cfg.lambda_init, cfg.lambda_min, cfg.lambda_max)
 
@@ -86,20 +71,8 @@ class TransformerRanker(nn.Module):
         *first, last = self.encoder.layers
         for layer in first:
             h = layer(h)
-        h = self.encoder.norm(_last_position(last, h))  # == self.encoder(h)[:, -1]
+        h = self.encoder.norm(last_position(last, h))  # == self.encoder(h)[:, -1], for less work
         return self.anchor(self.head(h), context)
-
-
-def _last_position(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)[:, -1]`` for a pre-norm (norm_first) encoder layer without masks: (B, K, E) -> (B, E).
-
-    The model reads only the last position, so in the last layer only its query, attention output and feed-forward
-    block are computed (keys and values still come from every position): the same maths as the full layer for
-    about a third of its FLOPs at context 5 (bench/step_ablation.py).
-    """
-    xn = layer.norm1(x)
-    x = x[:, -1] + layer.dropout1(layer.self_attn(xn[:, -1:], xn, xn, need_weights=False)[0][:, 0])
-    return x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))))
 
 
 class LSTMRanker(nn.Module):

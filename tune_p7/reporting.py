@@ -1,4 +1,5 @@
-"""What the summary and the held-out evaluation share: the one ranking key and the number format of the tables.
+"""What the search, the summary and the held-out evaluation share: the search record's file name, the one ranking
+key and the number format of the tables.
 
 The ranking key orders trials (summary) and checkpoints (evaluate's choice) the same way, on val metrics only:
 deployment check passed first, then the verdict (PASS > MARGINAL > FAIL), then the higher val margin.
@@ -10,6 +11,7 @@ from numbers import Integral, Real
 
 import pandas as pd
 
+SEARCH_FILE = "tune_p7_search.json"  # the search record search.py writes into the experiment folder
 VERDICT_ORDER = {"PASS": 0, "MARGINAL": 1, "FAIL": 2}
 RANKING = ("the deployment check (R@5 >= DIRECT + 0.10 and MRR@10 >= DIRECT + 0.05; passed first), then the "
            "verdict (PASS > MARGINAL > FAIL), then the val margin")

@@ -20,13 +20,13 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 
 from tune_p7 import checkpoint, cli, confirm, storage  # noqa: E402
 from tune_p7.data import load  # noqa: E402
-from tune_p7.errors import InputError  # noqa: E402
+from tune_p7.errors import InputError, one_line  # noqa: E402
+from tune_p7.reporting import SEARCH_FILE  # noqa: E402
 from tune_p7.space import Space, load_space  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPACE = REPO / "search_spaces" / "smoke.yaml"
 DEFAULT_DATA = REPO / "data" / "pydocs.parquet"
-SEARCH_FILE = "tune_p7_search.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,7 +105,7 @@ def decide_precision(space: Space) -> tuple[Space, dict]:
 
     requested = space.values_of("precision")
     if "auto" in requested:
-        from tune_p7.loop import cpu_bf16_is_fast
+        from tune_p7.fastpath import cpu_bf16_is_fast
 
         # auto means bf16 only on a CPU where it is fast (loop.use_bf16); one decision covers every trial
         cpu_only = set(space.values_of("device")) == {"cpu"}
@@ -152,12 +152,12 @@ def init_ray(args) -> str:
                            dashboard_host=args.dashboard_host)
     except ray.exceptions.AuthenticationError as exc:
         raise InputError("--address " + str(args.address),
-                         f"Ray token authentication failed ({' '.join(str(exc).split())[:200]}); give the "
+                         f"Ray token authentication failed ({one_line(exc)}); give the "
                          "cluster's token as RAY_AUTH_TOKEN (with RAY_AUTH_MODE=token) or in ~/.ray/auth_token, "
                          "see docs/cluster.md") from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise InputError("--address " + str(args.address), f"cannot start or join Ray "
-                                                           f"({' '.join(str(exc).split())[:300]})") from None
+                                                           f"({one_line(exc, 300)})") from None
     if not args.address and ctx.address_info["node_ip_address"] != "127.0.0.1":
         print(f"WARNING: Ray's ports listen on all interfaces (node address {ctx.address_info['node_ip_address']}): "
               f"{LOCAL_ONLY_VAR} was not 0 when ray was imported", file=sys.stderr)

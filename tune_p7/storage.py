@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from tune_p7.errors import InputError
+from tune_p7.errors import InputError, one_line
 
 SHARED_FS_TYPES = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
                    "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "9p", "virtiofs"}
@@ -33,7 +33,7 @@ def filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
         try:
             return pafs.FileSystem.from_uri(uri_or_path)
         except Exception as exc:  # pyarrow raises several types for bad URIs
-            raise InputError(uri_or_path, f"cannot open storage ({' '.join(str(exc).split())[:200]})") from None
+            raise InputError(uri_or_path, f"cannot open storage ({one_line(exc)})") from None
     return pafs.LocalFileSystem(), normalize(uri_or_path)
 
 
@@ -69,7 +69,7 @@ def check_writable(storage: str) -> None:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(storage, f"storage is not writable ({' '.join(str(exc).split())[:200]})") from None
+        raise InputError(storage, f"storage is not writable ({one_line(exc)})") from None
     if not is_uri(storage):
         free = shutil.disk_usage(normalize(storage)).free
         if free < MIN_FREE_BYTES:

@@ -20,15 +20,14 @@ import pandas as pd  # noqa: E402
 
 from tune_p7 import cli, confirm, importance, storage  # noqa: E402
 from tune_p7.config import P7Config  # noqa: E402
-from tune_p7.errors import InputError  # noqa: E402
+from tune_p7.errors import InputError, one_line  # noqa: E402
 from tune_p7.metrics import deploy_ok, verdict  # noqa: E402
 from tune_p7.pbt import schedules  # noqa: E402
 from tune_p7.plots import References, hp_label, plots  # noqa: E402
 from tune_p7.report_html import to_html  # noqa: E402
-from tune_p7.reporting import RANKING, fmt, ranked_index  # noqa: E402
+from tune_p7.reporting import RANKING, SEARCH_FILE, fmt, ranked_index  # noqa: E402
 from tune_p7.space import trial_config  # noqa: E402
 
-SEARCH_FILE = "tune_p7_search.json"
 TOP_ROWS = 20  # rows of the ranked table in summary.md and on the console; summary.parquet holds all
 # the table's metrics, each followed by DIRECT's value on the same bank (None: DIRECT has no counterpart)
 PAIRS = [("margin", "direct_margin"), ("cos_next", "direct_cos_next"), ("cos_prev", None), ("cos_anchor", None),
@@ -85,7 +84,7 @@ def collect(exp: str) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
     try:
         analysis = ExperimentAnalysis(exp)
     except Exception as exc:  # Ray raises several types for a missing/unreadable experiment
-        raise InputError(exp, f"not a readable Tune experiment ({' '.join(str(exc).split())[:200]})") from None
+        raise InputError(exp, f"not a readable Tune experiment ({one_line(exc)})") from None
     rows, curves = [], {}
     for t in analysis.trials:
         trial_dir = t.storage.trial_dir_name
