@@ -20,7 +20,8 @@ from pathlib import Path
 from common import results_dir
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["store_size", "precision", "step", "throughput", "eval", "seed_grid", "ray_overhead", "memory", "asha"]
+BENCHES = ["store_size", "precision", "step", "throughput", "eval", "seed_grid", "ray_overhead", "memory", "asha",
+           "search_efficiency"]  # search_efficiency is long (12 searches): --skip search_efficiency
 
 # key: (bench, how to read it from that bench's JSON, target text, check)
 HEADLINES = {
@@ -32,6 +33,12 @@ HEADLINES = {
     "asha_same_best": ("asha", lambda r: r["asha_same_best"], "true", lambda v: v is True),
     "store_vs_npz_bytes": ("store_size", lambda r: r["store_vs_npz_bytes"], "<= 0.2", lambda v: v <= 0.2),
     "data_copies_4_trials": ("memory", lambda r: r["data_copies_4_trials"], "<= 1.2", lambda v: v <= 1.2),
+    "tpe_epochs_to_random_best": ("search_efficiency", lambda r: r["tpe_epochs_to_random_best"]["median"], "<= 0.5",
+                                  lambda v: v <= 0.5),
+    "bohb_epochs_to_random_best": ("search_efficiency", lambda r: r["bohb_epochs_to_random_best"]["median"],
+                                   "<= 0.5", lambda v: v <= 0.5),
+    "pbt_best_minus_random_best": ("search_efficiency", lambda r: r["pbt_best_minus_random_best"]["median"],
+                                   "reported", lambda v: None),
     "eval_seconds_11k": ("eval", lambda r: r["eval_seconds_11k"], "reported", lambda v: None),
 }
 
