@@ -75,6 +75,8 @@ def test_evaluation_rows_carry_retrieval_without_the_query_context(experiment):
     for m in ("r_at_1", "r_at_5", "r_at_10", "mrr_at_10"):  # leaving the context out can only lift the target
         assert (df[m + "_xctx"] >= df[m]).all(), m
     assert df.loc["DIRECT", "r_at_1_xctx"] == pytest.approx(trials.iloc[0]["direct_r_at_1_xctx"])
+    for m in ("margin", "r_at_5", "r_at_5_vs_direct"):  # held-out figures with their article-bootstrap intervals
+        assert (trials[m + "_lo"] <= trials[m]).all() and (trials[m] <= trials[m + "_hi"]).all(), m
 
 
 def _plant_val(exp: Path, trial_dir: str, **values) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from tune_p7 import intervals as I
 from tune_p7 import metrics as M
 from tune_p7.config import P7Config
 from tune_p7.data import Batch, P7Data, Split, SplitTensors
@@ -94,6 +95,13 @@ class Evaluator:
                     **self._ranks(c, bank, b, targets, "centroid")}
 
         q = self.gather(queries)
+        # per-window scalars kept for the intervals (the model's paired differences with DIRECT, DIRECT's own)
+        self.direct_hits = I.hits(q["direct"])
+        self.centroid_hits = I.hits(q["centroid"])
+        cols = {"direct_cos_next": q["cos_direct"], **{"direct_" + k: v for k, v in self.direct_hits.items()},
+                "centroid_cos_next": q["cos_centroid"], "centroid_margin": q["cos_centroid"] - q["cos_centroid_prev"],
+                **{"centroid_" + k: v for k, v in self.centroid_hits.items()}}
+        self.baseline_intervals = I.interval_keys(cols, self.window_article, self.cfg.seed)
         out = {"direct_cos_next": float(q["cos_direct"].mean()), "direct_margin": float(q["cos_direct"].mean() - 1),
                "centroid_cos_next": float(q["cos_centroid"].mean()),
                "centroid_margin": float((q["cos_centroid"] - q["cos_centroid_prev"]).mean())}
@@ -101,6 +109,24 @@ class Evaluator:
             out.update(M.retrieval(q[name], name + "_"))
             out.update(M.retrieval(q[name + "_xctx"], name + "_", "_xctx"))
         return out
+
+    @property
+    def window_article(self) -> torch.Tensor:
+        """(N,) the article of each evaluated window: what the bootstrap resamples."""
+        return self.st.window_article[self.index]
+
+    def intervals(self, out: dict[str, torch.Tensor]) -> dict[str, float]:
+        """95% article-bootstrap intervals of the model's val metrics and of its paired differences with DIRECT
+        (same windows, same resampled articles), seeded by the config's seed: a replay gives the same numbers."""
+        model = I.hits(out["rank"])
+        cols = {k: out[k] for k in ("margin", "cos_next", "cos_anchor")}
+        cols.update(model)
+        cols["r_at_5_xctx"] = I.hits(out["rank_xctx"])["r_at_5"]
+        for k in ("r_at_5", "mrr_at_10"):
+            cols[k + "_vs_direct"] = model[k] - self.direct_hits[k]
+        res = I.interval_keys(cols, self.window_article, self.cfg.seed)
+        res.update({k + "_vs_direct": float(cols[k + "_vs_direct"].mean()) for k in ("r_at_5", "mrr_at_10")})
+        return res
 
     @torch.no_grad()
     def __call__(self, model, bf16: bool) -> dict[str, float]:
@@ -123,6 +149,8 @@ class Evaluator:
             res.update(M.retrieval(out["rank"]))
             res.update(M.retrieval(out["rank_xctx"], suffix="_xctx"))
             res.update(self.baselines)
+            res.update(self.baseline_intervals)
+            res.update(self.intervals(out))
         release_free_memory()
         return res
 

@@ -55,6 +55,9 @@ def pair_cosines(split: Split, k: int, block: int = 65536) -> dict[str, float]:
             "random_cos": float(rnd)}
 
 
+BASES = ("direct", "centroid")
+
+
 def probe(data: P7Data, k: int = 5, gates: Gates = Gates(), warmup_epochs: int = P7Config().warmup_epochs) -> dict:
     """The probe of every held-out split of ``data`` at context length k (a JSON-able dict).
 
@@ -75,6 +78,9 @@ def probe(data: P7Data, k: int = 5, gates: Gates = Gates(), warmup_epochs: int =
         r = ev(ridge, bf16=False)
         base = ev.baselines
         ridge_m = {k2: r[k2] for k2 in ("cos_next", "cos_prev", "margin", "cos_anchor") + RETRIEVAL_ALL}
+        ridge_m.update({k2: v for k2, v in r.items() if k2.endswith(("_lo", "_hi", "_vs_direct")) and not k2.startswith(BASES)})
+        bounds = {b: {k2.removeprefix(b + "_"): v for k2, v in ev.baseline_intervals.items() if k2.startswith(b)}
+                  for b in BASES}
         orc = oracle(ev)
         orc.update(judge(orc, gates, warmup_epochs))
         out["warnings"] += oracle_warnings(name, orc, gates, gated=name == "val")
@@ -82,9 +88,9 @@ def probe(data: P7Data, k: int = 5, gates: Gates = Gates(), warmup_epochs: int =
             **pair_cosines(split, k), "windows": len(ev.st), "bank": len(ev.bank),
             "baselines": {
                 "direct": {"cos_next": base["direct_cos_next"], "cos_prev": 1.0, "margin": base["direct_margin"],
-                           **{m: base["direct_" + m] for m in RETRIEVAL_ALL}},
+                           **{m: base["direct_" + m] for m in RETRIEVAL_ALL}, **bounds["direct"]},
                 "centroid": {"cos_anchor": 1.0, **{k2.removeprefix("centroid_"): v for k2, v in base.items()
-                                                   if k2.startswith("centroid_")}},
+                                                   if k2.startswith("centroid_")}, **bounds["centroid"]},
                 "ridge": {**ridge_m, **judge(ridge_m, gates, warmup_epochs)},
             },
             "oracle": orc}
