@@ -31,24 +31,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow.fs as pafs  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from tune_p7 import checkpoint, cli, storage  # noqa: E402
-from tune_p7 import metrics as M  # noqa: E402
-from tune_p7.config import P7Config  # noqa: E402
-from tune_p7.data import P7Data, Split, load  # noqa: E402
-from tune_p7.errors import InputError  # noqa: E402
-from tune_p7.loop import Evaluator, use_bf16  # noqa: E402
-from tune_p7.model import Prediction, build_model  # noqa: E402
-from tune_p7.reporting import RANKING, ranked_index  # noqa: E402
+from tune_p7 import checkpoint, cli, storage
+from tune_p7 import metrics as M
+from tune_p7.config import P7Config
+from tune_p7.data import P7Data, Split, load
+from tune_p7.errors import InputError
+from tune_p7.loop import Evaluator, use_bf16
+from tune_p7.model import Prediction, build_model
+from tune_p7.reporting import RANKING, ranked_index
 
 SEARCH_FILE = "tune_p7_search.json"
 SPLIT_ALIASES = {"ood": "ood", "test": "ood", "val": "val"}

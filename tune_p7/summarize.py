@@ -13,20 +13,17 @@ import math
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from tune_p7 import cli, confirm, importance, storage  # noqa: E402
-from tune_p7.config import P7Config  # noqa: E402
-from tune_p7.errors import InputError  # noqa: E402
-from tune_p7.metrics import deploy_ok, verdict  # noqa: E402
-from tune_p7.pbt import schedules  # noqa: E402
-from tune_p7.plots import References, hp_label, plots  # noqa: E402
-from tune_p7.report_html import to_html  # noqa: E402
-from tune_p7.reporting import RANKING, fmt, ranked_index  # noqa: E402
-from tune_p7.space import trial_config  # noqa: E402
+from tune_p7 import cli, confirm, importance, storage
+from tune_p7.config import P7Config
+from tune_p7.errors import InputError
+from tune_p7.metrics import deploy_ok, verdict
+from tune_p7.pbt import schedules
+from tune_p7.plots import References, hp_label, plots
+from tune_p7.report_html import to_html
+from tune_p7.reporting import RANKING, fmt, ranked_index
+from tune_p7.space import trial_config
 
 SEARCH_FILE = "tune_p7_search.json"
 TOP_ROWS = 20  # rows of the ranked table in summary.md and on the console; summary.parquet holds all
