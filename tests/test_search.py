@@ -46,7 +46,7 @@ def assert_clean_console(r: subprocess.CompletedProcess) -> None:
     lines = [line for line in r.stdout.splitlines() if line.strip()]
     table = max(i for i, line in enumerate(lines) if line.startswith("| rank |"))
     assert lines[table - 1].startswith("summary: ") or lines[table - 2].startswith("summary: "), lines[-12:]
-    assert all(line.startswith("| ") for line in lines[table:]), lines[table:]
+    assert all(line.startswith("|") for line in lines[table:]), lines[table:]
 
 
 def files(root: Path) -> dict[str, tuple[int, int]]:
