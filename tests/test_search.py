@@ -39,6 +39,16 @@ def refused(r: subprocess.CompletedProcess, words) -> None:
         assert w in err, err
 
 
+def assert_clean_console(r: subprocess.CompletedProcess) -> None:
+    """No traceback anywhere, and the ranked table is the last thing on stdout (no late Ray log line after it)."""
+    both = r.stdout + r.stderr
+    assert "Traceback" not in both and "SystemExit" not in both, both[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line.strip()]
+    table = max(i for i, line in enumerate(lines) if line.startswith("| rank |"))
+    assert lines[table - 1].startswith("summary: ") or lines[table - 2].startswith("summary: "), lines[-12:]
+    assert all(line.startswith("|") for line in lines[table:]), lines[table:]
+
+
 def files(root: Path) -> dict[str, tuple[int, int]]:
     return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in root.rglob("*")}
 
@@ -71,8 +81,9 @@ params:
 """
 
 
-def test_smoke_search_runs_gates_asha_and_ranks_pass_first(tmp_path, strong_store):
+def test_smoke_search_runs_gates_asha_ranks_pass_first_and_ends_with_the_table(tmp_path, strong_store):
     r = search("--data", strong_store, "--storage", tmp_path, "--name", "smoke", "--max-concurrent", 1)
+    assert_clean_console(r)
     exp = tmp_path / "smoke"
     assert "dashboard: http://127.0.0.1:" in r.stdout
     res = results(exp)
@@ -89,6 +100,14 @@ def test_smoke_search_runs_gates_asha_and_ranks_pass_first(tmp_path, strong_stor
     md = (exp / "summary.md").read_text()
     assert "| rank |" in md and (exp / "curves.png").stat().st_size > 1000
     assert "| 1 |" in r.stdout  # the ranked table is printed
+
+
+def test_the_readme_first_command_ends_with_the_ranked_table_and_no_traceback(tmp_path, strong_store):
+    """The default space as the README runs it: trials side by side on reused actors under ASHA, then the
+    confirmation stage; Ray's ended workers and late log lines must not reach the console."""
+    r = search("--data", strong_store, "--storage", tmp_path, "--name", "readme")
+    assert "## Confirmed" in r.stdout
+    assert_clean_console(r)
 
 
 def test_drift_gate_stops_trials_and_the_summary_says_when(tmp_path, strong_store):
@@ -125,6 +144,7 @@ def test_a_nan_trial_errors_alone_with_its_reason(tmp_path, small_store):
     r = search("--space", sp, "--data", small_store, "--storage", tmp_path, "--name", "nan", code=1)
     assert "error: 1 of 2 trials errored (see summary.md, Errors)" in r.stderr.splitlines(), r.stderr[-2000:]
     assert "| 1 |" in r.stdout and "## Errors" in (tmp_path / "nan" / "summary.md").read_text()  # summary first
+    assert_clean_console(r)
     df = pd.read_parquet(tmp_path / "nan" / "summary.parquet").set_index("config/lr")
     assert df.loc[1e12, "status"] == "errored" and "loss became nan" in df.loc[1e12, "error"]
     assert df.loc[2e-3, "status"] == "completed" and df.loc[2e-3, "stopped_epoch"] == 2

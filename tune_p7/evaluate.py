@@ -28,26 +28,24 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
-from tune_p7 import cli, storage  # noqa: E402
-from tune_p7 import metrics as M  # noqa: E402
-from tune_p7.config import P7Config  # noqa: E402
-from tune_p7.data import P7Data, load  # noqa: E402
-from tune_p7.errors import InputError  # noqa: E402
-from tune_p7.fastpath import use_bf16  # noqa: E402
-from tune_p7.loop import Evaluator  # noqa: E402
-from tune_p7.export import export, load_exported, predict  # noqa: E402,F401  (folders exported before tune_p7.export import them from here)
-from tune_p7.model import Prediction  # noqa: E402
-from tune_p7.reporting import RANKING, SEARCH_FILE, fmt  # noqa: E402
-from tune_p7.selection import build, check_fits, choose_candidates, chosen_index, load_state, read_summary  # noqa: E402
+from tune_p7 import cli, storage
+from tune_p7 import metrics as M
+from tune_p7.config import P7Config
+from tune_p7.data import P7Data, load
+from tune_p7.errors import InputError
+from tune_p7.fastpath import use_bf16
+from tune_p7.loop import Evaluator
+from tune_p7.export import export, load_exported, predict  # noqa: F401  (folders exported before tune_p7.export import them from here)
+from tune_p7.model import Prediction
+from tune_p7.reporting import RANKING, SEARCH_FILE, fmt
+from tune_p7.selection import build, check_fits, choose_candidates, chosen_index, load_state, read_summary
 
 SPLIT_ALIASES = {"ood": "ood", "test": "ood", "val": "val"}
 METRICS = ("cos_next", "cos_prev", "margin", "cos_anchor", "cos_raw_anchor", "r_at_1", "r_at_5", "r_at_10",

@@ -6,7 +6,6 @@ checkpoints every epoch, and writes the ranked summary into the experiment folde
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -15,62 +14,21 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tune_p7 import checkpoint, cli, confirm, storage
+from tune_p7.data import load
+from tune_p7.errors import InputError, one_line
+from tune_p7.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
+from tune_p7.space import Space, load_space
 
-from tune_p7 import checkpoint, cli, confirm, storage  # noqa: E402
-from tune_p7.data import load  # noqa: E402
-from tune_p7.errors import InputError, one_line  # noqa: E402
-from tune_p7.reporting import SEARCH_FILE  # noqa: E402
-from tune_p7.space import Space, load_space  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SPACE = REPO / "search_spaces" / "smoke.yaml"
-DEFAULT_DATA = REPO / "data" / "pydocs.parquet"
+from tune_p7.reporting import SEARCH_FILE
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python tune_p7/search.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--space", help=f"search-space YAML file [default: {DEFAULT_SPACE.relative_to(REPO)}; with "
-                                   "--resume: the experiment's]")
-    p.add_argument("--data", default=None, help=f"article store (.parquet), NPZ train file or folder "
-                                                f"[default: {DEFAULT_DATA.relative_to(REPO)}]")
-    p.add_argument("--name", help="experiment name [default: <space>-<date>-<time>; with --resume: the newest]")
-    p.add_argument("--storage", default="./ray_results", help="results path or URI (s3://..., NFS path)")
-    p.add_argument("--address", help="Ray cluster to join (auto, HOST:PORT, ray://...); none: start a local Ray")
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial [default: the space's, else 1]")
-    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as many as CPUs allow)")
-    p.add_argument("--epochs", type=int, help="override every trial's epochs (not with --resume)")
-    p.add_argument("--seed", type=int, help="override every trial's seed (not with --resume)")
-    p.add_argument("--scheduler", choices=("asha", "fifo"), help="override the space's scheduler (not with --resume)")
-    p.add_argument("--resume", action="store_true", help="resume an interrupted experiment from its checkpoints")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a trial after a worker/node failure")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (no --address) [default: all]")
-    p.add_argument("--dashboard-host", default="127.0.0.1",
-                   help="address the local dashboard listens on; anything but 127.0.0.1 exposes it (see README)")
-    p.add_argument("--no-probe", action="store_true", help="skip the data probe (ridge/DIRECT baselines)")
-    p.add_argument("--storage-is-shared", action="store_true",
-                   help="the local --storage path is mounted on every node (multi-node without NFS detection)")
-    p.add_argument("--confirm-top", type=int, help="configurations the confirmation stage trains again with new "
-                                                   "seeds, 0: none [default: the space's confirm.top]")
-    p.add_argument("--confirm-seeds", type=int, help="new seeds per confirmed configuration [default: confirm.seeds]")
-    a = p.parse_args(argv)
-    for flag in ("epochs", "max_concurrent", "max_failures", "num_cpus"):
-        v = getattr(a, flag)
-        if v is not None and v < (1 if flag in ("epochs", "num_cpus") else 0):
-            raise InputError("--" + flag.replace("_", "-"), f"{v} is out of range")
-    if a.cpus_per_trial is not None and a.cpus_per_trial <= 0:
-        raise InputError("--cpus-per-trial", f"{a.cpus_per_trial} must be > 0")
-    return a
-
-
-def experiment_uri(args, space_path: str) -> tuple[str, str]:
+def experiment_uri(opts: SearchOptions, space_path: str) -> tuple[str, str]:
     """(storage, experiment name); for --resume without --name, the newest experiment in local storage."""
-    root = storage.normalize(args.storage)
-    if args.name:
-        return root, args.name
-    if not args.resume:
+    root = storage.normalize(opts.storage)
+    if opts.name:
+        return root, opts.name
+    if not opts.resume:
         return root, f"{Path(space_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if storage.is_uri(root):
         raise InputError("--resume", "give --name of the experiment to resume on " + root)
@@ -80,14 +38,14 @@ def experiment_uri(args, space_path: str) -> tuple[str, str]:
     return root, found[-1].parent.name
 
 
-def refuse_resume_changes(args, stored: dict) -> None:
+def refuse_resume_changes(opts: SearchOptions, stored: dict) -> None:
     """--resume goes on with the stored experiment as it started: refuse the options it cannot honour."""
     for flag in ("epochs", "seed", "scheduler"):
-        if getattr(args, flag) is not None:
+        if getattr(opts, flag) is not None:
             raise InputError("--" + flag, "cannot change a stored experiment: --resume goes on with its trials as "
                                           f"they started (drop --{flag})")
     for flag in ("space", "data"):
-        given = getattr(args, flag)
+        given = getattr(opts, flag)
         if given is not None and str(Path(given).resolve()) != stored[flag]:
             raise InputError(f"--{flag} {given}", f"differs from the experiment's {stored[flag]}: --resume goes on "
                                                   f"with the recorded {flag} (drop --{flag})")
@@ -127,7 +85,7 @@ def check_address(address: str | None) -> None:
 LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def init_ray(args) -> str:
+def init_ray(opts: SearchOptions) -> str:
     """Start a local Ray (dashboard on --dashboard-host) or join --address; returns the dashboard URL.
 
     A local Ray is kept on loopback: with clusters enabled (Linux's default) Ray 2.60 advertises the machine's
@@ -136,29 +94,31 @@ def init_ray(args) -> str:
     node can join, which is what a local search wants. The variable reaches the Ray processes through the
     environment they inherit.
     """
-    if not args.address:
+    if not opts.address:
         os.environ.setdefault(LOCAL_ONLY_VAR, "0")
     import ray
 
-    if args.dashboard_host not in ("127.0.0.1", "localhost"):
-        print(f"WARNING: the Ray dashboard will listen on {args.dashboard_host}. Anyone who reaches it (or the job "
+    if opts.dashboard_host not in ("127.0.0.1", "localhost"):
+        print(f"WARNING: the Ray dashboard will listen on {opts.dashboard_host}. Anyone who reaches it (or the job "
               "API on the same port) can run code on this machine (CVE-2023-48022). Prefer an SSH tunnel.",
               file=sys.stderr)
     try:
-        if args.address:
-            ctx = ray.init(address=args.address)
+        if opts.address:
+            ctx = ray.init(address=opts.address, log_to_driver=opts.verbose)
         else:  # address="local": never join a stale cluster named in /tmp/ray
-            ctx = ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
-                           dashboard_host=args.dashboard_host)
+            ctx = ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=True,
+                           dashboard_host=opts.dashboard_host, log_to_driver=opts.verbose)
     except ray.exceptions.AuthenticationError as exc:
-        raise InputError("--address " + str(args.address),
+        raise InputError("--address " + str(opts.address),
                          f"Ray token authentication failed ({one_line(exc)}); give the "
                          "cluster's token as RAY_AUTH_TOKEN (with RAY_AUTH_MODE=token) or in ~/.ray/auth_token, "
                          "see docs/cluster.md") from None
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise InputError("--address " + str(args.address), f"cannot start or join Ray "
+    except Exception as exc:  # noqa: BLE001 - a loaded machine's start-up timeout is a plain Exception
+        if not isinstance(exc, (ConnectionError, RuntimeError, ValueError)) and "timed out" not in str(exc):
+            raise
+        raise InputError("--address " + str(opts.address), f"cannot start or join Ray "
                                                            f"({one_line(exc, 300)})") from None
-    if not args.address and ctx.address_info["node_ip_address"] != "127.0.0.1":
+    if not opts.address and ctx.address_info["node_ip_address"] != "127.0.0.1":
         print(f"WARNING: Ray's ports listen on all interfaces (node address {ctx.address_info['node_ip_address']}): "
               f"{LOCAL_ONLY_VAR} was not 0 when ray was imported", file=sys.stderr)
     url = ctx.dashboard_url or ""
@@ -229,7 +189,7 @@ def restore_deleted_checkpoints(exp: str) -> list[tuple[str, str]]:
     return repaired
 
 
-def build_tuner(space: Space, data, args, root: str, name: str):
+def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     from ray import tune
 
     from tune_p7 import searchers
@@ -237,12 +197,12 @@ def build_tuner(space: Space, data, args, root: str, name: str):
     from tune_p7.resultlog import KeepLocalResults
     from tune_p7.trainable import train_trial
 
-    cpus = args.cpus_per_trial or space.cpus_per_trial
+    cpus = opts.cpus_per_trial or space.cpus_per_trial
     mutated = tuple(space.scheduler.mutations)
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates, mutated=mutated),
                                     {"cpu": cpus})
     exp = storage.join(root, name)
-    if args.resume:
+    if opts.resume:
         if not tune.Tuner.can_restore(exp):
             raise InputError(exp, "no experiment to resume here (no Tune state found)")
         for trial_id, path in restore_deleted_checkpoints(exp):
@@ -266,65 +226,71 @@ def build_tuner(space: Space, data, args, root: str, name: str):
         param_space=space.param_space(),
         tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=searchers.search_alg(space),
                                     num_samples=space.num_samples,
-                                    max_concurrent_trials=args.max_concurrent or None, reuse_actors=True),
+                                    max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=root,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=space.num_to_keep,
+            # a population hands checkpoints between trials and pauses them: pruning by score raced with those
+            # hand-overs (a paused PB2 trial found its checkpoint deleted), so PBT / PB2 keep every checkpoint
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if s.name in ("pbt", "pb2") else space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
-            failure_config=tune.FailureConfig(max_failures=args.max_failures), callbacks=[KeepLocalResults()]),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures), callbacks=[KeepLocalResults()]),
     )
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    root, name = experiment_uri(args, args.space or str(DEFAULT_SPACE))
+    opts = parse(argv, prog="python tune_p7/search.py", description=__doc__.splitlines()[0])
+    if not opts.verbose:  # Tune's warnings about slow experiment-state saves: slow storage is not the user's error
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    root, name = experiment_uri(opts, opts.space or str(DEFAULT_SPACE))
     exp = storage.join(root, name)
     stored = None
-    if args.resume:
+    if opts.resume:
         if not storage.exists(storage.join(exp, SEARCH_FILE)):
             raise InputError(exp, "no experiment to resume (no tune_p7 search record)")
         stored = json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE)))
-        refuse_resume_changes(args, stored)
-    space_path = args.space or (stored["space"] if stored else str(DEFAULT_SPACE))
-    space = load_space(space_path).override(epochs=args.epochs, seed=args.seed, scheduler=args.scheduler)
-    confirming = confirm.settings(exp, space.confirm, args.confirm_top, args.confirm_seeds, args.resume)
-    data_path = args.data or (stored["data"] if stored else str(DEFAULT_DATA))
+        refuse_resume_changes(opts, stored)
+    space_path = opts.space or (stored["space"] if stored else str(DEFAULT_SPACE))
+    space = load_space(space_path).override(epochs=opts.epochs, seed=opts.seed, scheduler=opts.scheduler)
+    confirming = confirm.settings(exp, space.confirm, opts.confirm_top, opts.confirm_seeds, opts.resume)
+    data_path = opts.data or (stored["data"] if stored else str(DEFAULT_DATA))
     data = load(data_path)
     for k in sorted(set(space.values_of("context_length"))):
         data.check_context(k)
-    if not args.resume:  # before Ray starts: its start-up would disturb the timing
+    if not opts.resume:  # before Ray starts: its start-up would disturb the timing
         space, precision = decide_precision(space)
     storage.check_writable(root)
-    check_address(args.address)
-    dashboard = init_ray(args)
+    check_address(opts.address)
+    dashboard = init_ray(opts)
     import ray
 
     alive = [n for n in ray.nodes() if n["Alive"]]
-    if len(alive) > 1 and not (storage.is_shared(root) or args.storage_is_shared):
+    if len(alive) > 1 and not (storage.is_shared(root) or opts.storage_is_shared):
         raise InputError("--storage " + root, f"a node-local path on a {len(alive)}-node cluster: use s3://BUCKET/... "
                                               "or a shared filesystem (NFS) mounted on every node "
                                               "(then pass --storage-is-shared if it is not detected)")
-    if not args.resume:
+    if not opts.resume:
         record = {"space": str(Path(space_path).resolve()), "data": str(Path(data_path).resolve()),
                   "metric": space.metric, "mode": space.mode, "gates": vars(space.gates), "samplers": samplers(space),
-                  "max_epochs": max(space.values_of("epochs")), "argv": sys.argv[1:],
+                  "max_epochs": max(space.values_of("epochs")), "argv": sys.argv[1:] if argv is None else list(argv),
                   "precision": precision,
                   "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         storage.write_bytes(storage.join(exp, SEARCH_FILE), json.dumps(record, indent=2).encode())
-        if not args.no_probe:
+        if not opts.no_probe:
             write_probe(data, space, exp)
     print(f"tune_p7: experiment {name}\n  results:   {exp}\n  dashboard: {(dashboard + token_hint()) if dashboard else '(not available)'}\n"
           f"  data:      {data_path} (train {len(data.train.chunks)} chunks, val {len(data.val.chunks)}, dim {data.dim})\n"
           f"  space:     {space_path}", flush=True)
     confirm.save(exp, confirming)
-    tuner = build_tuner(space, data, args, root, name)
+    tuner = build_tuner(space, data, opts, root, name)
     tuner.fit()
     from tune_p7.summarize import summarize
 
     table = summarize(exp)
-    confirmed = confirm.run(exp, confirming, data, space, args.cpus_per_trial or space.cpus_per_trial,
-                            args.max_concurrent, args.max_failures) if confirming.top else None
+    confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
+                            opts.max_concurrent, opts.max_failures) if confirming.top else None
+    ray.shutdown()  # its workers' last lines and exits come now, not after the table
     if confirmed:
         print(confirmed)
     print(f"summary: {storage.join(exp, 'summary.md')}\n         {storage.join(exp, 'summary.html')} (open in a browser)")
@@ -340,5 +306,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     cli.run(main)

@@ -10,23 +10,19 @@ from __future__ import annotations
 import io
 import json
 import math
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
 
-from tune_p7 import cli, confirm, importance, storage  # noqa: E402
-from tune_p7.config import P7Config  # noqa: E402
-from tune_p7.errors import InputError, one_line  # noqa: E402
-from tune_p7.metrics import deploy_ok, verdict  # noqa: E402
-from tune_p7.pbt import schedules  # noqa: E402
-from tune_p7.plots import References, hp_label, plots  # noqa: E402
-from tune_p7.report_html import to_html  # noqa: E402
-from tune_p7.reporting import RANKING, SEARCH_FILE, fmt, ranked_index  # noqa: E402
-from tune_p7.space import trial_config  # noqa: E402
+from tune_p7 import cli, confirm, importance, storage
+from tune_p7.config import P7Config
+from tune_p7.errors import InputError, one_line
+from tune_p7.metrics import deploy_ok, verdict
+from tune_p7.pbt import schedules
+from tune_p7.plots import References, hp_label, plots
+from tune_p7.report_html import to_html
+from tune_p7.reporting import RANKING, SEARCH_FILE, fmt, ranked_index
+from tune_p7.space import trial_config
 
 TOP_ROWS = 20  # rows of the ranked table in summary.md and on the console; summary.parquet holds all
 # the table's metrics, each followed by DIRECT's value on the same bank (None: DIRECT has no counterpart)

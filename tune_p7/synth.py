@@ -23,6 +23,7 @@ import argparse
 
 import numpy as np
 
+from tune_p7 import cli
 from tune_p7.store import write_store
 
 
@@ -58,4 +59,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
