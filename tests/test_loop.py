@@ -95,3 +95,10 @@ def test_bf16_and_fp32_end_with_the_same_val_metrics(strong_store):
     assert fp32["margin"] > 0.1  # it learned something: the comparison is not between two untrained models
     for k in ("cos_next", "cos_prev", "margin", "cos_anchor"):
         assert abs(bf16[k] - fp32[k]) < 0.01, (k, bf16[k], fp32[k])
+
+
+def test_every_metric_a_space_may_rank_by_is_reported_every_epoch(small_store):
+    from tune_p7.metrics import RANKABLE
+
+    for m in fit(small_config(epochs=2), load(small_store)):
+        assert set(RANKABLE) <= set(m), set(RANKABLE) - set(m)

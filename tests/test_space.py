@@ -104,6 +104,7 @@ def test_a_scheduler_override_asha_cannot_run_is_refused_naming_the_flag(tmp_pat
     ("scheduler: {grace: 1}\n", ["unknown key 'scheduler.grace'"]),
     ("gates: {drift: high}\n", ["gates.drift", "float"]),
     ("checkpoints: {num_to_keep: 0}\n", ["num_to_keep"]),
+    ("metric: r5\n", ["key 'metric'", "'r5' is not a metric every trial reports"]),
     ("params: {lambda_init: 0.95}\n", ["lambda_init 0.95 is outside"]),
     # every configuration the space can produce, not only the first value of each sampler
     ("params: {d_model: 64, n_heads: {grid: [8, 6]}}\n", ["key 'n_heads'", "d_model 64", "n_heads 6"]),

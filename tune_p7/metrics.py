@@ -15,6 +15,11 @@ PASS = {"margin": 0.20, "cos_next": 0.45, "cos_anchor": 0.40}
 MARGINAL = {"margin": 0.10, "cos_next": 0.35, "cos_anchor": 0.30}
 DRIFT = 0.05
 DEPLOY_R5, DEPLOY_MRR = 0.10, 0.05
+# What a space's ``metric`` may name: keys every trial reports every epoch (ASHA, the searchers and checkpoint
+# retention rank by it, and a key that is never reported crashes Tune's controller mid-search)
+RANKABLE = ("margin", "cos_next", "cos_prev", "cos_anchor", "cos_raw_anchor", "r_at_1", "r_at_5", "r_at_10",
+            "mrr_at_10", "r_at_1_xctx", "r_at_5_xctx", "r_at_10_xctx", "mrr_at_10_xctx", "r_at_5_vs_direct",
+            "mrr_at_10_vs_direct", "train_margin", "train_cos_next", "best_margin", "loss")
 
 
 def cosines(pred: torch.Tensor, raw: torch.Tensor, context: torch.Tensor, nxt: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -33,6 +33,7 @@ from typing import Any
 from tune_p7.cli import read_yaml
 from tune_p7.config import RULES, P7Config
 from tune_p7.errors import InputError
+from tune_p7.metrics import RANKABLE
 from tune_p7.scheduler_settings import POPULATION, SchedulerSettings, check_mutations, read_scheduler
 from tune_p7.search_settings import SearchSettings, read_search
 from tune_p7.space_values import param, section
@@ -175,6 +176,9 @@ def load_space(path) -> Space:
     metric, mode = raw.get("metric", "margin"), raw.get("mode", "max")
     if not isinstance(metric, str):
         raise InputError(src, f"key 'metric': expected a string, got {metric!r}")
+    if metric not in RANKABLE:
+        raise InputError(src, f"key 'metric': {metric!r} is not a metric every trial reports (one of: "
+                              f"{', '.join(RANKABLE)})")
     if mode not in ("max", "min"):
         raise InputError(src, f"key 'mode': expected max or min, got {mode!r}")
     sched = read_scheduler(src, raw)
