@@ -67,7 +67,7 @@ def test_local_search_listens_on_loopback_only(workdir, store, base_env):
     try:
         line = wait_for(lambda: next((ln for ln in log.read_text().splitlines() if "dashboard:" in ln), None),
                         180, "the dashboard line", procs=[(proc, log)])
-        url = line.split("dashboard:", 1)[1].strip()
+        url = line.split("dashboard:", 1)[1].split()[0]  # the URL, then the token hint
         assert url.startswith("http://127.0.0.1:"), line
         port = int(url.rsplit(":", 1)[1].strip("/"))
         assert listening_hosts(port) == {"127.0.0.1"}, listening_hosts(port)
