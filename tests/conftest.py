@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,20 @@ def run_cli(*args, timeout=600, cwd=None, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **kw.pop("env", {})}
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd or REPO, env=env, **kw)
+
+
+def kill_when(args, exp: Path, checkpoint: str, trials: int = 2, settle: float = 0.0, timeout: float = 300) -> None:
+    """Start the command line ``args`` (a search), wait until ``trials`` trials of experiment ``exp`` have written
+    ``checkpoint`` (e.g. checkpoint_000002), wait ``settle`` s more, then SIGKILL the driver and the local Ray it
+    started, with no cleanup: the fault a resume must survive."""
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and len(list(exp.glob(f"*/{checkpoint}"))) < trials:
+            time.sleep(0.5)
+        assert len(list(exp.glob(f"*/{checkpoint}"))) >= trials, "no checkpoints before the kill"
+        time.sleep(settle)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -1,12 +1,8 @@
 """Population-based training: PBT and PB2 from the space file, exploits that change a trial's config and weights
 mid-run, values kept inside their ranges, the schedule each trial ran in the summary, and resume after a kill."""
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +10,7 @@ import pytest
 import torch
 from ray.tune.schedulers.pbt import _explore
 
-from conftest import REPO, run_cli
+from conftest import REPO, kill_when, run_cli
 from test_search import SEARCH, results, search, space
 from tune_p7 import checkpoint
 from tune_p7.errors import InputError
@@ -113,16 +109,7 @@ def test_killed_pbt_driver_resumes_and_every_trial_ends(tmp_path, small_store):
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", population(tmp_path, epochs=epochs), "--data",
             small_store, "--storage", tmp_path, "--name", "res", "--no-probe"]
     exp = tmp_path / "res"
-    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=REPO, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and len(list(exp.glob("*/checkpoint_000001"))) < 2:
-            time.sleep(0.5)
-        assert len(list(exp.glob("*/checkpoint_000001"))) >= 2, "no checkpoints before the kill"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, no cleanup
-        proc.wait()
+    kill_when(args, exp, "checkpoint_000001")
     before = results(exp)
     assert any(max((r["epoch"] for r in rows), default=0) < epochs for rows in before.values())
     search("--resume", "--name", "res", "--storage", tmp_path)

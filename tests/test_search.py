@@ -1,17 +1,15 @@
 """End to end under a real local Ray: python tune_p7/search.py, its gates, errors, resume and summary."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from ray import tune
 
-from conftest import REPO, run_cli
+from conftest import REPO, kill_when, run_cli
 from tune_p7.store import write_store
 from tune_p7.synth import generate
 
@@ -157,17 +155,7 @@ def test_killed_driver_resumes_from_checkpoints(tmp_path, strong_store):
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
             "--name", "res"]
     exp = tmp_path / "res"
-    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=REPO, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and len(list(exp.glob("*/checkpoint_000002"))) < 2:
-            time.sleep(0.5)
-        assert len(list(exp.glob("*/checkpoint_000002"))) >= 2, "no checkpoints before the kill"
-        time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, no cleanup
-        proc.wait()
+    kill_when(args, exp, "checkpoint_000002", settle=0.5)
     before = {k: [r["epoch"] for r in v] for k, v in results(exp).items()}
     assert any(len(e) < epochs for e in before.values()), "the search had finished before the kill"
     # the race a kill can hit: Tune deleted the checkpoint its last saved state names (num_to_keep) after a
