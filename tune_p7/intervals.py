@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from tune_p7.metrics import retrieval_per_window
+
 LEVEL = 0.95
 REPLICATES = 1000  # percentile tails of 25 replicates each: the 2.5% quantile moves by ~0.1 SE between seeds
 BLOCK_CELLS = 1 << 20  # (replicates, articles) cells per block: bounds memory for any number of articles
@@ -41,9 +43,9 @@ def article_intervals(values: torch.Tensor, article: torch.Tensor, replicates: i
 
 
 def hits(ranks: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-window retrieval scalars whose means are R@5 and MRR@10: (N,) ranks -> {r_at_5, mrr_at_10} (N,)."""
-    r = ranks.double()
-    return {"r_at_5": (r < 5).double(), "mrr_at_10": torch.where(r < 10, 1.0 / (r + 1), torch.zeros_like(r))}
+    """The per-window scalars whose means are R@5 and MRR@10: (N,) ranks -> {r_at_5, mrr_at_10} (N,)."""
+    per_window = retrieval_per_window(ranks)
+    return {k: per_window[k] for k in ("r_at_5", "mrr_at_10")}
 
 
 def interval_keys(columns: dict[str, torch.Tensor], article: torch.Tensor, seed: int = 0) -> dict[str, float]:

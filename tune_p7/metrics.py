@@ -79,13 +79,19 @@ def retrieval_ranks_xctx(queries: torch.Tensor, bank: torch.Tensor, target_rows:
     return ranks, ranks_xctx
 
 
+def retrieval_per_window(ranks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-window retrieval scalars, (N,) ranks -> dict of (N,) float64: r_at_k = [rank < k] for k in 1, 5, 10;
+    mrr_at_10 = 1 / (rank + 1) if rank < 10 else 0. Their means are ``retrieval``'s figures."""
+    r = ranks.double()
+    out = {f"r_at_{k}": (r < k).double() for k in (1, 5, 10)}
+    out["mrr_at_10"] = torch.where(r < 10, 1.0 / (r + 1), torch.zeros_like(r))
+    return out
+
+
 def retrieval(ranks: torch.Tensor, prefix: str = "", suffix: str = "") -> dict[str, float]:
     """R@1, R@5, R@10 = mean(rank < k); MRR@10 = mean(1 / (rank + 1) if rank < 10 else 0); keys
     prefix + name + suffix."""
-    r = ranks.float()
-    out = {f"r_at_{k}": float((r < k).float().mean()) for k in (1, 5, 10)}
-    out["mrr_at_10"] = float(torch.where(r < 10, 1.0 / (r + 1), torch.zeros_like(r)).mean())
-    return {prefix + k + suffix: v for k, v in out.items()}
+    return {prefix + k + suffix: float(v.mean()) for k, v in retrieval_per_window(ranks).items()}
 
 
 def infonce_chance(num_candidates: int) -> float:
