@@ -181,8 +181,23 @@ def write_result(name: str, payload: dict, *, quick: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     payload = {"bench": name, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_info(), **payload}
-    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    path.write_text(dump_json(payload))
     return path
+
+
+def dump_json(obj) -> str:
+    """Strict JSON (no Infinity / NaN, which most JSON readers refuse): a non-finite float is written as null."""
+    return json.dumps(_finite_or_null(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
+
+
+def _finite_or_null(o):
+    if isinstance(o, dict):
+        return {k: _finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_or_null(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not np.isfinite(o):
+        return None
+    return o
 
 
 def _json_default(o):

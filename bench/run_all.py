@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import results_dir
+from common import dump_json, results_dir
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["store_size", "precision", "step", "throughput", "eval", "seed_grid", "ray_overhead", "memory", "asha",
@@ -34,9 +34,9 @@ HEADLINES = {
     "store_vs_npz_bytes": ("store_size", lambda r: r["store_vs_npz_bytes"], "<= 0.2", lambda v: v <= 0.2),
     "data_copies_4_trials": ("memory", lambda r: r["data_copies_4_trials"], "<= 1.2", lambda v: v <= 1.2),
     "tpe_epochs_to_random_best": ("search_efficiency", lambda r: r["tpe_epochs_to_random_best"]["median"], "<= 0.5",
-                                  lambda v: v <= 0.5),
+                                  lambda v: v is not None and v <= 0.5),
     "bohb_epochs_to_random_best": ("search_efficiency", lambda r: r["bohb_epochs_to_random_best"]["median"],
-                                   "<= 0.5", lambda v: v <= 0.5),
+                                   "<= 0.5", lambda v: v is not None and v <= 0.5),
     "pbt_best_minus_random_best": ("search_efficiency", lambda r: r["pbt_best_minus_random_best"]["median"],
                                    "reported", lambda v: None),
     "eval_seconds_11k": ("eval", lambda r: r["eval_seconds_11k"], "reported", lambda v: None),
@@ -64,6 +64,11 @@ def summarize(quick: bool, ran: dict[str, dict]) -> dict:
         summary["sequences_per_second"] = {
             f"{name} ({t} thread{'s' if str(t) != '1' else ''})": round(v["seq_s"], 1)
             for t, per in res["throughput"]["threads"].items() for name, v in per.items()}
+    if "search_efficiency" in res:  # the spread over search seeds behind the three medians above
+        summary["search_efficiency"] = {k: {kk: res["search_efficiency"][k][kk] for kk in ("median", "min", "max",
+                                                                                          "per_seed")}
+                                        for k in ("tpe_epochs_to_random_best", "bohb_epochs_to_random_best",
+                                                  "pbt_best_minus_random_best")}
     if "precision" in res:
         summary["bf16_vs_fp32_train_step"] = res["precision"]["train"].get("64", {}).get("bf16_vs_fp32")
     summary["targets"] = checks
@@ -88,7 +93,7 @@ def main(argv=None):
     summary = summarize(a.quick, ran)
     out = results_dir(a.quick) / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    out.write_text(dump_json(summary))
     print(f"\n=== summary ({out.relative_to(HERE.parent)})")
     for key, c in summary["targets"].items():
         v = summary[key]
