@@ -159,11 +159,11 @@ class Cluster:
         return [n for n in rows if n["state"] == "ALIVE"]
 
 
-def node_env(env: dict, name: str, workdir: Path) -> dict:
-    """What scripts/cluster_{head,worker}.sh read: 1 CPU, NODE_IP, a private temp dir, a free port for each
-    of the node's listeners."""
-    low, high = free_range(WORKER_PORTS)
-    return {**env, NODE_VAR: name, "NUM_CPUS": "1", "NODE_IP": NODE_IP, "RAY_TEMP_DIR": str(workdir / name),
+def node_env(env: dict, name: str, workdir: Path, cpus: int = 1, worker_ports: int = WORKER_PORTS) -> dict:
+    """What scripts/cluster_{head,worker}.sh read: ``cpus`` CPUs, NODE_IP, a private temp dir, a free port for
+    each of the node's listeners."""
+    low, high = free_range(worker_ports)
+    return {**env, NODE_VAR: name, "NUM_CPUS": str(cpus), "NODE_IP": NODE_IP, "RAY_TEMP_DIR": str(workdir / name),
             "P7_NODE_DIR": str(workdir / f"{name}-ctl"),
             "NODE_MANAGER_PORT": str(free_port()), "OBJECT_MANAGER_PORT": str(free_port()),
             "DASHBOARD_AGENT_GRPC_PORT": str(free_port()), "DASHBOARD_AGENT_LISTEN_PORT": str(free_port()),
@@ -203,6 +203,40 @@ def two_node_cluster(env: dict, workdir: Path):
             except subprocess.TimeoutExpired:
                 pass
         sweep()
+
+
+SHARED_MARKER = f"{MARKER}-shared"  # not MARKER: the cluster tests' sweeps must leave the shared node alone
+
+
+@contextmanager
+def shared_node(cpus: int = 2):
+    """One Ray node for a whole test session's searches (scripts/cluster_head.sh: ``cpus`` CPUs on NODE_IP, this
+    run's token, free ports); yields the environment a driver needs to join it ({} where NODE_IP is not a
+    loopback address: each search then starts its own local Ray). Ended by scripts/cluster_stop.sh, then
+    whatever of it is left by its own marker."""
+    try:
+        with socket.socket() as s:
+            s.bind((NODE_IP, 0))
+    except OSError:
+        yield {}
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="p7s-", dir="/tmp"))
+    env = {**private_env(), MARKER_VAR: SHARED_MARKER}
+    gcs = free_port()
+    head_env = {**node_env(env, "shared", workdir, cpus=cpus, worker_ports=200), "GCS_PORT": str(gcs),
+                "DASHBOARD_PORT": str(free_port()), "RAY_CLIENT_SERVER_PORT": str(free_port())}
+    ctl = Path(head_env["P7_NODE_DIR"])
+    try:
+        r = script("cluster_head.sh", env=head_env)
+        assert r.returncode == 0, r.stdout + r.stderr + tail(ctl / "head.log")
+        yield {"RAY_ADDRESS": f"{NODE_IP}:{gcs}", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
+    finally:
+        try:
+            script("cluster_stop.sh", "head", env={**env, "P7_NODE_DIR": str(ctl)}, timeout=120)
+        except subprocess.TimeoutExpired:
+            pass
+        sigkill(marked_pids(marker=SHARED_MARKER))
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the search as a driver, S3

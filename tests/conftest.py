@@ -44,6 +44,24 @@ def small_store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("data") / "small.parquet", articles=80, chunks=12, dim=32)
 
 
+@pytest.fixture(scope="session")
+def shared_ray():
+    from cluster_harness import shared_node  # it imports this module
+
+    with shared_node(cpus=2) as env:
+        yield env
+
+
+@pytest.fixture
+def ray_cluster(shared_ray, monkeypatch):
+    """Searches in the test join the session's one Ray node (search.py takes $RAY_ADDRESS as its --address) instead
+    of starting and stopping a local Ray each, which costs about 10 s a search on 2 cores. Tests of the local start
+    itself (the README's command, its loopback-only servers) do not use it."""
+    for k, v in shared_ray.items():
+        monkeypatch.setenv(k, v)
+    return shared_ray.get("RAY_ADDRESS")
+
+
 def run_cli(*args, timeout=600, cwd=None, **kw) -> subprocess.CompletedProcess:
     """Run a command line with this Python, capturing text output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **kw.pop("env", {})}

@@ -114,10 +114,10 @@ def listeners_of(pids: set[int]) -> list[tuple[str, int, str]]:
     return [(host, port, owner[inode]) for host, port, inode in listeners() if inode in owner]
 
 
-def marked_pids(node: str | None = None) -> list[int]:
-    """Processes started by this test run (they carry MARKER_VAR=MARKER in their environment); with ``node``,
+def marked_pids(node: str | None = None, marker: str = MARKER) -> list[int]:
+    """Processes started by this test run (they carry MARKER_VAR=marker in their environment); with ``node``,
     only those of that Ray node (NODE_VAR=node: `ray start` and everything it and its raylet started)."""
-    needles = [f"{MARKER_VAR}={MARKER}".encode()] + ([f"{NODE_VAR}={node}".encode()] if node else [])
+    needles = [f"{MARKER_VAR}={marker}".encode()] + ([f"{NODE_VAR}={node}".encode()] if node else [])
     found = []
     for d in os.listdir("/proc"):
         if not d.isdigit() or int(d) == os.getpid():

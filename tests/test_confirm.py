@@ -14,6 +14,8 @@ from conftest import REPO, run_cli
 from test_search import SMALL, search, space  # the small model's space text, search.py under Ray
 from tune_p7.confirm import aggregate, difference, new_seeds, robust_deploy, robust_pass, t_interval
 
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
+
 SEARCH = REPO / "tune_p7" / "search.py"
 
 

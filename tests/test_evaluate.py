@@ -23,12 +23,12 @@ SHOWN = ("margin", "cos_next", "cos_prev", "cos_anchor", "r_at_1", "r_at_5", "r_
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
+def experiment(tmp_path_factory, shared_ray):
     """A 4-trial smoke search (2 epochs) on a 120-article, 32-d synthetic store, then the evaluation CLI."""
     root = tmp_path_factory.mktemp("evaluate")
     store = make_store(root / "s.parquet", articles=120, chunks=16, dim=32, signal=2.0)
     r = run_cli(REPO / "tune_p7" / "search.py", "--space", REPO / "search_spaces" / "smoke.yaml", "--data", store,
-                "--storage", root, "--name", "e", "--epochs", 2, "--num-cpus", 2, "--confirm-top", 0, timeout=300)
+                "--storage", root, "--name", "e", "--epochs", 2, "--num-cpus", 2, "--confirm-top", 0, timeout=300, env=shared_ray)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp, out = root / "e", root / "exported"
     r = run_cli("-m", "tune_p7.evaluate", exp, "--top", 2, "--split", "ood", "--export", out, timeout=300)

@@ -11,6 +11,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from conftest import REPO, run_cli
 from tune_p7 import importance
 
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
+
 SEARCH = REPO / "tune_p7" / "search.py"
 SAMPLERS = {"lr": "loguniform", "w_teacher": "uniform", "arch": "choice"}
 

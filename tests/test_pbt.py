@@ -17,6 +17,8 @@ from tune_p7.errors import InputError
 from tune_p7.pbt import Clip, build_scheduler, schedule
 from tune_p7.space import load_space
 
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
+
 TINY = """
 params:
   d_model: 32

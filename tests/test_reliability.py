@@ -16,6 +16,8 @@ from test_search import SEARCH, SMALL, results, space
 from tune_p7 import checkpoint
 from tune_p7.summarize import summarize
 
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
+
 
 def test_killed_trial_worker_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path, strong_store):
     sp = space(tmp_path, SMALL + "  epochs: 6\n  seed: 7\nruns:\n  - {margin: 0.07}\nscheduler: {name: fifo}\n"

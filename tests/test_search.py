@@ -1,6 +1,7 @@
 """End to end under a real local Ray: python tune_p7/search.py, its gates, errors, resume and summary."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from ray import tune
 from conftest import REPO, kill_when, run_cli
 from tune_p7.store import write_store
 from tune_p7.synth import generate
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
 
 SEARCH = REPO / "tune_p7" / "search.py"
 EVERY_EPOCH = {"cos_next", "cos_prev", "margin", "cos_anchor", "train_margin", "r_at_1", "r_at_5", "r_at_10",
@@ -37,10 +40,16 @@ def refused(r: subprocess.CompletedProcess, words) -> None:
         assert w in err, err
 
 
+WORKER_LINE = re.compile(r"\((?:[\w.]+ )?pid=\d+(?:, ip=[\d.]+)?\)")  # Ray's prefix of a worker's forwarded output
+
+
 def assert_clean_console(r: subprocess.CompletedProcess) -> None:
-    """No traceback anywhere, and the ranked table is the last thing on stdout (no late Ray log line after it)."""
+    """No traceback anywhere, no line of a Ray worker (its exit's `SystemExit` traceback, Tune's "Checkpoint
+    successfully created" after every epoch: they reach the console only with --verbose), and the ranked table is
+    the last thing on stdout (no late Ray log line after it)."""
     both = r.stdout + r.stderr
     assert "Traceback" not in both and "SystemExit" not in both, both[-3000:]
+    assert not WORKER_LINE.search(both) and "Checkpoint successfully created" not in both, both[-3000:]
     lines = [line for line in r.stdout.splitlines() if line.strip()]
     table = max(i for i, line in enumerate(lines) if line.startswith("| rank |"))
     assert lines[table - 1].startswith("summary: ") or lines[table - 2].startswith("summary: "), lines[-12:]
@@ -100,9 +109,12 @@ def test_smoke_search_runs_gates_asha_ranks_pass_first_and_ends_with_the_table(t
     assert "| 1 |" in r.stdout  # the ranked table is printed
 
 
-def test_the_readme_first_command_ends_with_the_ranked_table_and_no_traceback(tmp_path, strong_store):
-    """The default space as the README runs it: trials side by side on reused actors under ASHA, then the
-    confirmation stage; Ray's ended workers and late log lines must not reach the console."""
+def test_the_readme_first_command_ends_with_the_ranked_table_and_no_traceback(tmp_path, strong_store, shared_ray,
+                                                                               monkeypatch):
+    """The default space as the README runs it, on a local Ray of its own: trials side by side on reused actors
+    under ASHA, then the confirmation stage; Ray's ended workers and late log lines must not reach the console."""
+    for k in shared_ray:
+        monkeypatch.delenv(k)
     r = search("--data", strong_store, "--storage", tmp_path, "--name", "readme")
     assert "## Confirmed" in r.stdout
     assert_clean_console(r)
@@ -110,7 +122,9 @@ def test_the_readme_first_command_ends_with_the_ranked_table_and_no_traceback(tm
 
 def test_drift_gate_stops_trials_and_the_summary_says_when(tmp_path, strong_store):
     sp = space(tmp_path, SMALL + "  epochs: 3\n  margin: {grid: [0.07, 0.1]}\ngates: {drift: 0.99}\n")
-    search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "drift")
+    r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "drift", "--verbose")
+    both = r.stdout + r.stderr  # --verbose brings back what assert_clean_console keeps off the console
+    assert WORKER_LINE.search(both) and "Checkpoint successfully created" in both, both[-3000:]
     df = pd.read_parquet(tmp_path / "drift" / "summary.parquet")
     assert (df["status"] == "gate_stopped").all() and (df["gate"] == "drift").all()
     assert (df["stopped_epoch"] == 1).all()

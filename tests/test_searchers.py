@@ -16,6 +16,8 @@ from test_search import SEARCH, results, search
 from tune_p7.searchers import PruningHyperOptSearch, PruningOptunaSearch, reached_budget, search_alg
 from tune_p7.space import load_space
 
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
+
 # warmup_epochs 0 trials trip the margin gate at epoch 1 (no margin reaches 2.0; the gate is checked once past
 # warm-up + grace 0); warmup_epochs 3 trials are never checked and run to epoch 3. The points make both run.
 GATED = """

@@ -38,13 +38,13 @@ checkpoints: {num_to_keep: 1}
 
 
 @pytest.fixture(scope="module")
-def search40(tmp_path_factory):
+def search40(tmp_path_factory, shared_ray):
     """2 x 2 grid points x 10 samples = 40 trials of 2 epochs on a 40-article, 16-d store."""
     root = tmp_path_factory.mktemp("summary")
     store = make_store(root / "tiny.parquet", articles=40, chunks=10, dim=16)
     (root / "space.yaml").write_text(SPACE)
     r = run_cli(REPO / "tune_p7" / "search.py", "--space", root / "space.yaml", "--data", store, "--storage", root,
-                "--name", "s40", "--num-cpus", 2, "--max-concurrent", 2, "--confirm-top", 0, timeout=600)
+                "--name", "s40", "--num-cpus", 2, "--max-concurrent", 2, "--confirm-top", 0, timeout=600, env=shared_ray)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return root / "s40", r.stdout
 
