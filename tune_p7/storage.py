@@ -59,6 +59,16 @@ def read_bytes(uri_or_path: str) -> bytes:
         return f.read()
 
 
+def read_parquet(uri_or_path: str):
+    """A (small) Parquet file as a DataFrame, read from an Arrow buffer on the calling thread: a Python file object
+    (``pd.read_parquet(io.BytesIO(...))``) leaves Arrow threads that need the GIL, and a process that has imported
+    ray can then abort at exit (apache/arrow#50482, #45017)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(read_bytes(uri_or_path)), use_threads=False).to_pandas()
+
+
 def check_writable(storage: str) -> None:
     """Write and delete a probe file; refuse storage that cannot be written or has < 200 MiB free (local)."""
     probe = join(storage, f".tune_p7_write_probe_{uuid.uuid4().hex}")
