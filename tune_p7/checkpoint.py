@@ -112,3 +112,33 @@ def load_from(fs, path: str) -> dict:
 
     with tune.Checkpoint(path, filesystem=fs).as_directory() as d:
         return load(d)
+
+
+def restore_deleted(exp: str) -> list[tuple[str, str]]:
+    """Make every trial's latest checkpoint in Tune's experiment state exist again; returns (trial, source) pairs.
+
+    Tune deletes a checkpoint beyond ``num_to_keep`` as soon as a newer one is registered, but saves its
+    experiment state only every few seconds: a driver killed in between leaves a state whose latest checkpoint
+    is gone, and ``Tuner.restore`` then fails that trial ("Could not recover from checkpoint"). The first whole
+    checkpoint after it on storage is copied to the missing path; the trial then goes on from the newest one it
+    stored (resume_from).
+    """
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    repaired = []
+    for trial in tune.ExperimentAnalysis(exp).trials:
+        ckpt = trial.checkpoint
+        if ckpt is None or ckpt.filesystem.get_file_info(ckpt.path).type != pafs.FileType.NotFound:
+            continue
+        fs = ckpt.filesystem
+        kept = stored(fs, ckpt.path.rsplit("/", 1)[0])
+        # Checkpoints register in order and the named one was deleted when a later one registered, so the first
+        # later one on storage is registered too (its result recorded); a still later one may have been in flight
+        later = [p for p in kept if p > ckpt.path]
+        source = later[0] if later else kept[-1] if kept else None
+        if source:
+            fs.create_dir(ckpt.path)
+            pafs.copy_files(source, ckpt.path, source_filesystem=fs, destination_filesystem=fs)
+            repaired.append((trial.trial_id, source))
+    return repaired

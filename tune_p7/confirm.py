@@ -22,10 +22,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tune_p7 import storage
+from tune_p7 import checkpoint, storage
 from tune_p7.config import P7Config
 from tune_p7.errors import InputError
 from tune_p7.metrics import DEPLOY_MRR, DEPLOY_R5, PASS, verdict
+from tune_p7.reporting import varied
 from tune_p7.space import RUN_KEY, ConfirmSettings, trial_config
 
 PLAN_FILE, TABLE_FILE, FOLDER = "confirm.json", "confirm.parquet", "confirm"
@@ -107,19 +108,13 @@ def _write(exp: str, record: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the plan
-def _read_parquet(path: str) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
-
-
 def choose(exp: str, top: int) -> tuple[list[dict], set[int]]:
     """The ``top`` best distinct configurations of the ranked summary (summary.parquet's rank; errored and
     unfinished trials left out; configurations equal but for the seed count once), each as {rank, trial_id,
     config: its non-default keys but the seed, varied: the search's varied keys}; and every seed the search used."""
     from ray.tune import ExperimentAnalysis
 
-    from tune_p7.summarize import varied
-
-    ranked = _read_parquet(storage.join(exp, "summary.parquet"))
+    ranked = storage.read_parquet(storage.join(exp, "summary.parquet"))
     full = {t.trial_id: P7Config.from_dict(trial_config(t.config), source="trial config").to_dict()
             for t in ExperimentAnalysis(exp).trials}
     default = P7Config().to_dict()
@@ -166,9 +161,7 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates), {"cpu": cpus})
     path = storage.join(exp, FOLDER)
     if tune.Tuner.can_restore(path):
-        from tune_p7.search import restore_deleted_checkpoints
-
-        for trial_id, source in restore_deleted_checkpoints(path):
+        for trial_id, source in checkpoint.restore_deleted(path):
             print(f"  confirm:   trial {trial_id}: Tune's state named a deleted checkpoint, resuming from {source}")
         return tune.Tuner.restore(path, trainable, resume_errored=True)
     return tune.Tuner(
@@ -191,7 +184,7 @@ def collect(exp: str, record: dict) -> pd.DataFrame:
     the final epoch's metrics (DIRECT's included) and config/<key> for every config key."""
     from ray.tune import ExperimentAnalysis
 
-    from tune_p7.summarize import read_results
+    from tune_p7.resultlog import read_results  # imports Ray's Tune: only where the trials are read
 
     path = storage.join(exp, FOLDER)
     rows = []
@@ -228,9 +221,6 @@ def run(exp: str, conf: ConfirmSettings, data, space, cpus: float, max_concurren
     buf = io.BytesIO()
     collect(exp, record).to_parquet(buf, index=False)
     storage.write_bytes(storage.join(exp, TABLE_FILE), buf.getvalue())
-    from tune_p7.summarize import summarize
-
-    summarize(exp)
     return markdown(exp)
 
 
@@ -284,7 +274,7 @@ def markdown(exp: str) -> str:
     """The "Confirmed" section of summary.md from confirm.parquet, confirm.json and (for ridge) probe.json."""
     record, probe = _read(exp), _probe(exp)
     ridge = probe["splits"]["val"]["baselines"]["ridge"] if probe else None
-    agg = aggregate(_read_parquet(storage.join(exp, TABLE_FILE)), ridge)
+    agg = aggregate(storage.read_parquet(storage.join(exp, TABLE_FILE)), ridge)
     diffs = [f"{k}_minus_direct" for k in DEPLOY] + ([f"{k}_minus_ridge" for k in DEPLOY] if ridge else [])
     head = ["configuration", "n", *[LABEL[k] for k in METRICS],
             *[f"{LABEL[k.split('_minus_')[0]]} - {k.split('_minus_')[1]}" for k in diffs],

@@ -17,6 +17,7 @@ import pandas as pd
 
 from tune_p7 import storage
 from tune_p7.errors import InputError
+from tune_p7.reporting import varied
 
 TARGETS = {"margin": "final val margin", "r_at_5": "val R@5"}
 FINISHED = ("completed", "asha_stopped", "gate_stopped")
@@ -54,9 +55,8 @@ def _levels(values: list) -> list:
 
 
 def varied_keys(df: pd.DataFrame) -> list[str]:
-    """The config keys that take more than one value in ``df`` (the seed is not a hyperparameter)."""
-    cols = [c for c in df.columns if c.startswith("config/") and c != "config/seed"]
-    return [c.removeprefix("config/") for c in cols if df[c].astype(str).nunique() > 1]
+    """The config keys (without ``config/``) that take more than one value in ``df``."""
+    return [c.removeprefix("config/") for c in varied(df)]
 
 
 def space_samplers(record: dict) -> dict[str, tuple[str, list | None]]:

@@ -1,5 +1,5 @@
 """What the search, the summary and the held-out evaluation share: the search record's file name, the one ranking
-key and the number format of the tables.
+key, the varied config columns and the number format of the tables.
 
 The ranking key orders trials (summary) and checkpoints (evaluate's choice) the same way, on val metrics only:
 deployment check passed first, then the verdict (PASS > MARGINAL > FAIL), then the higher val margin.
@@ -28,6 +28,12 @@ def ranked_index(df: pd.DataFrame, deploy: str = "deploy_ok", verdict: str = "ve
     """The index of ``df`` in ranking order (stable: ties keep their order), from the named columns."""
     keys = {i: ranking_key(d, v, m) for i, d, v, m in zip(df.index, df[deploy], df[verdict], df[margin])}
     return sorted(df.index, key=keys.__getitem__)
+
+
+def varied(df: pd.DataFrame) -> list[str]:
+    """The ``config/<key>`` columns of ``df`` that take more than one value (the seed is not a hyperparameter)."""
+    cols = [c for c in df.columns if c.startswith("config/") and c != "config/seed"]
+    return [c for c in cols if df[c].astype(str).nunique() > 1]
 
 
 def fmt(v, sampler: str | None = None) -> str:

@@ -6,7 +6,6 @@ checkpoints every epoch, and writes the ranked summary into the experiment folde
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -159,36 +158,6 @@ def write_probe(data, space: Space, exp: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def restore_deleted_checkpoints(exp: str) -> list[tuple[str, str]]:
-    """Make every trial's latest checkpoint in Tune's experiment state exist again; returns (trial, source) pairs.
-
-    Tune deletes a checkpoint beyond ``num_to_keep`` as soon as a newer one is registered, but saves its
-    experiment state only every few seconds: a driver killed in between leaves a state whose latest checkpoint
-    is gone, and ``Tuner.restore`` then fails that trial ("Could not recover from checkpoint"). The first whole
-    checkpoint after it on storage is copied to the missing path; the trial then goes on from the newest one it
-    stored (checkpoint.resume_from).
-    """
-    import pyarrow.fs as pafs
-    from ray import tune
-
-    repaired = []
-    for trial in tune.ExperimentAnalysis(exp).trials:
-        ckpt = trial.checkpoint
-        if ckpt is None or ckpt.filesystem.get_file_info(ckpt.path).type != pafs.FileType.NotFound:
-            continue
-        fs = ckpt.filesystem
-        kept = checkpoint.stored(fs, ckpt.path.rsplit("/", 1)[0])
-        # Checkpoints register in order and the named one was deleted when a later one registered, so the first
-        # later one on storage is registered too (its result recorded); a still later one may have been in flight
-        later = [p for p in kept if p > ckpt.path]
-        source = later[0] if later else kept[-1] if kept else None
-        if source:
-            fs.create_dir(ckpt.path)
-            pafs.copy_files(source, ckpt.path, source_filesystem=fs, destination_filesystem=fs)
-            repaired.append((trial.trial_id, source))
-    return repaired
-
-
 def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     from ray import tune
 
@@ -205,7 +174,7 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     if opts.resume:
         if not tune.Tuner.can_restore(exp):
             raise InputError(exp, "no experiment to resume here (no Tune state found)")
-        for trial_id, path in restore_deleted_checkpoints(exp):
+        for trial_id, path in checkpoint.restore_deleted(exp):
             print(f"  resume:    trial {trial_id}: Tune's state named a deleted checkpoint, resuming from {path}")
         return tune.Tuner.restore(exp, trainable, resume_errored=True)
     s = space.scheduler
@@ -290,14 +259,14 @@ def main(argv=None) -> int:
     table = summarize(exp)
     confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
                             opts.max_concurrent, opts.max_failures) if confirming.top else None
+    if confirmed:
+        summarize(exp)  # again, with the Confirmed section
     ray.shutdown()  # its workers' last lines and exits come now, not after the table
     if confirmed:
         print(confirmed)
     print(f"summary: {storage.join(exp, 'summary.md')}\n         {storage.join(exp, 'summary.html')} (open in a browser)")
     print(table)
-    import pandas as pd
-
-    status = pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(exp, "summary.parquet"))))["status"]
+    status = storage.read_parquet(storage.join(exp, "summary.parquet"))["status"]
     errored = int((status == "errored").sum())
     if errored:
         print(f"error: {errored} of {len(status)} trials errored (see summary.md, Errors)", file=sys.stderr)

@@ -6,7 +6,6 @@ ranking key (``reporting.ranking_key``) on its checkpoint's val metrics: never o
 """
 from __future__ import annotations
 
-import io
 import math
 import pickle
 import tempfile
@@ -76,7 +75,7 @@ def read_summary(exp: str) -> pd.DataFrame:
 
         print(f"no summary.parquet in {exp}: summarizing first", flush=True)
         summarize(exp)
-    return pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
+    return storage.read_parquet(path)
 
 
 def choose_candidates(exp: str, summary: pd.DataFrame, top: int) -> tuple[list[Candidate], list[str]]:

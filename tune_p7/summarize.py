@@ -21,7 +21,8 @@ from tune_p7.metrics import deploy_ok, verdict
 from tune_p7.pbt import schedules
 from tune_p7.plots import References, hp_label, plots
 from tune_p7.report_html import to_html
-from tune_p7.reporting import RANKING, SEARCH_FILE, fmt, ranked_index
+from tune_p7.reporting import RANKING, SEARCH_FILE, fmt, ranked_index, varied
+from tune_p7.resultlog import read_results
 from tune_p7.space import trial_config
 
 TOP_ROWS = 20  # rows of the ranked table in summary.md and on the console; summary.parquet holds all
@@ -34,20 +35,6 @@ HEADERS = {"margin": "margin", "direct_margin": "DIRECT margin", "direct_cos_nex
            "r_at_5_xctx": "R@5 xctx", "direct_r_at_5_xctx": "DIRECT R@5 xctx", "mrr_at_10_xctx": "MRR@10 xctx",
            "direct_mrr_at_10_xctx": "DIRECT MRR@10 xctx", "best_margin": "best margin", "deploy_ok": "deploy",
            "status": "ended", "stopped_epoch": "epochs"}
-
-
-def read_results(exp: str, trial_dir: str) -> list[dict]:
-    """A trial's result.json, one JSON object a line; a torn last line (crash mid-write) is skipped."""
-    path = storage.join(exp, trial_dir, "result.json")
-    if not storage.exists(path):
-        return []
-    rows = []
-    for line in storage.read_bytes(path).decode("utf-8", "replace").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _error_text(exp: str, trial_dir: str, filename: str | None) -> str:
@@ -107,11 +94,6 @@ def rank(df: pd.DataFrame) -> pd.DataFrame:
     df = df.loc[ranked_index(df, margin="best_margin" if "best_margin" in df else "margin")].reset_index(drop=True)
     df.insert(0, "rank", range(1, len(df) + 1))
     return df
-
-
-def varied(df: pd.DataFrame) -> list[str]:
-    cols = [c for c in df.columns if c.startswith("config/") and c not in ("config/seed",)]
-    return [c for c in cols if df[c].astype(str).nunique() > 1]
 
 
 def samplers(df: pd.DataFrame, record: dict) -> dict[str, str]:
