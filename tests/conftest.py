@@ -71,8 +71,8 @@ def run_cli(*args, timeout=600, cwd=None, **kw) -> subprocess.CompletedProcess:
 
 def kill_when(args, exp: Path, checkpoint: str, trials: int = 2, settle: float = 0.0, timeout: float = 300) -> None:
     """Start the command line ``args`` (a search), wait until ``trials`` trials of experiment ``exp`` have written
-    ``checkpoint`` (e.g. checkpoint_000002), wait ``settle`` s more, then SIGKILL the driver and the local Ray it
-    started, with no cleanup: the fault a resume must survive."""
+    ``checkpoint`` (e.g. checkpoint_000002), wait ``settle`` s more, then SIGKILL the driver (and the local Ray, if
+    it started one), with no cleanup: the fault a resume must survive. Its trials end with it."""
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=REPO, start_new_session=True)
     try:

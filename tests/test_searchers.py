@@ -158,7 +158,7 @@ def test_killed_optuna_search_resumes_without_repeats(tmp_path, strong_store):
             time.sleep(0.3)
         time.sleep(1.0)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, no cleanup
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver (its trials end with it), no cleanup
         proc.wait()
     before = tune.ExperimentAnalysis(str(exp)).trials
     finished = {os.path.basename(t.path): results(exp)[os.path.basename(t.path)]
