@@ -179,11 +179,22 @@ def plot(curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
+GOALS = {"tpe_epochs_to_random_best": 0.5, "bohb_epochs_to_random_best": 0.5, "pbt_best_minus_random_best": None}
+
+
 def merge_summary(quick: bool, figures: dict) -> None:
-    """Put the headline keys into summary.json without dropping the keys other benches wrote."""
+    """Put the headline keys and their goals into summary.json without dropping what other benches wrote."""
     path = results_dir(quick) / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
-    summary.update(figures)
+    summary.update({k: v["median"] for k, v in figures.items()})
+    summary["search_efficiency"] = {k: {kk: v[kk] for kk in ("median", "min", "max", "per_seed")}
+                                    for k, v in figures.items()}
+    for k, goal in GOALS.items():
+        m = figures[k]["median"]
+        summary.setdefault("targets", {})[k] = {
+            "target": "reported" if goal is None else f"<= {goal}", "bench": "search_efficiency",
+            "met": None if goal is None else bool(math.isfinite(m) and m <= goal),
+            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     path.write_text(dump_json(summary))
 
 
@@ -231,9 +242,7 @@ def main(argv=None):
               f"{', '.join(f'{x:.3g}' for x in v['per_seed'])})")
     write_result("search_efficiency", out, quick=a.quick)
     plot(curves, results_dir(a.quick) / "search_efficiency.png")
-    merge_summary(a.quick, {k: v["median"] for k, v in figures.items()} |
-                  {"search_efficiency": {k: {kk: v[kk] for kk in ("median", "min", "max", "per_seed")}
-                                         for k, v in figures.items()}})
+    merge_summary(a.quick, figures)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,9 +212,9 @@ SHARED_MARKER = f"{MARKER}-shared"  # not MARKER: the cluster tests' sweeps must
 @contextmanager
 def shared_node(cpus: int = 2):
     """One Ray node for a whole test session's searches (scripts/cluster_head.sh: ``cpus`` CPUs on NODE_IP, this
-    run's token, free ports); yields the environment a driver needs to join it ({} where NODE_IP is not a
-    loopback address: each search then starts its own local Ray). Ended by scripts/cluster_stop.sh, then
-    whatever of it is left by its own marker."""
+    run's token, free ports); yields the environment a driver needs to join it, or {} (with a warning when the
+    start failed) where NODE_IP cannot be bound or the node does not start: each search then starts its own local
+    Ray. Ended by scripts/cluster_stop.sh, then whatever of it is left by its own marker."""
     try:
         with socket.socket() as s:
             s.bind((NODE_IP, 0))
@@ -228,7 +229,11 @@ def shared_node(cpus: int = 2):
     ctl = Path(head_env["P7_NODE_DIR"])
     try:
         r = script("cluster_head.sh", env=head_env)
-        assert r.returncode == 0, r.stdout + r.stderr + tail(ctl / "head.log")
+        if r.returncode != 0:  # the searches still run, each on a local Ray of its own
+            warnings.warn(f"no shared Ray node for this session: {r.stderr.strip()[-300:]} "
+                          f"{tail(ctl / 'head.log', 300)}")
+            yield {}
+            return
         yield {"RAY_ADDRESS": f"{NODE_IP}:{gcs}", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
     finally:
         try:

@@ -82,5 +82,31 @@ def kill_when(args, exp: Path, checkpoint: str, trials: int = 2, settle: float =
         assert len(list(exp.glob(f"*/{checkpoint}"))) >= trials, "no checkpoints before the kill"
         time.sleep(settle)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_driver(proc, exp)
+
+
+def kill_driver(proc: subprocess.Popen, exp: Path, quiet: float = 1.5, timeout: float = 60) -> None:
+    """SIGKILL a search's driver started in a session of its own (and the local Ray, if it started one), then wait
+    until nothing in ``exp`` has changed for ``quiet`` s. On a running Ray node the driver's trials end with it
+    (an actor writing every 0.1 s stopped within 0.1 s of its driver's SIGKILL); the wait makes sure no write
+    races what the test reads and the resume."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    def snapshot():
+        seen = set()
+        for f in exp.rglob("*"):
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # removed meanwhile: the next snapshot differs
+                continue
+            seen.add((str(f), st.st_size, st.st_mtime_ns))
+        return seen
+
+    before, deadline = snapshot(), time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(quiet)
+        now = snapshot()
+        if now == before:
+            return
+        before = now

@@ -1,8 +1,6 @@
 """The confirmation stage: its statistics on hand-made numbers, and real confirmation runs under a local Ray."""
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, kill_driver, run_cli
 from test_search import SMALL, search, space  # the small model's space text, search.py under Ray
 from tune_p7.confirm import aggregate, difference, new_seeds, robust_deploy, robust_pass, t_interval
 
@@ -118,8 +116,7 @@ def test_confirming_a_finished_search_survives_a_killed_driver_and_flat_data_nev
             time.sleep(0.3)
         assert list(exp.glob("confirm/*/result.json")), "the confirmation did not start before the deadline"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, no cleanup
-        proc.wait()
+        kill_driver(proc, exp)  # no cleanup
     assert not (exp / "confirm.parquet").exists(), "the confirmation had finished before the kill"
 
     r = run_cli(SEARCH, "--resume", "--name", "flat", "--storage", tmp_path, "--confirm-top", 2, timeout=120)

@@ -11,8 +11,6 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from conftest import REPO, run_cli
 from tune_p7 import importance
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
-
 SEARCH = REPO / "tune_p7" / "search.py"
 SAMPLERS = {"lr": "loguniform", "w_teacher": "uniform", "arch": "choice"}
 
@@ -133,6 +131,7 @@ checkpoints: {num_to_keep: 1}
 """
 
 
+@pytest.mark.usefixtures("ray_cluster")  # the search joins the session's Ray node (conftest)
 def test_a_real_search_where_only_lr_can_learn_ranks_lr_first(tmp_path, strong_store):
     space = tmp_path / "space.yaml"
     space.write_text(REAL_SPACE)  # 12 trials: lr 1e-7 cannot move the weights in 2 epochs, w_teacher is noise

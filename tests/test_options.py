@@ -16,7 +16,10 @@ def test_defaults_are_the_dataclass_fields(monkeypatch):
     ("auto", None, "auto"),
     ("127.0.0.2:6379", "10.0.0.1:6379", "10.0.0.1:6379"),  # --address wins
     ("http://127.0.0.1:8265", None, None),  # the job API's address (`ray job ...`), not a cluster to join
+    ("HTTPS://head:8265", None, None),
+    ("local", None, None),  # Ray's own word for "start a local Ray"
     ("", None, None),
+    ("  ", None, None),
 ])
 def test_address_defaults_to_ray_address_when_it_names_a_cluster(monkeypatch, env, given, expected):
     monkeypatch.setenv("RAY_ADDRESS", env)

@@ -1,4 +1,5 @@
-"""End to end under a real local Ray: python tune_p7/search.py, its gates, errors, resume and summary."""
+"""End to end under real Ray (the session's node, or a local Ray of its own): python tune_p7/search.py, its gates,
+errors, resume and summary."""
 import json
 import os
 import re
@@ -25,8 +26,8 @@ SUMMARY_COLUMNS = {"trial_id", "status", "gate", "stopped_epoch", "verdict", "de
                    "config/arch", "config/margin", "margin", "cos_next", "r_at_5", "direct_r_at_5"}
 
 
-def search(*args, timeout=600, code=0):
-    r = run_cli(SEARCH, "--num-cpus", 2, *args, timeout=timeout)
+def search(*args, timeout=600, code=0, env=None):
+    r = run_cli(SEARCH, "--num-cpus", 2, *args, timeout=timeout, env=env or {})
     assert r.returncode == code, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
@@ -199,12 +200,13 @@ def test_killed_driver_resumes_from_checkpoints(tmp_path, strong_store):
 
 
 @pytest.fixture(scope="module")
-def auto(tmp_path_factory, small_store):
+def auto(tmp_path_factory, small_store, shared_ray):
     """A finished search of two 1-epoch trials with precision: auto."""
     root = tmp_path_factory.mktemp("auto")
     sp = space(root, SMALL + "  epochs: 1\n  precision: auto\n  margin: {grid: [0.07, 0.1]}\n"
                "scheduler: {name: fifo}\n")
-    r = search("--space", sp, "--data", small_store, "--storage", root / "results", "--name", "auto", "--no-probe")
+    r = search("--space", sp, "--data", small_store, "--storage", root / "results", "--name", "auto", "--no-probe",
+               env=shared_ray)
     return {"root": root / "results", "exp": root / "results" / "auto", "space": sp, "run": r}
 
 

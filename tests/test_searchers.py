@@ -2,7 +2,6 @@
 import glob
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 from ray import tune
 
-from conftest import REPO, run_cli
+from conftest import REPO, kill_driver, run_cli
 from test_search import SEARCH, results, search
 from tune_p7.searchers import PruningHyperOptSearch, PruningOptunaSearch, reached_budget, search_alg
 from tune_p7.space import load_space
@@ -158,8 +157,7 @@ def test_killed_optuna_search_resumes_without_repeats(tmp_path, strong_store):
             time.sleep(0.3)
         time.sleep(1.0)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver (its trials end with it), no cleanup
-        proc.wait()
+        kill_driver(proc, exp)  # no cleanup
     before = tune.ExperimentAnalysis(str(exp)).trials
     finished = {os.path.basename(t.path): results(exp)[os.path.basename(t.path)]
                 for t in before if t.status == "TERMINATED"}

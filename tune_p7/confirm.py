@@ -210,8 +210,8 @@ def collect(exp: str, record: dict) -> pd.DataFrame:
 
 def run(exp: str, conf: ConfirmSettings, data, space, cpus: float, max_concurrent: int = 0,
         max_failures: int = 2) -> str:
-    """Run (or resume) the confirmation of the finished, summarized search in ``exp``; write confirm.parquet and
-    rebuild summary.md; return the Confirmed section."""
+    """Run (or resume) the confirmation of the finished, summarized search in ``exp``; write confirm.parquet
+    (summarizing again then adds the Confirmed section to summary.md); return the Confirmed section."""
     record = plan(exp, conf)
     if not record["configs"]:
         return "Confirmation: no finished configuration to confirm."

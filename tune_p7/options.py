@@ -31,9 +31,9 @@ class SearchOptions:
                                  f"[default: {DEFAULT_DATA.relative_to(REPO)}; with --resume: the experiment's]")
     name: str | None = opt(None, "experiment name [default: <space>-<date>-<time>; with --resume: the newest]")
     storage: str = opt("./ray_results", "results path or URI (s3://..., NFS path)")
-    address: str | None = opt(None, "Ray cluster to join (auto, HOST:PORT, ray://...) [default: $RAY_ADDRESS when it names a "
-                                    "cluster (not the dashboard's http:// URL), as in a `ray job submit` job; else start "
-                                    "a local Ray]")
+    address: str | None = opt(None, "Ray cluster to join (auto, HOST:PORT, ray://...) [default: $RAY_ADDRESS "
+                                    "when it names a cluster (not `local`, not the dashboard's http:// URL), as in a "
+                                    "`ray job submit` job; else start a local Ray]")
     cpus_per_trial: float | None = opt(None, "CPUs per trial [default: the space's, else 1]")
     max_concurrent: int = opt(0, "trials at once, 0: as many as CPUs allow")
     epochs: int | None = opt(None, "override every trial's epochs (not with --resume)")
@@ -79,7 +79,8 @@ def parser(cls=SearchOptions, **kw) -> argparse.ArgumentParser:
 
 def parse(argv=None, **kw) -> SearchOptions:
     values = vars(parser(**kw).parse_args(argv))
-    env = os.environ.get("RAY_ADDRESS", "")
-    if values["address"] is None and env and not env.startswith(("http://", "https://")):  # what ray.init() joins;
-        values["address"] = env  # an http:// one is the job API's address (`ray job ...`), not a cluster's
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    # what ray.init() would join; "local" starts one, and an http:// address is the job API's (`ray job ...`)
+    if values["address"] is None and env and env != "local" and not env.lower().startswith(("http://", "https://")):
+        values["address"] = env
     return SearchOptions(**values)

@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     table = summarize(exp)
     confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
                             opts.max_concurrent, opts.max_failures) if confirming.top else None
-    if confirmed:
+    if confirmed and storage.exists(storage.join(exp, confirm.TABLE_FILE)):
         summarize(exp)  # again, with the Confirmed section
     ray.shutdown()  # its workers' last lines and exits come now, not after the table
     if confirmed:

@@ -66,7 +66,7 @@ def read_parquet(uri_or_path: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(pa.BufferReader(read_bytes(uri_or_path)), use_threads=False).to_pandas()
+    return pq.read_table(pa.BufferReader(read_bytes(uri_or_path)), use_threads=False).to_pandas(use_threads=False)
 
 
 def check_writable(storage: str) -> None:
