@@ -57,3 +57,15 @@ def test_no_module_name_shadows_an_installed_module():
     installed = [p for p in sys.path if p and not p.startswith(str(REPO))]  # not the checkout's own folders
     for f in (REPO / "tune_p7").glob("*.py"):
         assert f.stem not in sys.builtin_module_names and PathFinder.find_spec(f.stem, installed) is None, f.stem
+
+
+@pytest.mark.parametrize("body, code", [("return 3", 3), ("raise InputError('f.yaml', 'bad')", 2), ("return None", 0)])
+def test_a_command_exits_with_its_code_after_the_atexit_handlers_and_its_output(body, code):
+    """cli.run leaves through cli.leave: stdout written, atexit handlers run (Ray's shutdown is one), then the exit
+    code, skipping only the interpreter's teardown (where Arrow's thread pools can abort a finished command)."""
+    prog = ("import atexit, sys\nfrom tune_p7 import cli\nfrom tune_p7.errors import InputError\n"
+            "atexit.register(lambda: print('atexit ran'))\n"
+            f"def main():\n    print('work done', end='')\n    {body}\ncli.run(main)\n")
+    r = run_cli("-c", prog, timeout=60)
+    assert r.returncode == code, r.stderr
+    assert r.stdout.startswith("work done") and "atexit ran" in r.stdout, r.stdout
