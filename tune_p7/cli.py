@@ -63,7 +63,7 @@ def run(main: Callable[[], int | None]) -> None:
 def leave(code: int) -> None:
     """Exit with ``code`` after the atexit handlers (Ray's shutdown, logging, temporary files) but without the
     interpreter's teardown: Arrow's thread pools (pyarrow's, Ray's) can abort a finished command there (SIGABRT,
-    exit -6, after its last line; apache/arrow#50482 and #45017), seen in about 1 search of 50 here."""
+    exit -6, after its last line; apache/arrow#50482 and #45017): twice in about 200 searches of the test suite."""
     sys.stdout.flush()
     sys.stderr.flush()
     atexit._run_exitfuncs()
