@@ -5,6 +5,7 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -158,6 +159,7 @@ checkpoints: {num_to_keep: 3}
 """)
     sched = build_scheduler(load_space(path))
     random.seed(0)
+    np.random.seed(0)  # resamples draw from Tune's samplers, which use numpy's generator
     config, seen = {"lr": 3.0e-3, "temperature": 0.05, "margin": 0.07}, []
     for _ in range(300):  # a walk of perturbations and resamples from the edges
         config, _ = _explore(config, sched._hyperparam_mutations, sched._resample_probability,
