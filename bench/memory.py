@@ -87,7 +87,7 @@ def checked_trial(config: dict, data, gates, probe_dir: str, trim: bool = False)
     import numpy as np
     import torch
 
-    from tune_p7.data import SplitTensors
+    from tune_p7.batches import SplitTensors
     from tune_p7.trainable import train_trial
 
     chunks = data.train.chunks

@@ -16,7 +16,7 @@ from common import (alternate, cpu_info, matmul_gflops, median, paired_ratio, pa
                     timed, write_result)
 from step import tune_p7_runner
 from tune_p7.config import P7Config
-from tune_p7.data import SplitTensors
+from tune_p7.batches import SplitTensors
 from tune_p7 import fastpath
 from tune_p7.fastpath import use_bf16
 from tune_p7.model import build_model

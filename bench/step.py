@@ -21,7 +21,7 @@ from common import (alternate, median, paired_ratio, parser, spread, synth_split
                     matmul_gflops, write_result)
 from naive import NaiveLoop
 from tune_p7.config import P7Config
-from tune_p7.data import SplitTensors
+from tune_p7.batches import SplitTensors
 from tune_p7.loop import TrainStep, make_optimizer, use_bf16
 from tune_p7.model import build_model
 

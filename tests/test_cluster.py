@@ -157,26 +157,19 @@ def test_driver_without_any_token_gets_one_line(cluster, workdir, store):
     assert "error: --address" in out and "token" in out, out[-3000:]
 
 
-def test_job_submission_through_the_dashboard(cluster, s3, workdir, store):
+def test_job_submission_through_the_dashboard_uploads_the_checkout_and_the_shipped_data(cluster, s3, workdir):
     """scripts/cluster_submit.sh: `ray job submit` to the dashboard's job API (token required), the search's
-    driver on the head node, the repository as the job's working directory, results in S3."""
+    driver on the head node, the repository as the job's working directory, results in S3. Without --data the
+    job's search reads the shipped data/pydocs.parquet from the uploaded checkout (data files are otherwise left
+    out of the upload); a relative --data that is missing or outside the checkout is refused with one line before
+    anything is submitted (an absolute --data, a path on the head node, is tests/test_job_env.py's)."""
     _, client = s3
     env = {**cluster.env, "DASHBOARD": cluster.dashboard_url}
-    args = ["--storage", f"s3://{BUCKET}/exp", "--name", "job", "--data", store, "--epochs", 1, "--no-probe"]
+    args = ["--storage", f"s3://{BUCKET}/exp", "--name", "shipped", "--epochs", 1, "--no-probe",
+            "--confirm-top", 0]  # the confirmation stage is tests/test_confirm.py's
     bad = script("cluster_submit.sh", *args, env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}, timeout=120)
     assert bad.returncode != 0 and "Invalid authentication token" in bad.stderr, bad.stderr[-2000:]
-    assert script("cluster_submit.sh", "--data", store, env=env, timeout=60).returncode == 2  # no --storage
-    r = script("cluster_submit.sh", *args, env=env, timeout=420)
-    assert r.returncode == 0 and "succeeded" in r.stdout + r.stderr, r.stdout[-4000:] + r.stderr[-3000:]
-    df = summary(client, "exp/job")
-    assert len(df) == 4 and "errored" not in set(df["status"]), df
-
-def test_job_submission_uploads_the_shipped_data_and_refuses_a_relative_path_it_cannot_upload(cluster, s3, workdir):
-    """Without --data the job's search reads the shipped data/pydocs.parquet from the uploaded checkout (data files
-    are otherwise left out of the upload); a relative --data that is missing or outside the checkout is refused
-    with one line before anything is submitted."""
-    _, client = s3
-    env = {**cluster.env, "DASHBOARD": cluster.dashboard_url}
+    assert script("cluster_submit.sh", "--epochs", 1, env=env, timeout=60).returncode == 2  # no --storage
     for data, problem in (("no/such.parquet", "not found in the repository"),
                           ("../outside.parquet", "outside the repository")):
         r = script("cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "refused", "--data", data,
@@ -184,13 +177,13 @@ def test_job_submission_uploads_the_shipped_data_and_refuses_a_relative_path_it_
         assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
         assert r.stderr.startswith(f"error: --data {data}: {problem}"), r.stderr
     assert not s3_keys(client, "exp/refused/")
-    r = script("cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "shipped", "--epochs", 1,
-               "--no-probe", env=env, timeout=420)
+    r = script("cluster_submit.sh", *args, env=env, timeout=420)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in out, r.stdout[-4000:] + r.stderr[-3000:]
     assert "data/pydocs.parquet (train" in out and "dim 384" in out, out[-4000:]
     df = summary(client, "exp/shipped")
     assert len(df) == 4 and "errored" not in set(df["status"]), df
+
 
 def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, workdir, slower_store):
     """SIGKILL the worker node once a trial there has uploaded its epoch-2 checkpoint to S3: the search

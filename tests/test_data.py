@@ -4,10 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from conftest import make_store
-from tune_p7.data import SplitTensors, load
+from tune_p7.data import load
 from tune_p7.errors import InputError
 from tune_p7.store import read_store, write_store
 
@@ -43,21 +42,6 @@ def test_splits_are_disjoint_by_article_and_seeded(small_store):
     assert sum(map(len, sets)) == len(np.unique(store.article_id))
     assert np.array_equal(a.val.chunks, b.val.chunks)
     assert not np.array_equal(load(small_store, split_seed=2).val.chunks, a.val.chunks)
-
-
-def test_batch_parts_and_hard_negatives_from_the_same_article(small_store):
-    split = load(small_store).train
-    st = SplitTensors(split, 5)
-    idx = torch.arange(0, 40, 3)
-    b = st.batch(idx)
-    w = st.windows[idx]
-    assert torch.equal(b.next, st.chunks[w[:, -1]].float())
-    assert torch.equal(b.prev, st.chunks[w[:, -2]].float())
-    assert torch.equal(b.prev_gate, st.chunks[w[:, -3]].float())
-    rows, valid = st.hard_negatives(idx, 6, torch.Generator().manual_seed(0))
-    assert valid.all()
-    assert (article_of(split, rows.numpy()) == article_of(split, w[:, :1].numpy())).all()
-    assert not (rows.unsqueeze(-1) == w.unsqueeze(1)).any()  # neither the target nor in the window
 
 
 def _npz(path, n=40, k=5, d=16, **extra):

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from conftest import small_config
 from tune_p7 import fastpath
-from tune_p7.data import SplitTensors, load
+from tune_p7.batches import SplitTensors
+from tune_p7.data import load
 from tune_p7.fastpath import RETRIEVAL_BLOCK, release_free_memory, use_bf16
 from tune_p7.loop import TrainStep, make_optimizer
 from tune_p7.metrics import retrieval_ranks_xctx

@@ -8,7 +8,7 @@ from conftest import small_config
 from tune_p7.data import load
 from tune_p7.loop import Evaluator, NonFiniteLoss, fit
 from tune_p7.model import build_model
-from tune_p7.metrics import PASS
+from tune_p7.verdicts import PASS
 
 
 def test_learns_a_planted_direction(strong_store):
@@ -98,7 +98,7 @@ def test_bf16_and_fp32_end_with_the_same_val_metrics(strong_store):
 
 
 def test_every_metric_a_space_may_rank_by_is_reported_every_epoch(small_store):
-    from tune_p7.metrics import RANKABLE
+    from tune_p7.verdicts import RANKABLE
 
     for m in fit(small_config(epochs=2), load(small_store)):
         assert set(RANKABLE) <= set(m), set(RANKABLE) - set(m)

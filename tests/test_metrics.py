@@ -1,12 +1,11 @@
-"""Metrics: cosines, retrieval ranks against a bank, verdicts and the deployment check."""
+"""Metrics: cosines and retrieval ranks against a bank."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tune_p7.metrics import (cosines, deploy_ok, fail_reasons, infonce_chance, retrieval, retrieval_ranks,
-                             retrieval_ranks_xctx, verdict)
+from tune_p7.metrics import cosines, infonce_chance, retrieval, retrieval_ranks, retrieval_ranks_xctx
 
 
 def test_cosines_by_hand():
@@ -52,30 +51,6 @@ def test_nan_queries_are_never_found():
     ranks = retrieval_ranks(torch.full((2, 4), float("nan")), torch.eye(4), torch.tensor([0, 1]))
     assert ranks.tolist() == [4, 4]
     assert retrieval(ranks)["r_at_1"] == 0.0
-
-
-def test_verdicts_follow_facts_thresholds():
-    assert verdict({"margin": 0.25, "cos_next": 0.5, "cos_anchor": 0.45}) == "PASS"
-    assert verdict({"margin": 0.15, "cos_next": 0.5, "cos_anchor": 0.45}) == "MARGINAL"
-    assert verdict({"margin": 0.25, "cos_next": 0.40, "cos_anchor": 0.45}) == "MARGINAL"
-    assert verdict({"margin": 0.09, "cos_next": 0.9, "cos_anchor": 0.9}) == "FAIL"
-    assert verdict({"margin": 0.3, "cos_next": 0.9, "cos_anchor": 0.04}) == "FAIL"  # drift
-    assert verdict({"margin": float("nan"), "cos_next": 0.9, "cos_anchor": 0.9}) == "FAIL"
-
-
-def test_fail_reasons_name_the_missed_thresholds():
-    assert fail_reasons({"margin": 0.25, "cos_next": 0.5, "cos_anchor": 0.45}) == []
-    assert fail_reasons({"margin": 0.15, "cos_next": 0.5, "cos_anchor": 0.35}) == []  # MARGINAL is no FAIL
-    assert fail_reasons({"margin": 0.9, "cos_next": 1.0, "cos_anchor": -0.66}) == ["cos_anchor -0.66 < 0.30"]
-    assert fail_reasons({"margin": float("nan"), "cos_next": 0.2, "cos_anchor": 0.9}) == \
-        ["margin +nan < 0.10", "cos_next +0.20 < 0.35"]
-
-
-def test_deployment_check_against_direct():
-    base = {"direct_r_at_5": 0.30, "direct_mrr_at_10": 0.20}
-    assert deploy_ok({**base, "r_at_5": 0.41, "mrr_at_10": 0.26})
-    assert not deploy_ok({**base, "r_at_5": 0.39, "mrr_at_10": 0.30})
-    assert not deploy_ok({**base, "r_at_5": 0.50, "mrr_at_10": 0.24})
 
 
 def test_infonce_chance():

@@ -90,7 +90,8 @@ params:
 
 
 def test_smoke_search_runs_gates_asha_ranks_pass_first_and_ends_with_the_table(tmp_path, strong_store):
-    r = search("--data", strong_store, "--storage", tmp_path, "--name", "smoke", "--max-concurrent", 1)
+    r = search("--data", strong_store, "--storage", tmp_path, "--name", "smoke", "--max-concurrent", 1,
+               "--confirm-top", 0)  # the README test below runs the default space's confirmation
     assert_clean_console(r)
     exp = tmp_path / "smoke"
     assert "dashboard: http://127.0.0.1:" in r.stdout
@@ -110,13 +111,13 @@ def test_smoke_search_runs_gates_asha_ranks_pass_first_and_ends_with_the_table(t
     assert "| 1 |" in r.stdout  # the ranked table is printed
 
 
-def test_the_readme_first_command_ends_with_the_ranked_table_and_no_traceback(tmp_path, strong_store, shared_ray,
+def test_the_readme_first_command_ends_with_the_ranked_table_and_no_traceback(tmp_path, small_store, shared_ray,
                                                                                monkeypatch):
     """The default space as the README runs it, on a local Ray of its own: trials side by side on reused actors
     under ASHA, then the confirmation stage; Ray's ended workers and late log lines must not reach the console."""
     for k in shared_ray:
         monkeypatch.delenv(k)
-    r = search("--data", strong_store, "--storage", tmp_path, "--name", "readme")
+    r = search("--data", small_store, "--storage", tmp_path, "--name", "readme")
     assert "## Confirmed" in r.stdout
     assert_clean_console(r)
 
@@ -258,6 +259,18 @@ def test_a_space_that_cannot_run_is_refused_before_anything_starts(tmp_path, sma
     r = run_cli(SEARCH, "--space", sp, "--data", small_store, "--storage", store, *args, timeout=120)
     refused(r, [f"error: {sp}: ", *words])
     assert list(store.iterdir()) == []
+
+
+@pytest.mark.parametrize("text", ["  n_heads: 6\n", "  context_length: 30\n"])  # the space; then the loaded data
+def test_bad_input_is_refused_before_torch_or_ray_is_imported(tmp_path, small_store, text):
+    """Checking the options, the space and the data needs neither (importing them takes 2-3 s on 2 cores)."""
+    prog = ("import atexit, runpy, sys\n"
+            "atexit.register(lambda: print(sorted(m for m in ('torch', 'ray') if m in sys.modules)))\n"
+            f"sys.argv = ['search.py'] + sys.argv[1:]\nrunpy.run_path({str(SEARCH)!r}, run_name='__main__')\n")
+    r = run_cli("-c", prog, "--space", space(tmp_path, SMALL + text), "--data", small_store, "--storage",
+                tmp_path / "out", timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
 
 
 def test_context_length_the_npz_lacks_is_refused(tmp_path):

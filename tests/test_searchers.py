@@ -12,13 +12,15 @@ from ray import tune
 
 from conftest import REPO, kill_driver, run_cli
 from test_search import SEARCH, results, search
-from tune_p7.searchers import PruningHyperOptSearch, PruningOptunaSearch, reached_budget, search_alg
+from tune_p7.search import search_algorithm
+from tune_p7.searchers import PruningHyperOptSearch, PruningOptunaSearch, reached_budget
 from tune_p7.space import load_space
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
 
 # warmup_epochs 0 trials trip the margin gate at epoch 1 (no margin reaches 2.0; the gate is checked once past
 # warm-up + grace 0); warmup_epochs 3 trials are never checked and run to epoch 3. The points make both run.
+# No confirmation stage: tests/test_confirm.py tests it, here its 3 x 5 trials would dominate the time.
 GATED = """
 num_samples: 4
 params:
@@ -33,6 +35,7 @@ params:
   lr: {loguniform: [5.0e-4, 3.0e-3]}
   margin: {grid: [0.05, 0.07]}
 gates: {drift: -1.0, margin: 2.0, grace_epochs: 0}
+confirm: {top: 0}
 """
 
 
@@ -48,18 +51,27 @@ def started(searcher, space, trial_ids):
 
 
 def test_the_space_chooses_the_searcher_and_its_settings(tmp_path):
-    assert search_alg(space_with(tmp_path, "")) is None  # Tune's default, as before
-    assert type(search_alg(space_with(tmp_path, "search: {seed: 4}\n"))).__name__ == "BasicVariantGenerator"
-    opt = search_alg(space_with(tmp_path, "search: {algorithm: optuna, seed: 5, n_startup_trials: 3}\n"))
+    assert search_algorithm(space_with(tmp_path, "")) is None  # Tune's default, as before
+    assert type(search_algorithm(space_with(tmp_path, "search: {seed: 4}\n"))).__name__ == "BasicVariantGenerator"
+    opt = search_algorithm(space_with(tmp_path, "search: {algorithm: optuna, seed: 5, n_startup_trials: 3}\n"))
     assert isinstance(opt, PruningOptunaSearch) and opt._sampler._n_startup_trials == 3
-    hyp = search_alg(space_with(tmp_path, "search: {algorithm: hyperopt, seed: 5, gamma: 0.4}\n"))
+    hyp = search_algorithm(space_with(tmp_path, "search: {algorithm: hyperopt, seed: 5, gamma: 0.4}\n"))
     assert isinstance(hyp, PruningHyperOptSearch) and hyp.algo.keywords["gamma"] == 0.4
-    assert type(search_alg(space_with(tmp_path, "search: {algorithm: bohb}\n"))).__name__ == "PlainTuneBOHB"
+    assert type(search_algorithm(space_with(tmp_path, "search: {algorithm: bohb}\n"))).__name__ == "PlainTuneBOHB"
+
+
+def test_a_random_search_does_not_import_the_model_based_searchers():
+    """Their packages (Optuna, HyperOpt, BOHB's ConfigSpace) take 1-2 s to import in every driver."""
+    prog = ("import sys\nfrom tune_p7.search import search_algorithm\nfrom tune_p7.space import load_space\n"
+            "search_algorithm(load_space('search_spaces/smoke.yaml'))\n"
+            "print(sorted(m for m in ('tune_p7.searchers', 'optuna', 'hyperopt') if m in sys.modules))")
+    r = run_cli("-c", prog, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr[-2000:]
 
 
 def test_a_trial_that_stopped_early_or_tripped_a_gate_is_pruned_in_optuna_at_the_epoch_it_reached(tmp_path):
     space = space_with(tmp_path, "search: {algorithm: optuna, seed: 0}\n")
-    searcher = search_alg(space)
+    searcher = search_algorithm(space)
     started(searcher, space, ["done", "asha", "gated"])
     for trial_id, last in (("done", 3), ("asha", 1), ("gated", 3)):
         for epoch in range(1, last):

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune_p7 import metrics as M
-from tune_p7.data import Split, SplitTensors
+from tune_p7 import verdicts as V
+from tune_p7.batches import SplitTensors
+from tune_p7.data import Split
 from tune_p7.gates import gate
 from tune_p7.loop import Evaluator
 from tune_p7.model import Prediction
@@ -57,7 +59,7 @@ def judge(m: dict[str, float], gates: Gates, warmup_epochs: int) -> dict[str, st
     warmup_epochs + grace_epochs + 1, the first epoch at which every gate applies (the margin gate waits out
     warm-up and grace), so a predictor whose metrics do not change with training is judged by all of them."""
     epoch = warmup_epochs + gates.grace_epochs + 1
-    return {"gate": gate({**m, "epoch": epoch}, gates, warmup_epochs), "verdict": M.verdict(m)}
+    return {"gate": gate({**m, "epoch": epoch}, gates, warmup_epochs), "verdict": V.verdict(m)}
 
 
 def oracle_warnings(split: str, o: dict, gates: Gates, gated: bool) -> list[str]:
@@ -80,8 +82,8 @@ def oracle_warnings(split: str, o: dict, gates: Gates, gated: bool) -> list[str]
                      "overshoots the next chunk, away from ctx[-1], clears it; consider a lower gates.margin")
     if o["verdict"] == "FAIL":
         why = " (they assume the next chunk lies near its context centroid)" \
-            if not o["cos_anchor"] >= M.MARGINAL["cos_anchor"] else ""
-        lines.append(f"{head} gets verdict FAIL (oracle {', '.join(M.fail_reasons(o))}): a model that predicts the "
+            if not o["cos_anchor"] >= V.MARGINAL["cos_anchor"] else ""
+        lines.append(f"{head} gets verdict FAIL (oracle {', '.join(V.fail_reasons(o))}): a model that predicts the "
                      f"next chunk exactly fails the verdict's thresholds here{why}; judge trials by margin and by "
                      "R@5 / MRR@10 against DIRECT")
     return lines

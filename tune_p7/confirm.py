@@ -22,10 +22,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tune_p7 import checkpoint, storage
+from tune_p7 import storage
 from tune_p7.config import P7Config
 from tune_p7.errors import InputError
-from tune_p7.metrics import DEPLOY_MRR, DEPLOY_R5, PASS, verdict
+from tune_p7.verdicts import DEPLOY_MRR, DEPLOY_R5, PASS, verdict
 from tune_p7.reporting import varied
 from tune_p7.space import RUN_KEY, ConfirmSettings, trial_config
 
@@ -156,6 +156,7 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
+    from tune_p7 import checkpoint
     from tune_p7.trainable import train_trial
 
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates), {"cpu": cpus})

@@ -36,7 +36,7 @@ from torch import nn
 
 
 from tune_p7 import cli, storage
-from tune_p7 import metrics as M
+from tune_p7 import verdicts as V
 from tune_p7.config import P7Config
 from tune_p7.data import P7Data, load
 from tune_p7.errors import InputError
@@ -161,14 +161,14 @@ def markdown(df: pd.DataFrame, split: str, exp: str, data_path: str, notes: list
     lines += ["", f"**Chosen: trial {chosen['model']}** (summary rank {int(chosen['rank'])}, checkpoint "
                   f"`{chosen['checkpoint']}`, epoch {int(chosen['epoch'])}), chosen on val: {RANKING}, each from the "
                   f"checkpoint's val metrics. The {split} figures are reported, never used to choose.",
-              f"- Verdict {chosen['verdict']}: margin {chosen['margin']:+.3f} (PASS >= {M.PASS['margin']:.2f}), "
-              f"cos_next {chosen['cos_next']:.3f} (>= {M.PASS['cos_next']:.2f}), cos_anchor "
-              f"{chosen['cos_anchor']:.3f} (>= {M.PASS['cos_anchor']:.2f}); on val it was "
+              f"- Verdict {chosen['verdict']}: margin {chosen['margin']:+.3f} (PASS >= {V.PASS['margin']:.2f}), "
+              f"cos_next {chosen['cos_next']:.3f} (>= {V.PASS['cos_next']:.2f}), cos_anchor "
+              f"{chosen['cos_anchor']:.3f} (>= {V.PASS['cos_anchor']:.2f}); on val it was "
               f"{chosen['val_verdict']} (margin {chosen['val_margin']:+.3f}, deployment check "
               f"{'passed' if chosen['val_deploy_ok'] else 'failed'}).",
               f"- Deployment check {'passed' if chosen['deploy_ok'] else 'FAILED'}: R@5 {chosen['r_at_5']:.3f} vs "
-              f"DIRECT {chosen['direct_r_at_5']:.3f} + {M.DEPLOY_R5:.2f}; MRR@10 {chosen['mrr_at_10']:.3f} vs DIRECT "
-              f"{chosen['direct_mrr_at_10']:.3f} + {M.DEPLOY_MRR:.2f}.",
+              f"DIRECT {chosen['direct_r_at_5']:.3f} + {V.DEPLOY_R5:.2f}; MRR@10 {chosen['mrr_at_10']:.3f} vs DIRECT "
+              f"{chosen['direct_mrr_at_10']:.3f} + {V.DEPLOY_MRR:.2f}.",
               f"- Latency on {int(chosen['threads'])} thread(s), {'bf16' if chosen['bf16'] else 'fp32'}: p50 "
               f"{chosen['latency_p50_ms']:.2f} ms, p95 {chosen['latency_p95_ms']:.2f} ms per query at batch 1 "
               f"({LATENCY_RUNS} timed passes after {LATENCY_WARMUP} warm-up); throughput "
@@ -243,8 +243,8 @@ def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None
                          "checkpoint": c.checkpoint, "epoch": int(c.val.get("epoch", 0)), "arch": cfg.arch,
                          "context_length": k, **res, "val_margin": val.get("margin", math.nan),
                          "val_cos_next": val.get("cos_next", math.nan), "val_r_at_5": val.get("r_at_5", math.nan),
-                         "val_mrr_at_10": val.get("mrr_at_10", math.nan), "val_verdict": M.verdict(val),
-                         "val_deploy_ok": M.deploy_ok(val), "eval_seconds": eval_seconds,
+                         "val_mrr_at_10": val.get("mrr_at_10", math.nan), "val_verdict": V.verdict(val),
+                         "val_deploy_ok": V.deploy_ok(val), "eval_seconds": eval_seconds,
                          "parameters": sum(p.numel() for p in model.parameters()), "threads": n_threads,
                          "bf16": bf16, **timing(model, contexts, bf16)})
     finally:
@@ -265,8 +265,8 @@ def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None
     for m in METRICS:
         if m not in df:
             df[m] = math.nan
-    df["verdict"] = [M.verdict(r) for r in df.to_dict("records")]
-    df["deploy_ok"] = [M.deploy_ok(r) for r in df.to_dict("records")]
+    df["verdict"] = [V.verdict(r) for r in df.to_dict("records")]
+    df["deploy_ok"] = [V.deploy_ok(r) for r in df.to_dict("records")]
     df.insert(1, "split", split)
     best = chosen_index(df)
     df["chosen"] = df.index == best

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune_p7 import checkpoint, storage
-from tune_p7 import metrics as M
+from tune_p7 import verdicts as V
 from tune_p7.config import P7Config
 from tune_p7.model import build_model
 from tune_p7.selection import Candidate
@@ -66,7 +66,7 @@ def export(folder: str, c: Candidate, dim: int, held_out: dict, split: str, info
         "metrics.json": json.dumps(checkpoint.json_safe({
             **info, "trial_id": c.trial_id, "checkpoint": c.checkpoint, "epoch": c.val.get("epoch"),
             "split": split, "held_out": held_out,
-            "val": {**val, "verdict": M.verdict(val), "deploy_ok": M.deploy_ok(val)}}), indent=2).encode(),
+            "val": {**val, "verdict": V.verdict(val), "deploy_ok": V.deploy_ok(val)}}), indent=2).encode(),
         "example.py": resources.files("tune_p7").joinpath("templates/example.py").read_bytes(),
     }
     for name, data in files.items():

@@ -1,26 +1,13 @@
-"""Validation metrics, verdicts and the deployment check: pure functions of tensors and numbers.
+"""Validation metrics: pure functions of tensors (the verdicts they feed are in ``verdicts.py``).
 
 All vectors are unit rows, so a dot product is a cosine. "prev" is ctx[-1], the chunk right before the target.
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-
-# FACTS.md thresholds
-PASS = {"margin": 0.20, "cos_next": 0.45, "cos_anchor": 0.40}
-MARGINAL = {"margin": 0.10, "cos_next": 0.35, "cos_anchor": 0.30}
-DRIFT = 0.05
-DEPLOY_R5, DEPLOY_MRR = 0.10, 0.05
-# What a space's ``metric`` may name: keys every trial reports every epoch (ASHA, the searchers and checkpoint
-# retention rank by it, and a key that is never reported crashes Tune's controller mid-search)
-RANKABLE = ("margin", "cos_next", "cos_prev", "cos_anchor", "cos_raw_anchor", "r_at_1", "r_at_5", "r_at_10",
-            "mrr_at_10", "r_at_1_xctx", "r_at_5_xctx", "r_at_10_xctx", "mrr_at_10_xctx", "r_at_5_vs_direct",
-            "mrr_at_10_vs_direct", "train_margin", "train_cos_next", "best_margin", "loss")
-
 
 def cosines(pred: torch.Tensor, raw: torch.Tensor, context: torch.Tensor, nxt: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-sequence cosines. pred, raw, nxt (N, D); context (N, K, D) -> dict of (N,):
@@ -97,28 +84,3 @@ def retrieval(ranks: torch.Tensor, prefix: str = "", suffix: str = "") -> dict[s
 def infonce_chance(num_candidates: int) -> float:
     """InfoNCE loss of a predictor that cannot tell the candidates apart: ln(C)."""
     return math.log(num_candidates)
-
-
-def _ge(x, threshold) -> bool:
-    return x is not None and x >= threshold  # NaN compares False: a NaN metric never passes
-
-
-def verdict(m: Mapping[str, float]) -> str:
-    """PASS: margin >= 0.20, cos_next >= 0.45, cos_anchor >= 0.40. FAIL: margin < 0.10 or cos_next < 0.35 or
-    cos_anchor < 0.30 (which includes drift, cos_anchor < 0.05) or any of them NaN. MARGINAL otherwise."""
-    if all(_ge(m.get(k), t) for k, t in PASS.items()):
-        return "PASS"
-    if all(_ge(m.get(k), t) for k, t in MARGINAL.items()):
-        return "MARGINAL"
-    return "FAIL"
-
-
-def fail_reasons(m: Mapping[str, float]) -> list[str]:
-    """The FAIL thresholds ``m`` misses, each as "key value < threshold"; empty exactly when verdict(m) != FAIL."""
-    return [f"{k} {m.get(k, math.nan):+.2f} < {t:.2f}" for k, t in MARGINAL.items() if not _ge(m.get(k), t)]
-
-
-def deploy_ok(m: Mapping[str, float]) -> bool:
-    """R@5 >= DIRECT's R@5 + 0.10 and MRR@10 >= DIRECT's MRR@10 + 0.05, on the same bank."""
-    return (_ge(m.get("r_at_5"), m.get("direct_r_at_5", math.nan) + DEPLOY_R5)
-            and _ge(m.get("mrr_at_10"), m.get("direct_mrr_at_10", math.nan) + DEPLOY_MRR))

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tune_p7 import checkpoint, cli, confirm, storage
+from tune_p7 import cli, confirm, storage
 from tune_p7.data import load
 from tune_p7.errors import InputError, one_line
 from tune_p7.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
@@ -158,10 +158,26 @@ def write_probe(data, space: Space, exp: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def search_algorithm(space: Space):
+    """The Tune searcher of the space's ``search:`` section: None (Tune's default) without one, Tune's
+    BasicVariantGenerator for a seeded ``random``, else the model-based one of tune_p7.searchers, imported only
+    then (the Optuna, HyperOpt and BOHB packages take 1-2 s to import)."""
+    s = space.search
+    if s.model_based:
+        from tune_p7.searchers import search_alg
+
+        return search_alg(space)
+    if s.seed is None:
+        return None
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=s.seed)
+
+
 def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     from ray import tune
 
-    from tune_p7 import searchers
+    from tune_p7 import checkpoint
     from tune_p7.schedulers import GatedASHA, GatedFIFO
     from tune_p7.resultlog import KeepLocalResults
     from tune_p7.trainable import train_trial
@@ -179,7 +195,9 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
         return tune.Tuner.restore(exp, trainable, resume_errored=True)
     s = space.scheduler
     if space.search.algorithm == "bohb":
-        scheduler = searchers.bohb_scheduler(space)
+        from tune_p7.searchers import bohb_scheduler
+
+        scheduler = bohb_scheduler(space)
     elif s.name == "asha":
         scheduler = GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
                               max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
@@ -193,7 +211,7 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     return tune.Tuner(
         trainable,
         param_space=space.param_space(),
-        tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=searchers.search_alg(space),
+        tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=search_algorithm(space),
                                     num_samples=space.num_samples,
                                     max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True),
         run_config=tune.RunConfig(

@@ -112,7 +112,7 @@ class PlainTuneBOHB(TuneBOHB):
 
 
 def search_alg(space: Space):
-    """The Tune searcher of ``space.search`` (None for a space without a ``search:`` section: Tune's default)."""
+    """The model-based Tune searcher of ``space.search`` (optuna, hyperopt or bohb)."""
     s = space.search
     points = [dict(p) for p in s.points_to_evaluate] or None  # the searchers mutate them
     common = dict(metric=space.metric, mode=space.mode, points_to_evaluate=points)
@@ -125,13 +125,7 @@ def search_alg(space: Space):
     if s.algorithm == "hyperopt":
         return PruningHyperOptSearch(n_initial_points=s.n_initial_points, gamma=s.gamma, random_state_seed=s.seed,
                                      **common)
-    if s.algorithm == "bohb":
-        return PlainTuneBOHB(bohb_config={"random_fraction": s.random_fraction}, seed=s.seed, **common)
-    if s.seed is None:
-        return None
-    from ray.tune.search import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=s.seed)
+    return PlainTuneBOHB(bohb_config={"random_fraction": s.random_fraction}, seed=s.seed, **common)
 
 
 def bohb_scheduler(space: Space) -> GatedHyperBandForBOHB:
