@@ -94,7 +94,7 @@ def test_samplers_come_from_the_record_else_the_space_file_else_the_values(tmp_p
     df = only_lr_matters()
 
     def sampled(record):
-        return {k: label for k, (label, _) in importance.distributions(df, record).items()}
+        return {k: label for k, (label, _, _) in importance.samplings(df, record).items()}
 
     assert sampled({"space": str(space)}) == {"lr": "loguniform", "w_teacher": "uniform", "arch": "run"}
     assert sampled({"space": str(space), "samplers": {"lr": "uniform"}}) == {"lr": "uniform", "w_teacher": "uniform",
@@ -104,12 +104,26 @@ def test_samplers_come_from_the_record_else_the_space_file_else_the_values(tmp_p
 
 
 def test_a_range_is_widened_to_the_values_seen_and_grids_are_categorical():
-    label, dist = importance.distribution([0.1, 0.3], "uniform", [0.15, 0.25])  # the space changed since
+    def made(*args):
+        spec = importance.sampling(*args)
+        return spec[0], importance.optuna_distribution(spec)
+
+    label, dist = made([0.1, 0.3], "uniform", [0.15, 0.25])  # the space changed since
     assert label == "uniform" and isinstance(dist, FloatDistribution) and (dist.low, dist.high) == (0.1, 0.3)
-    label, dist = importance.distribution([1e-7, 3e-3], "loguniform", [1e-6, 1e-3])
+    label, dist = made([1e-7, 3e-3], "loguniform", [1e-6, 1e-3])
     assert dist.log and dist.low == 1e-7
-    label, dist = importance.distribution([3, 5, 7, 5], "grid", [3, 5, 7])
+    label, dist = made([3, 5, 7, 5], "grid", [3, 5, 7])
     assert isinstance(dist, CategoricalDistribution) and dist.choices == (3, 5, 7)
+
+
+def test_a_summary_with_too_few_trials_for_importance_does_not_import_optuna():
+    """Its import takes 1-2 s, in every search's summary."""
+    prog = ("import sys\nimport pandas as pd\nfrom tune_p7.importance import importances\n"
+            "df = pd.DataFrame({'status': ['completed'] * 3, 'config/lr': [1e-3, 2e-3, 3e-3],"
+            " 'config/margin': [0.05, 0.07, 0.1], 'margin': [0.1, 0.2, 0.3], 'r_at_5': [0.3, 0.4, 0.5]})\n"
+            "report = importances(df)\nprint(len(report['skipped']), 'optuna' in sys.modules)")
+    r = run_cli("-c", prog, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["2", "False"], r.stdout + r.stderr[-2000:]
 
 
 REAL_SPACE = """

@@ -165,7 +165,7 @@ def test_a_nan_trial_errors_alone_with_its_reason(tmp_path, small_store):
 
 
 def test_killed_driver_resumes_from_checkpoints(tmp_path, strong_store):
-    epochs = 12  # long enough that the kill (right after epoch 3 of two trials) lands mid-search
+    epochs = 8  # long enough that the kill (right after epoch 3 of two trials) lands mid-search
     sp = space(tmp_path, SMALL + f"  epochs: {epochs}\n"
                + "  margin: {grid: [0.05, 0.07, 0.1]}\nscheduler: {name: fifo}\ngates: {margin: -2.0}\n")
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,

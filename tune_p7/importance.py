@@ -77,31 +77,38 @@ def space_samplers(record: dict) -> dict[str, tuple[str, list | None]]:
     return {**params, **recorded}
 
 
-def distribution(values: list, kind: str | None, arg: list | None):
-    """(how the key was sampled, its Optuna distribution): grid/choice/run keys categorical over the values seen,
-    uniform/loguniform a float range (the space's bounds, widened to the values seen); no sampler known: a range
-    when numeric with many distinct values (log when it spans two decades or more), else categorical."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
+def sampling(values: list, kind: str | None, arg: list | None) -> tuple[str, str, dict]:
+    """(how the key was sampled, the Optuna distribution's class name, its arguments): grid/choice/run keys
+    categorical over the values seen, uniform/loguniform a float range (the space's bounds, widened to the values
+    seen); no sampler known: a range when numeric with many distinct values (log when it spans two decades or
+    more), else categorical. Plain data, so that a summary that computes no importance never imports Optuna."""
     distinct = _levels(values)
     if kind is None and _numeric(values) and len(distinct) >= max(INFER_MIN_DISTINCT, len(values) / 2):
         low, high = min(values), max(values)
         log = low > 0 and high / low >= 100
         label = "inferred log range" if log else "inferred range"
         if all(isinstance(v, int) for v in values):
-            return label, IntDistribution(low, high, log=log)
-        return label, FloatDistribution(float(low), float(high), log=log)
+            return label, "IntDistribution", {"low": low, "high": high, "log": log}
+        return label, "FloatDistribution", {"low": float(low), "high": float(high), "log": log}
     if kind in ("uniform", "loguniform"):
         low, high = (arg if arg else (min(values), max(values)))
         low, high = float(min(low, *values)), float(max(high, *values))
-        return kind, FloatDistribution(low, high, log=kind == "loguniform")
-    return kind or "inferred categorical", CategoricalDistribution(distinct)
+        return kind, "FloatDistribution", {"low": low, "high": high, "log": kind == "loguniform"}
+    return kind or "inferred categorical", "CategoricalDistribution", {"choices": distinct}
 
 
-def distributions(df: pd.DataFrame, record: dict) -> dict[str, tuple]:
-    """{varied key: (how it was sampled, its Optuna distribution)} of the trials in ``df``."""
+def optuna_distribution(spec: tuple[str, str, dict]):
+    """The Optuna distribution a ``sampling`` names."""
+    import optuna.distributions
+
+    _, cls, kwargs = spec
+    return getattr(optuna.distributions, cls)(**kwargs)
+
+
+def samplings(df: pd.DataFrame, record: dict) -> dict[str, tuple[str, str, dict]]:
+    """{varied key: ``sampling`` of its values} over the trials in ``df``."""
     samplers = space_samplers(record)
-    return {k: distribution([_plain(v) for v in df[f"config/{k}"]], *samplers.get(k, (None, None)))
+    return {k: sampling([_plain(v) for v in df[f"config/{k}"]], *samplers.get(k, (None, None)))
             for k in varied_keys(df)}
 
 
@@ -123,19 +130,16 @@ def _evaluator(name: str, n: int):
 
 def importances(df: pd.DataFrame, record: dict | None = None, evaluator: str = EVALUATORS[0]) -> dict:
     """The importance report of a summary table: per target {param: share of importance} or why it is skipped."""
-    import optuna
-
     if evaluator not in EVALUATORS:
         raise InputError("importance", f"unknown evaluator {evaluator!r} (known: {', '.join(EVALUATORS)})")
     status = df["status"] if "status" in df else pd.Series("completed", index=df.index)
     finished = df[status.isin(FINISHED)]
     left_out = {s: int(n) for s, n in status[~status.isin(FINISHED)].value_counts().items()}
     keys = varied_keys(finished)
-    dists = distributions(finished, record or {})
+    dists = samplings(finished, record or {})
     out = {"importance": {}, "n_trials": {}, "left_out": left_out, "nan": {}, "skipped": {},
            "meaning": None, "stopped_trials": STOPPED_RULE, "n_stopped": int(status.isin(STOPPED).sum()),
-           "distributions": {k: kind for k, (kind, _) in dists.items()}, "evaluator": None}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+           "distributions": {k: label for k, (label, _, _) in dists.items()}, "evaluator": None}
     for target in TARGETS:
         values = pd.to_numeric(finished[target], errors="coerce") if target in finished else \
             pd.Series(math.nan, index=finished.index)
@@ -147,10 +151,14 @@ def importances(df: pd.DataFrame, record: dict | None = None, evaluator: str = E
         if reason:
             out["skipped"][target] = reason
             continue
+        import optuna  # only here: its import takes 1-2 s, and most small searches have too few trials
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         out["evaluator"], out["meaning"], ev = _evaluator(evaluator, len(used))
         study = optuna.create_study(direction="maximize")
+        made = {k: optuna_distribution(dists[k]) for k in used_keys}
         study.add_trials([optuna.trial.create_trial(
-            params={k: _plain(r[f"config/{k}"]) for k in used_keys}, distributions={k: dists[k][1] for k in used_keys},
+            params={k: _plain(r[f"config/{k}"]) for k in used_keys}, distributions=made,
             value=float(values[i])) for i, r in used.iterrows()])
         with warnings.catch_warnings():  # small-sample notes; the minimum above already guards the result
             warnings.simplefilter("ignore")
