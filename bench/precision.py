@@ -15,8 +15,8 @@ import torch
 from common import (alternate, cpu_info, matmul_gflops, median, paired_ratio, parser, spread, synth_split, table,
                     timed, write_result)
 from step import tune_p7_runner
-from tune_p7.config import P7Config
 from tune_p7.batches import SplitTensors
+from tune_p7.config import P7Config
 from tune_p7 import fastpath
 from tune_p7.fastpath import use_bf16
 from tune_p7.model import build_model

@@ -28,8 +28,8 @@ import torch
 
 from common import (alternate, step_loop, forward_macs, matmul_gflops, median, parser, synth_data, synth_split, table,
                     train_flops_per_seq, write_result)
-from tune_p7.config import P7Config
 from tune_p7.batches import SplitTensors
+from tune_p7.config import P7Config
 from tune_p7.loop import Evaluator, TrainStep, make_optimizer, use_bf16
 from tune_p7.model import build_model
 

@@ -25,9 +25,9 @@ import pandas as pd
 from tune_p7 import storage
 from tune_p7.config import P7Config
 from tune_p7.errors import InputError
-from tune_p7.verdicts import DEPLOY_MRR, DEPLOY_R5, PASS, verdict
 from tune_p7.reporting import varied
 from tune_p7.space import RUN_KEY, ConfirmSettings, trial_config
+from tune_p7.verdicts import DEPLOY_MRR, DEPLOY_R5, PASS, verdict
 
 PLAN_FILE, TABLE_FILE, FOLDER = "confirm.json", "confirm.parquet", "confirm"
 METRICS = ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10")

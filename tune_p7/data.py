@@ -3,7 +3,7 @@
 A split holds its unique chunks once (``chunks`` (M, D), unit-norm, articles contiguous) and the
 article boundaries (``offsets``). A window of context length K is a row of K+1 chunk indices (K context
 chunks, then the target); windows never cross an article and are never materialised as vectors until a
-batch is gathered. Sources:
+batch is gathered (batches.py). Sources:
 
 - an article store (Parquet, see ``store.py``): split by article (seeded), windows of any K;
 - the seed's NPZ files (``contexts`` (N, K0, D), ``targets`` (N, D)), one per split: identical vectors are

@@ -136,10 +136,10 @@ def importances(df: pd.DataFrame, record: dict | None = None, evaluator: str = E
     finished = df[status.isin(FINISHED)]
     left_out = {s: int(n) for s, n in status[~status.isin(FINISHED)].value_counts().items()}
     keys = varied_keys(finished)
-    dists = samplings(finished, record or {})
+    specs = samplings(finished, record or {})
     out = {"importance": {}, "n_trials": {}, "left_out": left_out, "nan": {}, "skipped": {},
            "meaning": None, "stopped_trials": STOPPED_RULE, "n_stopped": int(status.isin(STOPPED).sum()),
-           "distributions": {k: label for k, (label, _, _) in dists.items()}, "evaluator": None}
+           "distributions": {k: label for k, (label, _, _) in specs.items()}, "evaluator": None}
     for target in TARGETS:
         values = pd.to_numeric(finished[target], errors="coerce") if target in finished else \
             pd.Series(math.nan, index=finished.index)
@@ -156,7 +156,7 @@ def importances(df: pd.DataFrame, record: dict | None = None, evaluator: str = E
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         out["evaluator"], out["meaning"], ev = _evaluator(evaluator, len(used))
         study = optuna.create_study(direction="maximize")
-        made = {k: optuna_distribution(dists[k]) for k in used_keys}
+        made = {k: optuna_distribution(specs[k]) for k in used_keys}
         study.add_trials([optuna.trial.create_trial(
             params={k: _plain(r[f"config/{k}"]) for k in used_keys}, distributions=made,
             value=float(values[i])) for i, r in used.iterrows()])

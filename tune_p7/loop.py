@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from tune_p7 import intervals as I
 from tune_p7 import metrics as M
-from tune_p7.config import P7Config
 from tune_p7.batches import Batch, SplitTensors
+from tune_p7.config import P7Config
 from tune_p7.data import P7Data, Split
 from tune_p7.fastpath import RETRIEVAL_BLOCK, clip_and_step, release_free_memory, use_bf16
 from tune_p7.losses import p7_loss

@@ -1,4 +1,5 @@
-"""The space file's ``search:`` algorithm as a Ray Tune searcher (and BOHB's scheduler), on Ray's own classes.
+"""The space file's model-based ``search:`` algorithm as a Ray Tune searcher (and BOHB's scheduler), on Ray's own
+classes. A random search needs none of them (tune_p7.search.search_algorithm).
 
 What a searcher learns from a trial that did not run its full epochs. Tune tells a searcher that a trial ended
 with ``on_trial_complete(trial_id, result=last_result)`` whether the trial finished, was stopped by ASHA or
@@ -18,7 +19,7 @@ tripped a gate, so a model fitted on those values takes an epoch-2 margin for a 
   fits one density per budget and samples from the largest budget with enough results: an epoch-2 result is
   only ever compared with other epoch-2 results. The completion call carries nothing (TuneBOHB ignores it), so a
   trial a gate stops between rungs is known to BOHB only by the rungs it passed.
-- **random**: Tune's BasicVariantGenerator; nothing is learned.
+- **random** (not this module's: ``search.search_algorithm``): Tune's BasicVariantGenerator; nothing is learned.
 
 Resume: Tune saves the searcher's state (``searcher-state-*.pkl``: the Optuna study, HyperOpt's trials, BOHB's
 observations) and its wrappers' (``search_gen_state-*.json``: trials suggested so far, ConcurrencyLimiter's running
@@ -125,6 +126,8 @@ def search_alg(space: Space):
     if s.algorithm == "hyperopt":
         return PruningHyperOptSearch(n_initial_points=s.n_initial_points, gamma=s.gamma, random_state_seed=s.seed,
                                      **common)
+    if s.algorithm != "bohb":
+        raise ValueError(f"not a model-based search algorithm: {s.algorithm!r}")
     return PlainTuneBOHB(bohb_config={"random_fraction": s.random_fraction}, seed=s.seed, **common)
 
 

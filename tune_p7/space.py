@@ -33,10 +33,10 @@ from typing import Any
 from tune_p7.cli import read_yaml
 from tune_p7.config import RULES, P7Config
 from tune_p7.errors import InputError
-from tune_p7.verdicts import RANKABLE
 from tune_p7.scheduler_settings import POPULATION, SchedulerSettings, check_mutations, read_scheduler
 from tune_p7.search_settings import SearchSettings, read_search
 from tune_p7.space_values import param, section
+from tune_p7.verdicts import RANKABLE
 
 TOP_KEYS = {"description", "num_samples", "metric", "mode", "params", "runs", "scheduler", "gates", "checkpoints",
             "resources", "confirm", "search"}

@@ -17,13 +17,13 @@ import pandas as pd
 from tune_p7 import cli, confirm, importance, storage
 from tune_p7.config import P7Config
 from tune_p7.errors import InputError, one_line
-from tune_p7.verdicts import deploy_ok, verdict
 from tune_p7.pbt import schedules
 from tune_p7.plots import References, hp_label, plots
 from tune_p7.report_html import to_html
 from tune_p7.reporting import RANKING, SEARCH_FILE, fmt, ranked_index, varied
 from tune_p7.resultlog import read_results
 from tune_p7.space import trial_config
+from tune_p7.verdicts import deploy_ok, verdict
 
 TOP_ROWS = 20  # rows of the ranked table in summary.md and on the console; summary.parquet holds all
 # the table's metrics, each followed by DIRECT's value on the same bank (None: DIRECT has no counterpart)

@@ -1,5 +1,6 @@
 """The seed's verdicts and the deployment check: its thresholds and pure functions of metric values (numbers,
-no tensors, so that validating a space or a summary needs no torch)."""
+no tensors, so that validating a space or a summary needs no torch); and RANKABLE, the metrics a space may rank
+by."""
 from __future__ import annotations
 
 import math
