@@ -160,8 +160,8 @@ def write_probe(data, space: Space, exp: str) -> None:
 
 def search_algorithm(space: Space):
     """The Tune searcher of the space's ``search:`` section: None (Tune's default) for an unseeded ``random`` (the
-    default without a section), Tune's BasicVariantGenerator for a seeded one, else the model-based one of tune_p7.searchers, imported only
-    then (the Optuna, HyperOpt and BOHB packages take 1-2 s to import)."""
+    default without a section), Tune's BasicVariantGenerator for a seeded one, else the model-based one of
+    tune_p7.searchers, imported only then (the Optuna, HyperOpt and BOHB packages take 1-2 s to import)."""
     s = space.search
     if s.model_based:
         from tune_p7.searchers import search_alg
