@@ -1,22 +1,20 @@
-"""The harness of tests/test_cluster.py: a real multi-node Ray cluster on this machine (a head and a worker node
-brought up by scripts/cluster_head.sh and scripts/cluster_worker.sh, each a `ray start --block` process in a
-session of its own), moto's S3 server (plain `moto_server`), and `python tune_p7/search.py --address ...` (or
-scripts/cluster_submit.sh) as the driver.
+"""The harness of tests/test_cluster.py: a real Ray cluster of two hosts (tests/netns_hosts.py: a network and a
+mount namespace each, joined by a veth pair; or, where namespaces cannot be made, two loopback "hosts" on this
+machine), a head node started by scripts/cluster_head.sh and a worker node kept running by scripts/supervise.sh
+around scripts/cluster_worker.sh, moto's S3 server on the head host as the only storage both hosts share, and
+`python tune_p7/search.py --address ...` (or scripts/cluster_submit.sh) as the driver on the head host.
 
-Everything stays on loopback and in private folders, so other Ray instances on the machine are not touched:
+On namespace hosts the worker sees neither the checkout nor the head's files: tune_p7 is installed there
+non-editable (``pip install --target``, from a copy of the checkout) and the scripts copied, as on a machine of
+its own; each host has its own /tmp, /dev/shm and HOME, so the scripts run with their default ports and folders.
+On loopback hosts (the fallback) every node runs with ``--node-ip-address 127.0.0.2`` (Ray 2.60 rewrites
+127.0.0.1 given to ``ray start`` into the machine's routable address; 127.0.0.2 is kept), free ports and private
+temp folders, as before the namespaces.
 
-- every node runs with ``--node-ip-address 127.0.0.2`` (``NODE_IP``). Ray 2.60 rewrites 127.0.0.1/localhost given
-  to ``ray start --node-ip-address`` into the machine's routable address (``resolve_ip_for_localhost``), so
-  127.0.0.1 would send the cluster's traffic to eth0's address; 127.0.0.2 is loopback too and is kept as given.
-- every port is chosen free and given explicitly (GCS, dashboard, node/object manager, agents, metrics, worker
-  range);
-- each node has its own short ``--temp-dir`` (unix socket paths must stay under 108 bytes, pytest's tmp_path is
-  too deep), so no ``/tmp/ray/ray_current_cluster`` or session of anyone else is touched;
-- token authentication uses a token made for this run (``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN`` on every
-  node and driver), never ``~/.ray/auth_token``;
-- processes end by their own ids: scripts/cluster_stop.sh (SIGTERM to the recorded `ray start` pid, then SIGKILL
-  to what is left of its session), then SIGKILL to any process still carrying this run's marker variable in its
-  environment (every Ray process of a node inherits it). Never ``ray stop``, never a kill by name.
+Token authentication uses a token made for this run (``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN`` on every node
+and driver). Processes end by their own ids: the supervisor loop (SIGTERM), scripts/cluster_stop.sh, then SIGKILL
+to any process still carrying this run's marker variable and, on namespace hosts, to every process left in a
+host's namespace, which removes the namespaces. Never ``ray stop``, never a kill by name.
 """
 from __future__ import annotations
 
@@ -102,62 +100,13 @@ def private_env() -> dict:
     """The environment of every node and driver: token auth with this run's token, the process marker, and
     free ports for the two Prometheus exporters of a head node (fixed 44217/44227 by default)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
-    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, MARKER_VAR: MARKER, "PYTHONUNBUFFERED": "1",
+    env.update({"PATH": f"{BIN}:{os.environ.get('PATH', '')}",  # not a shim that needs the real HOME
+                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, MARKER_VAR: MARKER, "PYTHONUNBUFFERED": "1",
                 "RAY_USAGE_STATS_ENABLED": "0", "RAY": RAY, "PYTHON": sys.executable,
                 "AUTOSCALER_METRIC_PORT": str(free_port()), "DASHBOARD_METRIC_PORT": str(free_port()),
                 # `ray start --block` drains its node for up to 30 s on SIGTERM (for Serve); nothing to drain here
                 "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})
     return env
-
-
-@contextmanager
-def s3_server(workdir: Path, env: dict):
-    """moto's S3 server on 127.0.0.1 and a bucket: yields (the AWS_* environment that points pyarrow/boto3 at
-    it, a boto3 client)."""
-    import boto3
-
-    port = free_port()
-    proc = spawn([MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], env, workdir / "moto.log")
-    try:
-        env = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-               "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="test",
-                              aws_secret_access_key="test", region_name="us-east-1")
-        wait_for(lambda: client.list_buckets() is not None, 60, "moto S3 server",
-                 procs=[(proc, workdir / "moto.log")])
-        client.create_bucket(Bucket=BUCKET)
-        yield env, client
-    finally:
-        stop(proc, grace=5)
-
-
-@dataclass
-class Cluster:
-    env: dict  # a driver's environment (S3 settings, the token)
-    gcs: int
-    dashboard: int
-    ctl: dict[str, Path]  # node name -> its P7_NODE_DIR (pid file and log of the scripts)
-    node_ids: dict[str, str] = field(default_factory=dict)  # node name -> Ray node id
-
-    @property
-    def address(self) -> str:
-        return f"{NODE_IP}:{self.gcs}"
-
-    @property
-    def dashboard_url(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard}"
-
-    def pid(self, node: str) -> int:
-        return int((self.ctl[node] / f"{node}.pid").read_text())
-
-    def api(self, path: str, token: str | None = TOKEN):
-        status, body = http_get(self.dashboard_url + path, token)
-        assert status == 200, f"{path}: HTTP {status} {body[:300]!r}"
-        return json.loads(body)
-
-    def alive_nodes(self) -> list[dict]:
-        rows = self.api("/api/v0/nodes")["data"]["result"]["result"]
-        return [n for n in rows if n["state"] == "ALIVE"]
 
 
 def node_env(env: dict, name: str, workdir: Path, cpus: int = 1, worker_ports: int = WORKER_PORTS) -> dict:
@@ -170,41 +119,6 @@ def node_env(env: dict, name: str, workdir: Path, cpus: int = 1, worker_ports: i
             "DASHBOARD_AGENT_GRPC_PORT": str(free_port()), "DASHBOARD_AGENT_LISTEN_PORT": str(free_port()),
             "RUNTIME_ENV_AGENT_PORT": str(free_port()), "METRICS_EXPORT_PORT": str(free_port()),
             "MIN_WORKER_PORT": str(low), "MAX_WORKER_PORT": str(high)}
-
-@contextmanager
-def two_node_cluster(env: dict, workdir: Path):
-    """A head node and one worker node, 1 CPU each, started by the scripts with ``env`` (Ray passes no
-    environment variables to other nodes: they must be set on each `ray start`); stopped by
-    scripts/cluster_stop.sh when the block ends."""
-    try:
-        with socket.socket() as s:
-            s.bind((NODE_IP, 0))
-    except OSError:
-        pytest.skip(f"{NODE_IP} is not a loopback address here")
-    gcs, dash = free_port(), free_port()
-    head_env = {**node_env(env, "head", workdir), "GCS_PORT": str(gcs), "DASHBOARD_PORT": str(dash),
-                "RAY_CLIENT_SERVER_PORT": str(free_port())}
-    worker_env = node_env(env, "worker", workdir)
-    c = Cluster(env, gcs, dash, {"head": Path(head_env["P7_NODE_DIR"]), "worker": Path(worker_env["P7_NODE_DIR"])})
-    try:
-        r = script("cluster_head.sh", env=head_env)
-        assert r.returncode == 0, r.stdout + r.stderr + tail(c.ctl["head"] / "head.log")
-        assert f"{NODE_IP}:{gcs}" in r.stdout and f"http://127.0.0.1:{dash}" in r.stdout, r.stdout
-        c.node_ids["head"] = wait_for(lambda: (n := c.alive_nodes()) and n[0]["node_id"], 120, "the dashboard")
-        r = script("cluster_worker.sh", c.address, env=worker_env)
-        assert r.returncode == 0, r.stdout + r.stderr + tail(c.ctl["worker"] / "worker.log")
-        nodes = wait_for(lambda: (n := c.alive_nodes()) and len(n) == 2 and n, 120, "the worker node")
-        c.node_ids["worker"] = next(n["node_id"] for n in nodes if n["node_id"] != c.node_ids["head"])
-        yield c
-    finally:
-        for node in ("worker", "head"):
-            try:
-                r = script("cluster_stop.sh", node, env={**env, "P7_NODE_DIR": str(c.ctl[node])}, timeout=120)
-                print(r.stdout, r.stderr)
-            except subprocess.TimeoutExpired:
-                pass
-        sweep()
-
 
 SHARED_MARKER = f"{MARKER}-shared"  # not MARKER: the cluster tests' sweeps must leave the shared node alone
 
@@ -246,20 +160,11 @@ def shared_node(cpus: int = 2):
 
 # ---------------------------------------------------------------- the search as a driver, S3
 
-def driver(env: dict, workdir: Path, name: str, *args, space: Path = SMOKE) -> tuple[subprocess.Popen, Path]:
+def local_driver(env: dict, workdir: Path, name: str, *args, space: Path = SMOKE):
+    """search.py on this machine itself (not on a test host)."""
     log = workdir / f"driver-{name}.log"
     cmd = [sys.executable, str(SEARCH), "--name", name, "--space", str(space), "--confirm-top", "0", *map(str, args)]
     return spawn(cmd, env, log), log
-
-
-def refused(env: dict, workdir: Path, name: str, *args, timeout: float = 180) -> tuple[int, str]:
-    """A driver expected to stop by itself (refused input): its exit code and log."""
-    proc, log = driver(env, workdir, name, *args)
-    try:
-        proc.wait(timeout)
-    finally:
-        stop(proc, grace=5)
-    return proc.returncode, log.read_text(errors="replace")
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
@@ -274,24 +179,13 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
     return out
 
 
-def s3_keys(client, prefix: str) -> list[str]:
-    keys = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
-    return keys
-
-
-def s3_read(client, key: str) -> bytes:
-    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-
-
-def s3_results(client, exp: str) -> dict[str, list[dict]]:
+def s3_results(s3, exp: str) -> dict[str, list[dict]]:
     """Every trial's result.json rows, by trial folder."""
     out = {}
-    for key in s3_keys(client, exp + "/"):
+    for key in s3.keys(exp + "/"):
         if key.endswith("/result.json"):
             rows = []
-            for line in s3_read(client, key).decode().splitlines():
+            for line in s3.read(key).decode().splitlines():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
@@ -300,19 +194,5 @@ def s3_results(client, exp: str) -> dict[str, list[dict]]:
     return out
 
 
-def summary(client, exp: str) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(s3_read(client, f"{exp}/summary.parquet")))
-
-
-def kill_node(pid: int, name: str) -> None:
-    """The machine of a node dies: SIGKILL every process of the node. Its `ray start` session (process group
-    of `ray start`, GCS/raylet/agents) is not enough: Ray 2.60 gives each worker process its own process group,
-    and a trial left running would go on for a few epochs, reporting to the driver, before noticing that its
-    raylet is gone."""
-    pids = marked_pids(name)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    sigkill(pids)
-    sweep(name)
+def summary(s3, exp: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(s3.read(f"{exp}/summary.parquet")))

@@ -1,19 +1,24 @@
-"""A real two-node Ray cluster on this machine (scripts/cluster_head.sh and cluster_worker.sh), moto's S3 server,
-and `python tune_p7/search.py --address ...` or scripts/cluster_submit.sh as the driver: where a search listens,
-that it uses both nodes and S3, what it refuses, and that trials survive a dead node. Everything stays on
-loopback, in private folders, with this run's own ports and token (tests/cluster_harness.py)."""
+"""A real Ray cluster on two hosts (tests/host_cluster.py: network and mount namespaces joined by a veth pair, or
+loopback nodes where namespaces cannot be made), moto's S3 server as the only shared storage, and
+`python tune_p7/search.py --address ...` or scripts/cluster_submit.sh as the driver on the head host: that a
+search uses both hosts and S3 and keeps the driver's secret home, what it refuses before any trial, that a
+worker cut off or orphaned by a head restart rejoins by itself, that a job-submitted search resumes after a head
+restart, and that trials survive a dead worker machine."""
 from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import time
 
 import pytest
 import yaml
 
-from cluster_harness import (BUCKET, NODE_IP, SMOKE, driver, finish, http_get, kill_node, private_env, private_workdir,
-                             refused, s3_keys, s3_read, s3_results, s3_server, script, summary, synth,
-                             two_node_cluster)
-from local_processes import listeners_of, listening_hosts, process_tree, stop, wait_for
+from cluster_harness import (BUCKET, SMOKE, TOKEN, finish, http_get, local_driver, private_env, private_workdir,
+                             s3_results, summary, synth)
+from host_cluster import (DRIVER_SECRET, cluster_on, driver, kill_worker_machine, lab, ray_log_text, refused,
+                          s3_server, wait_dead)
+from local_processes import listeners_of, listening_hosts, process_tree, stop, tail, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -25,45 +30,58 @@ def workdir():
 
 
 @pytest.fixture(scope="module")
-def store(workdir):
-    return synth(workdir / "synth.parquet", 120)
-
-
-@pytest.fixture(scope="module")
-def slower_store(workdir):
-    """Trials of a few seconds: longer than starting a trial actor on a node (so the head node cannot run all
-    trials before the worker node's actor is up) and long enough to kill a node in mid-trial."""
-    return synth(workdir / "slower.parquet", 400)
-
-
-@pytest.fixture(scope="module")
 def base_env():
     return private_env()
 
 
 @pytest.fixture(scope="module")
-def s3(workdir, base_env):
+def hosts(workdir):
+    with lab(workdir) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def store(hosts):
+    """Data on the head host (the driver's), as the head sees it."""
+    synth(hosts.head.outside(hosts.head.tmp("synth.parquet")), 120)
+    return hosts.head.tmp("synth.parquet")
+
+
+@pytest.fixture(scope="module")
+def slower_store(hosts):
+    """Trials of a few seconds: longer than starting a trial actor on a node, long enough to kill a node."""
+    synth(hosts.head.outside(hosts.head.tmp("slower.parquet")), 400)
+    return hosts.head.tmp("slower.parquet")
+
+
+@pytest.fixture(scope="module")
+def s3(hosts, base_env):
     pytest.importorskip("moto.server")
-    with s3_server(workdir, base_env) as server:
+    with s3_server(hosts, base_env) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def cluster(s3, workdir):
-    env, _ = s3
-    with two_node_cluster(env, workdir) as c:
+def cluster(hosts, base_env, s3):
+    with cluster_on(hosts, base_env, s3) as c:
         yield c
 
 
-# ---------------------------------------------------------------- tests (the node-killing one runs last)
+def isolated_only(hosts, what: str) -> None:
+    if not hosts.worker.isolated:
+        pytest.skip(f"{what} needs separate hosts; on loopback nodes because: {hosts.fallback}")
 
-def test_local_search_listens_on_loopback_only(workdir, store, base_env):
+
+# ---------------------------------------------------------------- tests (the worker-killing one runs last)
+
+def test_local_search_listens_on_loopback_only(workdir, base_env):
     """A plain local search (no --address) listens on loopback only: every TCP server of its Ray (GCS, raylet,
     dashboard, agents, trial workers) while trials run, the dashboard included, which wants the token."""
     env = {**base_env, "RAY_TMPDIR": str(workdir / "local")}  # its own /tmp/ray, nobody else's session
     (workdir / "local").mkdir()
-    proc, log = driver(env, workdir, "local", "--num-cpus", 2, "--data", store, "--storage", workdir / "results",
-                       "--epochs", 1, "--no-probe")
+    data = synth(workdir / "local.parquet", 120)
+    proc, log = local_driver(env, workdir, "local", "--num-cpus", 2, "--data", data, "--storage",
+                             workdir / "results", "--epochs", 1, "--no-probe")
     try:
         line = wait_for(lambda: next((ln for ln in log.read_text().splitlines() if "dashboard:" in ln), None),
                         180, "the dashboard line", procs=[(proc, log)])
@@ -85,130 +103,217 @@ def test_local_search_listens_on_loopback_only(workdir, store, base_env):
     assert len(list((workdir / "results" / "local").glob("*/result.json"))) == 4
 
 
-def test_search_uses_both_nodes_and_s3_while_dashboard_shows_it(cluster, s3, workdir, slower_store):
-    env, client = s3
+def test_search_uses_both_hosts_and_s3_and_keeps_the_drivers_secret_home(cluster, s3, slower_store):
+    """Trials on both hosts, results and summary in S3, the dashboard (token only) listing both nodes; each node
+    writes S3 with its own key: the driver's secret is in no trial's runtime env, not in the dashboard's actor
+    API and not in any node's runtime_env_agent.log."""
     exp = "exp/both"
-    proc, log = driver(cluster.env, workdir, "both", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
+    proc, log = driver(cluster, "both", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
                        "--data", slower_store, "--epochs", 3, "--scheduler", "fifo")
     actors: dict[str, dict] = {}
     try:
-        # while it runs: the dashboard lists both nodes and the trial actors (with the token only)
         def trial_actors():
-            rows = cluster.api("/api/v0/actors?limit=1000")["data"]["result"]["result"]
+            rows = cluster.api("/api/v0/actors?limit=1000&detail=true")["data"]["result"]["result"]
             actors.update({a["actor_id"]: a for a in rows if "ImplicitFunc" in a["class_name"]})
             return {a["node_id"] for a in actors.values()} >= set(cluster.node_ids.values())
 
         wait_for(trial_actors, 240, "trial actors on both nodes in the dashboard", interval=1, procs=[(proc, log)])
+        raw_api = cluster.get("/api/v0/actors?limit=1000&detail=true")[1].decode()
         nodes = cluster.alive_nodes()
         assert {n["node_id"] for n in nodes} == set(cluster.node_ids.values())
-        assert {n["node_ip"] for n in nodes} == {NODE_IP}  # all cluster traffic on loopback
-        assert http_get(cluster.dashboard_url + "/api/v0/nodes", token=None)[0] == 401
-        assert http_get(cluster.dashboard_url + "/api/v0/nodes", token="0" * 64)[0] == 403
-        summary_view = cluster.api("/nodes?view=summary")["data"]["summary"]
-        assert {s["raylet"]["nodeId"] for s in summary_view} == set(cluster.node_ids.values())
-        assert listening_hosts(cluster.dashboard) == {"127.0.0.1"}
+        assert {n["node_ip"] for n in nodes} == {cluster.lab.head.ip, cluster.lab.worker.ip}
+        assert cluster.get("/api/v0/nodes", token=None)[0] == 401
+        assert cluster.get("/api/v0/nodes", token="0" * 64)[0] == 403
         out = finish(proc, log, 420)
     finally:
         stop(proc, grace=10)
     assert "dashboard: http://127.0.0.1:" in out and f"s3://{BUCKET}/{exp}" in out
-    keys = s3_keys(client, exp + "/")
+    keys = s3.keys(exp + "/")
     assert f"{exp}/summary.md" in keys and f"{exp}/summary.parquet" in keys  # summarized from the s3:// URI
-    df = summary(client, exp)
+    df = summary(s3, exp)
     assert len(df) == 4 and "unfinished" not in set(df["status"]) and "errored" not in set(df["status"])
     assert set(df["node"]) == set(cluster.node_ids.values()), df[["trial_id", "node", "status"]]
-    res = s3_results(client, exp)
+    res = s3_results(s3, exp)
     assert len(res) == 4 and all(rows and all(r["node"] for r in rows) for rows in res.values())
     assert any("/checkpoint_" in k for k in keys)
-    # TensorBoard: Tune's TBX logger writes event files into every trial folder (tensorboardX is installed)
-    pytest.importorskip("tensorboardX")
+    pytest.importorskip("tensorboardX")  # Tune's TBX logger writes event files into every trial folder
     trial_dirs = {k.split("/")[2] for k in keys if k.endswith("/result.json")}
     assert trial_dirs == {k.split("/")[2] for k in keys if "/events.out.tfevents" in k}
+    # the secret stayed with the driver
+    envs = [a.get("serialized_runtime_env") or "" for a in actors.values()]
+    assert envs and not any(DRIVER_SECRET in e or "AWS_SECRET_ACCESS_KEY" in e for e in envs), envs
+    assert DRIVER_SECRET not in raw_api
+    for host, env in ((cluster.lab.head, cluster.head_env), (cluster.lab.worker, cluster.worker_env)):
+        logs = ray_log_text(host, env.get("RAY_TEMP_DIR", "/tmp/ray"), "runtime_env_agent.log")
+        assert logs and DRIVER_SECRET not in logs, host.name
 
 
-def test_node_local_storage_on_two_nodes_fails_fast(cluster, workdir, store):
-    code, err = refused(cluster.env, workdir, "local-path", "--address", cluster.address,
-                        "--storage", workdir / "node-local", "--data", store)
+def test_node_local_storage_on_two_nodes_fails_fast(cluster, store):
+    code, err = refused(cluster, "local-path", "--address", cluster.address,
+                        "--storage", cluster.lab.head.tmp("node-local"), "--data", store)
     assert code == 2, err[-3000:]
     assert "node-local path on a 2-node cluster" in err and "s3://" in err and "NFS" in err, err[-3000:]
     assert "Traceback" not in err
-    assert not (workdir / "node-local" / "local-path").exists()  # nothing started
+    assert not cluster.lab.head.outside(cluster.lab.head.tmp("node-local/local-path")).exists()
 
 
-def test_driver_with_wrong_token_is_refused(cluster, s3, workdir, store):
+def test_driver_with_wrong_token_is_refused(cluster, s3, store):
     """Token authentication is on: a driver with another token is refused by the GCS (exit 2, nothing run)."""
-    _, client = s3
     env = {**cluster.env, "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_gcs_server_port_wait_time_s": "3"}  # Ray retries the GCS for ~20 s by default
-    code, out = refused(env, workdir, "wrong-token", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
-                        "--data", store)
+    code, out = refused(cluster, "wrong-token", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
+                        "--data", store, env=env)
     assert code == 2, out[-3000:]
     assert "InvalidAuthToken" in out and "error: --address" in out, out[-3000:]
-    assert not s3_keys(client, "exp/wrong-token/")
+    assert not s3.keys("exp/wrong-token/")
 
 
-def test_driver_without_any_token_gets_one_line(cluster, workdir, store):
+def test_driver_without_auth_mode_gets_one_line_naming_the_variable(cluster, s3, store):
+    """The head's token in ~/.ray/auth_token but no RAY_AUTH_MODE=token (as a driver run by hand): one line
+    saying to export it and where the token goes, exit 2, none of Ray's retry lines."""
+    home = cluster.lab.head.tmp("home-token-file")
+    cluster.lab.head.outside(home).mkdir()
+    (cluster.lab.head.outside(home) / ".ray").mkdir()
+    (cluster.lab.head.outside(home) / ".ray" / "auth_token").write_text(TOKEN)
+    env = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env.update({"HOME": home, "RAY_gcs_server_port_wait_time_s": "3"})
+    code, out = refused(cluster, "no-auth-mode", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
+                        "--data", store, env=env)
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert code == 2 and lines[-1].startswith("error: --address"), out[-3000:]
+    assert "export RAY_AUTH_MODE=token" in lines[-1] and "~/.ray/auth_token" in lines[-1], lines[-1]
+    assert "Failed to get cluster ID" not in out and "ray stop" not in out and "Traceback" not in out, out[-3000:]
+    assert not s3.keys("exp/no-auth-mode/")
+
+
+def test_driver_without_any_token_gets_one_line(cluster, store):
     """RAY_AUTH_MODE=token but no token anywhere (no RAY_AUTH_TOKEN, no ~/.ray/auth_token): one line, exit 2."""
-    home = workdir / "home-without-token"
-    home.mkdir(exist_ok=True)
+    home = cluster.lab.head.tmp("home-without-token")
+    cluster.lab.head.outside(home).mkdir(exist_ok=True)
     env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
-    code, out = refused({**env, "HOME": str(home)}, workdir, "no-token", "--address", cluster.address,
-                        "--storage", workdir / "no-token", "--data", store, timeout=120)
+    code, out = refused(cluster, "no-token", "--address", cluster.address, "--storage", cluster.lab.head.tmp("nt"),
+                        "--data", store, env={**env, "HOME": home}, timeout=120)
     assert code == 2 and "Traceback" not in out, out[-3000:]
     assert "error: --address" in out and "token" in out, out[-3000:]
 
 
-def test_job_submission_through_the_dashboard_uploads_the_checkout_and_the_shipped_data(cluster, s3, workdir):
-    """scripts/cluster_submit.sh: `ray job submit` to the dashboard's job API (token required), the search's
-    driver on the head node, the repository as the job's working directory, results in S3. Without --data the
-    job's search reads the shipped data/pydocs.parquet from the uploaded checkout (data files are otherwise left
-    out of the upload); a relative --data that is missing or outside the checkout is refused with one line before
-    anything is submitted (an absolute --data, a path on the head node, is tests/test_job_env.py's)."""
-    _, client = s3
+def test_a_node_without_tune_p7_or_storage_settings_stops_the_search_before_any_trial(cluster, s3, store):
+    """A second worker node on the worker host started as a bare machine would be: no tune_p7, no storage
+    settings. The search exits 2 before any trial with one line naming that node and both fixes; nothing is
+    written to S3."""
+    isolated_only(cluster.lab, "a node that cannot import tune_p7")
+    bare = {k: v for k, v in cluster.worker_env.items() if not k.startswith("AWS_") and k != "PYTHONPATH"}
+    bare.update({"TUNE_P7_CLUSTER_NODE": "bare", "P7_NODE_DIR": "/tmp/bare-ctl", "RAY_TEMP_DIR": "/tmp/rb",
+                 "NODE_MANAGER_PORT": "7380", "OBJECT_MANAGER_PORT": "7381", "DASHBOARD_AGENT_GRPC_PORT": "7382",
+                 "RUNTIME_ENV_AGENT_PORT": "7383", "METRICS_EXPORT_PORT": "7384",
+                 "DASHBOARD_AGENT_LISTEN_PORT": "7385", "MIN_WORKER_PORT": "11000", "MAX_WORKER_PORT": "11100"})
+    r = cluster.script("worker", "cluster_worker.sh", cluster.address, env=bare)
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        bare_id = wait_for(lambda: next(iter({n["node_id"] for n in cluster.alive_nodes()}
+                                             - set(cluster.node_ids.values())), None), 120, "the bare node")
+        t0 = time.monotonic()
+        code, out = refused(cluster, "bare", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
+                            "--data", store)
+        took = time.monotonic() - t0
+    finally:
+        cluster.script("worker", "cluster_stop.sh", "worker", env=bare, timeout=120)
+    lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1, out[-3000:]
+    assert lines[0].startswith(f"error: node {cluster.lab.worker.ip} ({bare_id[:8]})"), lines[0]
+    assert "cannot import tune_p7" in lines[0] and "install it there" in lines[0], lines[0]
+    assert "cannot write s3://" in lines[0] and "export the storage settings" in lines[0], lines[0]
+    assert "ModuleNotFoundError" not in out.replace(lines[0], "") and "Traceback" not in out, out[-3000:]
+    assert not s3.keys("exp/bare/")  # not even the search record: checked before anything is written
+    print(f"refused in {took:.0f} s")
+    wait_for(lambda: len(cluster.alive_nodes()) == 2, 60, "the bare node to leave")
+
+
+def test_job_submission_through_the_dashboard_uploads_the_checkout_and_the_shipped_data(cluster, s3):
+    """scripts/cluster_submit.sh on the head host: `ray job submit` to the dashboard's job API (token required),
+    the checkout as the job's working directory, results in S3; refusals before submitting are one line."""
     env = {**cluster.env, "DASHBOARD": cluster.dashboard_url}
-    args = ["--storage", f"s3://{BUCKET}/exp", "--name", "shipped", "--epochs", 1, "--no-probe",
-            "--confirm-top", 0]  # the confirmation stage is tests/test_confirm.py's
-    bad = script("cluster_submit.sh", *args, env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}, timeout=120)
+    args = ["--storage", f"s3://{BUCKET}/exp", "--name", "shipped", "--epochs", 1, "--no-probe", "--confirm-top", 0]
+    bad = cluster.script("head", "cluster_submit.sh", *args, env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+                         timeout=120)
     assert bad.returncode != 0 and "Invalid authentication token" in bad.stderr, bad.stderr[-2000:]
-    assert script("cluster_submit.sh", "--epochs", 1, env=env, timeout=60).returncode == 2  # no --storage
+    assert cluster.script("head", "cluster_submit.sh", "--epochs", 1, env=env, timeout=60).returncode == 2
     for data, problem in (("no/such.parquet", "not found in the repository"),
                           ("../outside.parquet", "outside the repository")):
-        r = script("cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "refused", "--data", data,
-                   env=env, timeout=120)
+        r = cluster.script("head", "cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "refused",
+                           "--data", data, env=env, timeout=120)
         assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
         assert r.stderr.startswith(f"error: --data {data}: {problem}"), r.stderr
-    assert not s3_keys(client, "exp/refused/")
-    r = script("cluster_submit.sh", *args, env=env, timeout=420)
+    assert not s3.keys("exp/refused/")
+    r = cluster.script("head", "cluster_submit.sh", *args, env=env, timeout=420)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in out, r.stdout[-4000:] + r.stderr[-3000:]
     assert "data/pydocs.parquet (train" in out and "dim 384" in out, out[-4000:]
-    df = summary(client, "exp/shipped")
+    df = summary(s3, "exp/shipped")
     assert len(df) == 4 and "errored" not in set(df["status"]), df
 
 
-def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, workdir, slower_store):
-    """SIGKILL the worker node once a trial there has uploaded its epoch-2 checkpoint to S3: the search
-    finishes, that trial goes on from a checkpoint on the head node, every trial is in the summary.
+def test_a_worker_cut_off_until_marked_dead_rejoins_by_itself(cluster):
+    """The worker's link cut until the GCS marks it dead (short health checks), then restored: its raylet exits
+    ("marked as dead"), the supervisor starts it again and a new worker node joins, with no one touching it."""
+    isolated_only(cluster.lab, "cutting a link")
+    old = cluster.node_ids["worker"]
+    cluster.lab.worker.link(False)
+    try:
+        wait_dead(cluster, old, 120)
+    finally:
+        cluster.lab.worker.link(True)
+    new = cluster.wait_worker(180)
+    assert new != old
+    assert "exited" in tail(cluster.lab.workdir / "supervisor.log")
 
-    Runs last: it leaves the module's cluster with the head node only."""
-    env, client = s3
+
+def test_head_restart_then_resume_of_a_job_submitted_search(cluster, s3):
+    """A job-submitted search, its head stopped mid-search and its /tmp/ray wiped (the job's uploaded copies of
+    the space and data with it), the head started again: the supervised worker rejoins by itself, and
+    `cluster_submit.sh --storage ... --name ... --resume` finishes every trial."""
+    env = {**cluster.env, "DASHBOARD": cluster.dashboard_url, "P7_NO_WAIT": "1"}
+    exp = "exp/restarted"
+    r = cluster.script("head", "cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "restarted",
+                       "--epochs", 6, "--no-probe", "--confirm-top", 0, "--scheduler", "fifo", env=env, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    wait_for(lambda: any("/checkpoint_" in k for k in s3.keys(exp + "/")), 300, "a first checkpoint", interval=1)
+    cluster.stop_node("head")
+    temp = cluster.lab.head.outside(cluster.head_env.get("RAY_TEMP_DIR", "/tmp/ray"))
+    shutil.rmtree(temp, ignore_errors=True)
+    old_worker = cluster.node_ids["worker"]
+    cluster.start_head()
+    assert cluster.wait_worker(240) != old_worker  # rejoined by itself
+    stored = json.loads(s3.read(f"{exp}/tune_p7_search.json"))
+    assert "working_dir_files" in stored["space"] and stored["space_rel"] == "search_spaces/smoke.yaml", stored
+    r = cluster.script("head", "cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "restarted",
+                       "--resume", env={**env, "P7_NO_WAIT": "0"}, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "succeeded" in out, out[-5000:]
+    df = summary(s3, exp)
+    assert len(df) == 4 and not set(df["status"]) & {"unfinished", "errored"}, df[["trial_id", "status"]]
+
+
+def test_killed_worker_machine_trials_resume_on_the_head(cluster, s3, slower_store):
+    """SIGKILL the worker machine (its supervisor and every process of its node) once a trial there has
+    uploaded its epoch-2 checkpoint: the search finishes, that trial goes on from a checkpoint on the head,
+    every trial is in the summary. Runs last: it leaves the module's cluster with the head node only."""
     exp = "exp/killed"
     worker_id, head_id = cluster.node_ids["worker"], cluster.node_ids["head"]
-    # more epochs, no gate stops a trial: the kill lands mid-trial
     space = yaml.safe_load(SMOKE.read_text())
-    space["gates"] = {"drift": -1.0, "margin": -10.0, "grace_epochs": 0}
-    (workdir / "no_gates.yaml").write_text(yaml.safe_dump(space))
-    proc, log = driver(cluster.env, workdir, "killed", "--address", cluster.address, "--storage",
-                       f"s3://{BUCKET}/exp", "--data", slower_store, "--epochs", 8, "--scheduler", "fifo", "--no-probe",
-                       space=workdir / "no_gates.yaml")
+    space["gates"] = {"drift": -1.0, "margin": -10.0, "grace_epochs": 0}  # no gate stops a trial: the kill is mid-trial
+    cluster.lab.head.outside(cluster.lab.head.tmp("no_gates.yaml")).write_text(yaml.safe_dump(space))
+    proc, log = driver(cluster, "killed", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
+                       "--data", slower_store, "--epochs", 8, "--scheduler", "fifo", "--no-probe",
+                       space=cluster.lab.head.tmp("no_gates.yaml"))
     try:
         def worker_checkpoints() -> dict[str, int]:
-            """{trial folder: newest epoch} of the checkpoints in S3 that trials wrote on the worker node (trials
-            upload their checkpoints themselves; the metrics.json in each names its node)."""
+            """{trial folder: newest epoch} of the checkpoints in S3 that trials wrote on the worker node."""
             found: dict[str, int] = {}
-            for key in s3_keys(client, exp + "/"):
+            for key in s3.keys(exp + "/"):
                 if key.endswith("/metrics.json") and "/checkpoint_" in key:
                     try:
-                        m = json.loads(s3_read(client, key))
+                        m = json.loads(s3.read(key))
                     except Exception:  # deleted meanwhile (num_to_keep)
                         continue
                     if m.get("node") == worker_id:
@@ -218,24 +323,23 @@ def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, workdir, slower
 
         seen = wait_for(lambda: {t: e for t, e in worker_checkpoints().items() if e >= 2}, 300,
                         "an epoch-2 checkpoint of a trial on the worker node", interval=0.5, procs=[(proc, log)])
-        kill_node(cluster.pid("worker"), "worker")
+        kill_worker_machine(cluster)
         trial = next(iter(seen))
-        newest = max(seen[trial], worker_checkpoints().get(trial, 0))  # the last checkpoint it can go on from
+        newest = max(seen[trial], worker_checkpoints().get(trial, 0))
         out = finish(proc, log, 600)
     finally:
         stop(proc, grace=10)
     assert "dashboard:" in out
     wait_for(lambda: len(cluster.alive_nodes()) == 1, 60, "the dead worker node to leave the node list")
-    df = summary(client, exp)
+    df = summary(s3, exp)
     assert len(df) == 4, df
     assert "unfinished" not in set(df["status"]) and "errored" not in set(df["status"]), \
         df[["trial_id", "status", "error", "stopped_epoch"]].to_string()
     assert (df["stopped_epoch"] == 8).all()
-    rows = s3_results(client, exp)[trial]
+    rows = s3_results(s3, exp)[trial]
     nodes, epochs = [r["node"] for r in rows], [r["epoch"] for r in rows]
-    assert nodes[0] == worker_id and nodes[-1] == head_id, nodes  # started on the worker, ended on the head
+    assert nodes[0] == worker_id and nodes[-1] == head_id, nodes
     first_on_head = nodes.index(head_id)
-    # went on from one of its checkpoints (not from scratch), and no epoch is missing
     assert 1 < epochs[first_on_head] <= newest + 1, (epochs, nodes, newest)
     assert sorted(set(epochs)) == list(range(1, 9)), epochs
     assert df.set_index("trial_dir").loc[trial, "node"] == head_id

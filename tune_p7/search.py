@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tune_p7 import cli, confirm, storage
+from tune_p7 import cli, confirm, kept_inputs, preflight, storage
 from tune_p7.data import load
 from tune_p7.errors import InputError, one_line
 from tune_p7.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
@@ -103,10 +103,12 @@ def init_ray(opts: SearchOptions) -> str:
               file=sys.stderr)
     try:
         if opts.address:
-            ctx = ray.init(address=opts.address, log_to_driver=opts.verbose)
+            ctx = preflight.join(ray, opts.address, log_to_driver=opts.verbose)  # auth failure: one line
         else:  # address="local": never join a stale cluster named in /tmp/ray
             ctx = ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=True,
                            dashboard_host=opts.dashboard_host, log_to_driver=opts.verbose)
+    except InputError:
+        raise
     except ray.exceptions.AuthenticationError as exc:
         raise InputError("--address " + str(opts.address),
                          f"Ray token authentication failed ({one_line(exc)}); give the "
@@ -237,6 +239,7 @@ def main(argv=None) -> int:
         if not storage.exists(storage.join(exp, SEARCH_FILE)):
             raise InputError(exp, "no experiment to resume (no tune_p7 search record)")
         stored = json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE)))
+        stored = kept_inputs.surviving(stored, exp)  # a job's uploaded copies are gone after a head restart
         refuse_resume_changes(opts, stored)
     space_path = opts.space or (stored["space"] if stored else str(DEFAULT_SPACE))
     space = load_space(space_path).override(epochs=opts.epochs, seed=opts.seed, scheduler=opts.scheduler)
@@ -247,6 +250,7 @@ def main(argv=None) -> int:
         data.check_context(k)
     if not opts.resume:  # before Ray starts: its start-up would disturb the timing
         space, precision = decide_precision(space)
+    preflight.check_storage_uri(root)
     storage.check_writable(root)
     check_address(opts.address)
     dashboard = init_ray(opts)
@@ -257,12 +261,15 @@ def main(argv=None) -> int:
         raise InputError("--storage " + root, f"a node-local path on a {len(alive)}-node cluster: use s3://BUCKET/... "
                                               "or a shared filesystem (NFS) mounted on every node "
                                               "(then pass --storage-is-shared if it is not detected)")
+    if len(alive) > 1 or alive[0]["NodeManagerAddress"] != ray.util.get_node_ip_address():
+        preflight.check_nodes(root)  # every other node imports this tune_p7 and writes the storage
+    preflight.keep_credentials_home()
     if not opts.resume:
         record = {"space": str(Path(space_path).resolve()), "data": str(Path(data_path).resolve()),
                   "metric": space.metric, "mode": space.mode, "gates": vars(space.gates), "samplers": samplers(space),
                   "max_epochs": max(space.values_of("epochs")), "argv": sys.argv[1:] if argv is None else list(argv),
                   "precision": precision,
-                  "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+                  "created": time.strftime("%Y-%m-%d %H:%M:%S"), **kept_inputs.keep(exp, space_path, data_path)}
         storage.write_bytes(storage.join(exp, SEARCH_FILE), json.dumps(record, indent=2).encode())
         if not opts.no_probe:
             write_probe(data, space, exp)

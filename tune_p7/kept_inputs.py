@@ -1,0 +1,60 @@
+"""The space and data of an experiment, recorded so that ``--resume`` finds them after the driver's machine lost
+its temporary files.
+
+A search submitted as a Ray job runs in an uploaded copy of the checkout under the head's
+``/tmp/ray/session_*/runtime_resources/working_dir_files/_ray_pkg_*``: the absolute paths it records are gone
+once that session is (a head restart, a reboot). So the record also holds each path relative to the checkout
+(``space_rel`` / ``data_rel``: a resumed job gets a fresh upload of the same checkout), and the experiment folder
+keeps a copy of the space file (``space.yaml``), which a resume uses when neither path exists any more.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from tune_p7 import storage
+from tune_p7.errors import InputError
+from tune_p7.options import REPO
+
+SPACE_COPY = "space.yaml"
+
+
+def _rel(path: str) -> str | None:
+    p = Path(path).resolve()
+    return p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else None
+
+
+def keep(exp: str, space_path: str, data_path: str) -> dict:
+    """Copy the space file into the experiment; the record's extra fields."""
+    text = Path(space_path).read_bytes()
+    storage.write_bytes(storage.join(exp, SPACE_COPY), text)
+    return {"space_rel": _rel(space_path), "data_rel": _rel(data_path), "space_copy": SPACE_COPY,
+            "space_sha256": hashlib.sha256(text).hexdigest()}
+
+
+def surviving(stored: dict, exp: str) -> dict:
+    """``stored`` with ``space`` and ``data`` replaced by paths that exist now: the recorded path, else the same
+    path relative to this checkout, else (the space) the experiment's copy; a data file found nowhere is an
+    InputError naming what was recorded."""
+    out = dict(stored)
+    for key in ("space", "data"):
+        if Path(stored[key]).exists():
+            continue
+        rel = stored.get(f"{key}_rel")
+        if rel and (REPO / rel).exists() and (key == "data" or _same_space(REPO / rel, stored)):
+            out[key] = str((REPO / rel).resolve())
+        elif key == "space" and stored.get("space_copy") and storage.exists(storage.join(exp, stored["space_copy"])):
+            folder = Path(tempfile.mkdtemp(prefix="tune_p7_space_"))
+            copy = folder / Path(stored[key]).name
+            copy.write_bytes(storage.read_bytes(storage.join(exp, stored["space_copy"])))
+            out[key] = str(copy)
+        else:
+            raise InputError(stored[key], f"the experiment's {key} is gone (recorded when it started); put it back "
+                                          "at that path to resume")
+    return out
+
+
+def _same_space(path: Path, stored: dict) -> bool:
+    want = stored.get("space_sha256")
+    return want is None or hashlib.sha256(path.read_bytes()).hexdigest() == want
