@@ -294,7 +294,7 @@ def test_head_restart_then_resume_of_a_job_submitted_search(cluster, s3):
     assert len(df) == 4 and not set(df["status"]) & {"unfinished", "errored"}, df[["trial_id", "status"]]
 
 
-def test_killed_worker_machine_trials_resume_on_the_head(cluster, s3, slower_store):
+def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, slower_store):
     """SIGKILL the worker machine (its supervisor and every process of its node) once a trial there has
     uploaded its epoch-2 checkpoint: the search finishes, that trial goes on from a checkpoint on the head,
     every trial is in the summary. Runs last: it leaves the module's cluster with the head node only."""
