@@ -188,7 +188,7 @@ def end(host: Host, timeout: float = 20) -> None:
     while inode and time.monotonic() < deadline:
         pids = processes_in(inode)
         if not pids:
-            return
+            break
         for pid in sorted(pids, key=lambda p: p == host.anchor.pid):
             try:
                 os.kill(pid, 9)
@@ -197,6 +197,8 @@ def end(host: Host, timeout: float = 20) -> None:
         host.anchor.poll()
         time.sleep(0.3)
     left = processes_in(inode) if inode else []
+    if not left:
+        host.anchor.wait(5)  # reaped: no zombie holds a pid
     if left:
         raise RuntimeError(f"host {host.name}: processes {left} still in its namespace")
 

@@ -258,13 +258,17 @@ def test_a_worker_cut_off_until_marked_dead_rejoins_by_itself(cluster):
     ("marked as dead"), the supervisor starts it again and a new worker node joins, with no one touching it."""
     isolated_only(cluster.lab, "cutting a link")
     old = cluster.node_ids["worker"]
+    t0 = time.monotonic()
     cluster.lab.worker.link(False)
     try:
         wait_dead(cluster, old, 120)
+        dead = time.monotonic() - t0
     finally:
         cluster.lab.worker.link(True)
+    t1 = time.monotonic()
     new = cluster.wait_worker(180)
     assert new != old
+    print(f"marked dead {dead:.0f} s after the cut; a new worker node {time.monotonic() - t1:.0f} s after the link")
     assert "exited" in tail(cluster.lab.workdir / "supervisor.log")
 
 
@@ -283,7 +287,9 @@ def test_head_restart_then_resume_of_a_job_submitted_search(cluster, s3):
     shutil.rmtree(temp, ignore_errors=True)
     old_worker = cluster.node_ids["worker"]
     cluster.start_head()
+    t0 = time.monotonic()
     assert cluster.wait_worker(240) != old_worker  # rejoined by itself
+    print(f"the worker rejoined {time.monotonic() - t0:.0f} s after the head was back")
     stored = json.loads(s3.read(f"{exp}/tune_p7_search.json"))
     assert "working_dir_files" in stored["space"] and stored["space_rel"] == "search_spaces/smoke.yaml", stored
     r = cluster.script("head", "cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "restarted",
