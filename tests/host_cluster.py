@@ -39,7 +39,7 @@ class Lab:
 @contextmanager
 def lab(workdir: Path):
     """The two hosts; the worker gets tune_p7 installed non-editable and the scripts, as a machine of its own."""
-    why = nh.unavailable()
+    why = nh.unavailable(REPO)
     if why is None:
         hide = [str(REPO)] + nh.editable_targets()
         head, worker = nh.make_pair(workdir, hide)

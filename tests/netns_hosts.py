@@ -89,8 +89,10 @@ class Host:
         subprocess.run(self.argv(["ip", "link", "set", "dev", "p7veth", "up" if up else "down"]), check=True)
 
 
-def unavailable() -> str | None:
+def unavailable(checkout: Path) -> str | None:
     """Why network/mount namespaces cannot be made here, or None."""
+    if Path(checkout).resolve().is_relative_to("/tmp"):
+        return f"the checkout {checkout} is under /tmp, which every host replaces by its own"
     if os.geteuid() != 0:
         return "not root"
     for tool in ("unshare", "nsenter", "ip"):
@@ -122,7 +124,7 @@ def anchor(root: Path, hide: list[str]) -> subprocess.Popen:
     root.mkdir(parents=True, exist_ok=True)
     (root / "home").mkdir(exist_ok=True)
     hides = "".join(f" && mount -t tmpfs -o size=1m,mode=0755 tmpfs '{h}'" for h in hide if Path(h).is_dir())
-    script = (f"mount --bind '{root}' /tmp && mount -t tmpfs tmpfs /dev/shm{hides} && ip link set lo up "
+    script = (f"true{hides} && mount --bind '{root}' /tmp && mount -t tmpfs tmpfs /dev/shm && ip link set lo up "
               "&& echo ready && exec sleep infinity")
     proc = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", script],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
