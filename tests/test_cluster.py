@@ -290,14 +290,14 @@ def test_head_restart_then_resume_of_a_job_submitted_search(cluster, s3):
     t0 = time.monotonic()
     assert cluster.wait_worker(240) != old_worker  # rejoined by itself
     print(f"the worker rejoined {time.monotonic() - t0:.0f} s after the head was back")
-    stored = json.loads(s3.read(f"{exp}/tune_p7_search.json"))
-    assert "working_dir_files" in stored["space"] and stored["space_rel"] == "search_spaces/smoke.yaml", stored
     r = cluster.script("head", "cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "restarted",
                        "--resume", env={**env, "P7_NO_WAIT": "0"}, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in out, out[-5000:]
     df = summary(s3, exp)
     assert len(df) == 4 and not set(df["status"]) & {"unfinished", "errored"}, df[["trial_id", "status"]]
+    stored = json.loads(s3.read(f"{exp}/tune_p7_search.json"))  # what it resumed from: the job's copy was gone
+    assert "working_dir_files" in stored["space"] and stored["space_rel"] == "search_spaces/smoke.yaml", stored
 
 
 def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, slower_store):
