@@ -261,8 +261,9 @@ def main(argv=None) -> int:
         raise InputError("--storage " + root, f"a node-local path on a {len(alive)}-node cluster: use s3://BUCKET/... "
                                               "or a shared filesystem (NFS) mounted on every node "
                                               "(then pass --storage-is-shared if it is not detected)")
-    if len(alive) > 1 or alive[0]["NodeManagerAddress"] != ray.util.get_node_ip_address():
-        preflight.check_nodes(root)  # every other node imports this tune_p7 and writes the storage
+    if opts.address and (len(alive) > 1 or storage.is_uri(root) or  # a node's own env, not the driver's
+                         alive[0]["NodeID"] != ray.get_runtime_context().get_node_id()):
+        preflight.check_nodes(root)  # every node imports this tune_p7 and writes the storage
     preflight.keep_credentials_home()
     if not opts.resume:
         record = {"space": str(Path(space_path).resolve()), "data": str(Path(data_path).resolve()),
