@@ -230,10 +230,11 @@ def test_a_node_without_tune_p7_or_storage_settings_stops_the_search_before_any_
 
 
 def test_job_submission_through_the_dashboard_uploads_the_checkout_and_the_shipped_data(cluster, s3):
-    """scripts/cluster_submit.sh on the head host: `ray job submit` to the dashboard's job API (token required),
-    the checkout as the job's working directory, results in S3; refusals before submitting are one line."""
+    """scripts/cluster_submit.sh on the head host: `ray job submit` to the dashboard's job API wants the token;
+    a missing --storage or a relative --data that is missing or outside the checkout is one line before anything
+    is submitted (an absolute --data, a path on the head node, is tests/test_job_env.py's)."""
     env = {**cluster.env, "DASHBOARD": cluster.dashboard_url}
-    args = ["--storage", f"s3://{BUCKET}/exp", "--name", "shipped", "--epochs", 1, "--no-probe", "--confirm-top", 0]
+    args = ["--storage", f"s3://{BUCKET}/exp", "--name", "shipped", "--epochs", 1]
     bad = cluster.script("head", "cluster_submit.sh", *args, env={**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
                          timeout=120)
     assert bad.returncode != 0 and "Invalid authentication token" in bad.stderr, bad.stderr[-2000:]
@@ -245,12 +246,7 @@ def test_job_submission_through_the_dashboard_uploads_the_checkout_and_the_shipp
         assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
         assert r.stderr.startswith(f"error: --data {data}: {problem}"), r.stderr
     assert not s3.keys("exp/refused/")
-    r = cluster.script("head", "cluster_submit.sh", *args, env=env, timeout=420)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0 and "succeeded" in out, r.stdout[-4000:] + r.stderr[-3000:]
-    assert "data/pydocs.parquet (train" in out and "dim 384" in out, out[-4000:]
-    df = summary(s3, "exp/shipped")
-    assert len(df) == 4 and "errored" not in set(df["status"]), df
+    # a job that runs on the shipped data to the end: test_head_restart_then_resume_of_a_job_submitted_search
 
 
 def test_a_worker_cut_off_until_marked_dead_rejoins_by_itself(cluster):
@@ -273,9 +269,10 @@ def test_a_worker_cut_off_until_marked_dead_rejoins_by_itself(cluster):
 
 
 def test_head_restart_then_resume_of_a_job_submitted_search(cluster, s3):
-    """A job-submitted search, its head stopped mid-search and its /tmp/ray wiped (the job's uploaded copies of
-    the space and data with it), the head started again: the supervised worker rejoins by itself, and
-    `cluster_submit.sh --storage ... --name ... --resume` finishes every trial."""
+    """A search submitted with scripts/cluster_submit.sh (the checkout and the shipped data uploaded as the job's
+    working directory, the driver on the head, results in S3), its head stopped mid-search and its /tmp/ray wiped
+    (the job's uploaded copies of the space and data with it), the head started again: the supervised worker
+    rejoins by itself, and `cluster_submit.sh --storage ... --name ... --resume` finishes every trial."""
     env = {**cluster.env, "DASHBOARD": cluster.dashboard_url, "P7_NO_WAIT": "1"}
     exp = "exp/restarted"
     r = cluster.script("head", "cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "restarted",
@@ -294,6 +291,7 @@ def test_head_restart_then_resume_of_a_job_submitted_search(cluster, s3):
                        "--resume", env={**env, "P7_NO_WAIT": "0"}, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in out, out[-5000:]
+    assert "data/pydocs.parquet (train" in out and "dim 384" in out, out[-4000:]  # the upload, found again
     df = summary(s3, exp)
     assert len(df) == 4 and not set(df["status"]) & {"unfinished", "errored"}, df[["trial_id", "status"]]
     stored = json.loads(s3.read(f"{exp}/tune_p7_search.json"))  # what it resumed from: the job's copy was gone
