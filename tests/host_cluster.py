@@ -17,9 +17,10 @@ from cluster_harness import (BUCKET, MOTO_SERVER, NODE_IP, REPO, SCRIPTS, SEARCH
                              node_env)
 from local_processes import NODE_VAR, free_port, marked_pids, sigkill, spawn, stop, sweep, tail, wait_for
 
-HEALTH = {  # the GCS marks a silent node dead after about 10-20 s instead of Ray's ~60 s: short link-cut tests
-    "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
-    "RAY_health_check_failure_threshold": "10"}
+# the GCS marks a silent node dead after about threshold x (period + timeout) = 12 s instead of Ray's ~60 s;
+# the raylet's own wait for a lost GCS (REJOIN) must be longer, so a cut node is marked dead before it gives up
+HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+          "RAY_health_check_failure_threshold": "6"}
 REJOIN = {"RESTART_SEC": "2",  # supervise.sh's pause between starts (systemd's RestartSec)
           # a raylet whose GCS went away (head restart) gives up after this, so its supervisor starts it again
           "RAY_gcs_rpc_server_reconnect_timeout_s": "20"}

@@ -119,7 +119,7 @@ def node_probe(storage: str | None) -> dict:
     return out
 
 
-def node_problems(node: dict, answer: dict | None, want: str, storage: str | None) -> list[str]:
+def node_problems(answer: dict | None, want: str, storage: str | None) -> list[str]:
     if answer is None:
         return [f"did not answer a probe task within {NODE_TIMEOUT_S} s (is its Ray node healthy? see its "
                 "raylet.out)"]
@@ -160,7 +160,7 @@ def check_nodes(storage: str) -> None:
             answer = ray.get(ref) if ref in ready else None
         except Exception as exc:  # noqa: BLE001 - the task itself failed there
             answer = {"package_error": one_line(exc, 120), "package": None}
-        problems = node_problems(node, answer, want, uri)
+        problems = node_problems(answer, want, uri)
         if problems:
             failing.append((node, problems))
     if failing:
