@@ -6,6 +6,7 @@
 # Runs `ray start --head --block` in its own session in the background, records its process id in
 # $P7_NODE_DIR/head.pid (end it with scripts/cluster_stop.sh) and logs to $P7_NODE_DIR/head.log. With
 # --foreground it replaces this shell instead (for systemd, tmux, ...): stop it with Ctrl-C or SIGTERM.
+# deploy/systemd/p7-ray-head.service runs it so, restarting it when it exits.
 #
 # Every port is fixed so that the firewall list in docs/cluster.md is exact. Environment (default):
 #   NUM_CPUS (all cores)          CPUs Ray may use here; leave one for the driver on a busy head

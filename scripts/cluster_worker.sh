@@ -5,7 +5,9 @@
 #
 # Runs `ray start --address HEAD_IP:PORT --block` in its own session in the background, records its process
 # id in $P7_NODE_DIR/worker.pid (end it with scripts/cluster_stop.sh) and logs to $P7_NODE_DIR/worker.log.
-# With --foreground it replaces this shell instead.
+# With --foreground it replaces this shell instead: run it so under scripts/supervise.sh or
+# deploy/systemd/p7-ray-worker.service, and the worker rejoins by itself after a link cut long enough to be
+# marked dead or a head restart (Ray does not restart a node; docs/cluster.md, Supervision).
 #
 # Before running it:
 #   - the token of the head node: RAY_AUTH_TOKEN exported, or the file RAY_AUTH_TOKEN_PATH, or a copy of the
