@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from tune_p7.conclusions import aggregate, figures, recommendation
+from tune_p7.conclusions import aggregate, figures, heldout_split, recommendation, where
 from tune_p7.intervals import holm, p_not_above, seed_article_replicates
 
 KEYS = ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10")
@@ -118,3 +118,13 @@ def test_a_configuration_with_a_diverged_seed_is_not_robust_and_not_recommended(
     assert agg["diverged"].tolist() == [1, 0] and agg["deploy"].tolist() == [False, True]
     text = recommendation(agg, record([1, 2]))
     assert "**Recommendation: rank 2" in text and "1 of 11 seeds diverged" in text and "rank 1 (t1: lr=1) is not robust" in text
+
+
+def test_without_a_held_out_split_the_figures_are_said_to_be_on_val_and_biased_upward():
+    rows, articles = confirmed(np.random.default_rng(4), [(1, 0.5, 0)])
+    on_val = articles.assign(split="val")
+    assert heldout_split(articles) == "ood" and heldout_split(on_val) == "val"
+    assert "held-out split (ood, 60 articles" in where("ood", articles)
+    text = where("val", on_val)
+    assert "no held-out split" in text and "biased upward" in text
+    assert aggregate(rows, on_val)["n"].tolist() == [5]

@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, kill_driver, run_cli
 from test_search import SMALL, assert_clean_console, search, space  # the small model's space text, search.py under Ray
 from tune_p7.conclusions import aggregate
+from tune_p7.data import load
 from tune_p7.confirm import new_seeds
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
@@ -31,7 +32,7 @@ def confirmed(exp):
 
 
 def test_strong_direction_confirms_each_of_the_top_k_with_n_new_seeds_and_robust_deploy(tmp_path, strong_store):
-    sp = space(tmp_path, SMALL + "  epochs: 2\n  margin: {grid: [0.07, 0.1]}\nscheduler: {name: fifo}\n"
+    sp = space(tmp_path, SMALL + "  epochs: 2\n  context_length: {grid: [3, 5]}\nscheduler: {name: fifo}\n"
                          "confirm: {top: 2, seeds: 3}\n")
     r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "strong", timeout=900)
     exp = tmp_path / "strong"
@@ -41,10 +42,19 @@ def test_strong_direction_confirms_each_of_the_top_k_with_n_new_seeds_and_robust
     assert rows.groupby("source_trial")["seed"].apply(sorted).tolist() == [[1, 2, 3]] * 2  # search used seed 0
     assert (rows["status"] == "completed").all() and (rows["epoch"] == 2).all()
     assert {"margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10", "direct_r_at_5", "direct_mrr_at_10",
-            "gate", "config/margin"} <= set(rows.columns)
+            "gate", "config/context_length"} <= set(rows.columns)
+    # every seed scored on the held-out split; ridge fitted and scored at each configuration's own context length
+    articles = pd.read_parquet(exp / "confirm_articles.parquet")
+    ood = load(strong_store).ood
+    for rank, g in articles[articles["split"] == "ood"].groupby("config_rank"):
+        k = int(rows[rows["config_rank"] == rank]["config/context_length"].iloc[0])
+        assert g[g["source"] == "ridge"]["count"].sum() == len(ood.windows(k))
+        assert sorted(g[g["source"] == "model"]["seed"].unique()) == [1, 2, 3]
+        assert (g.groupby("seed")["count"].sum() == len(ood.windows(k))).all()  # the same windows for all
     assert len(agg) == 2 and agg["robust_deploy"].all() and (agg["n"] == 3).all()
     md = (exp / "summary.md").read_text()
     assert "## Confirmed" in md and "**Recommendation: rank " in md and "## Confirmed" in r.stdout
+    assert "scored on the held-out split (ood" in md
     assert len(list(exp.glob("*/result.json"))) == 2  # the confirmation trials live in confirm/, not beside them
 
 

@@ -136,7 +136,8 @@ def table(agg: pd.DataFrame, record: dict) -> list[str]:
             "verdict (mean)", "robust_pass", "robust_deploy", "gated", "diverged"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in agg.iterrows():
-        cells = [_name(r, record), f"{r['n']}/{r['seeds']}", *[_iv(r, k) for k in METRICS],
+        n = f"{r['n']}/{r['seeds']}" + (" (one seed: intervals over articles only)" if r["n"] == 1 else "")
+        cells = [_name(r, record), n, *[_iv(r, k) for k in METRICS],
                  *[_iv(r, k, signed=True) for k in DIFFS], f"{r['val_margin']:+.3f}", r["verdict"],
                  str(r["robust_pass"]), str(r["robust_deploy"]), f"{r['gated']}/{r['n']}", str(r["diverged"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -196,7 +197,8 @@ def markdown(exp: str) -> str:
     articles = storage.read_parquet(storage.join(exp, ARTICLES_FILE))
     split = heldout_split(articles)
     agg = aggregate(rows, articles, split)
-    intro = (f"The top {len(record['configs'])} configurations of the ranked table (ranked on val) trained again at "
+    top = len(record["configs"])
+    intro = (f"The top {top} configuration{'s' * (top != 1)} of the ranked table (ranked on val) trained again at "
              f"their full epochs with {len(record['seed_values'])} new seeds each ({record['seed_values']}), without "
              f"early stopping, and scored on {where(split, articles)}. Each cell: the mean over the completed seeds "
              f"[95% bootstrap interval over seeds and articles: {REPLICATES} replicates, each resampling the seeds, "
