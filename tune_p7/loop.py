@@ -25,7 +25,6 @@ from tune_p7.model import build_model
 
 Report = Callable[[dict[str, Any], dict[str, Any]], None]
 Schedule = list[tuple[int, dict[str, Any]]]  # (first epoch, the config keys that change there), epochs ascending
-ARTICLE_KEYS = ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10")  # what the confirmation reports
 
 
 class NonFiniteLoss(RuntimeError):
@@ -154,8 +153,8 @@ class Evaluator:
 
     def article_sums(self, model, bf16: bool) -> dict[str, torch.Tensor]:
         """Per-article sums of the per-window scalars whose means the confirmation reports, for ``model`` and for
-        DIRECT on the same windows: {"article": (A,) article ids, "count": (A,) windows, <key>: (A,) sums} with keys
-        ARTICLE_KEYS and "direct_" + each of them. Needs retrieval."""
+        DIRECT on the same windows: {"article": (A,) article ids, "count": (A,) windows, <key>: (A,) sums} for margin,
+        cos_next, cos_anchor, r_at_5, mrr_at_10 and "direct_" + each of them. Needs retrieval."""
         out = self.per_window(model, bf16)
         cols = {k: out[k] for k in ("margin", "cos_next", "cos_anchor")}
         cols.update(I.hits(out["rank"]))
