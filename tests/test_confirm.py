@@ -102,3 +102,30 @@ def test_bad_confirm_options_are_one_line_errors(tmp_path, small_store):
     r = run_cli(SEARCH, "--data", small_store, "--storage", tmp_path, "--confirm-seeds", 0, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == "error: --confirm-seeds: 0 is out of range (must be >= 1)"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_the_search_stops_before_any_confirmation_and_resume_confirms(tmp_path, strong_store):
+    """Ctrl-C ends Tune's run with its state saved and fit() returns: the driver must not choose configurations
+    from the unfinished search. It says how to go on and exits 130; --resume finishes the search, then confirms."""
+    import os
+    import signal
+
+    sp = space(tmp_path, SMALL + "  epochs: 6\n  margin: {grid: [0.07, 0.1]}\nscheduler: {name: fifo}\n"
+                         "gates: {margin: -2.0}\nconfirm: {top: 1, seeds: 1}\n")
+    args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
+            "--name", "int"]
+    exp = tmp_path / "int"
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(exp.glob("*/checkpoint_000001")):
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "Traceback" not in out + err and "interrupted: " in err and "--resume --name int" in err, err[-2000:]
+    assert not (exp / "confirm").exists() and "configs" not in json.loads((exp / "confirm.json").read_text())
+    r = search("--resume", "--name", "int", "--storage", tmp_path, timeout=900)
+    assert_clean_console(r)
+    rows, agg = confirmed(exp)
+    assert len(rows) == 1 and (rows["status"] == "completed").all() and (rows["epoch"] == 6).all()

@@ -241,17 +241,17 @@ def _parquet(df: pd.DataFrame) -> bytes:
 
 
 def run(exp: str, conf: ConfirmSettings, data, space, cpus: float, max_concurrent: int = 0,
-        max_failures: int = 2) -> bool:
+        max_failures: int = 2) -> pd.DataFrame | None:
     """Run (or resume) the confirmation of the finished, summarized search in ``exp``; write confirm.parquet and
-    confirm_articles.parquet (summarizing again then adds the Confirmed section, conclusions.markdown). False when
-    there was nothing to confirm."""
+    confirm_articles.parquet (summarizing again then adds the Confirmed section, conclusions.markdown) and return
+    the former's rows (a seed ``unfinished``: the run was interrupted). None when there was nothing to confirm."""
     record = plan(exp, conf)
     if not record["configs"]:
-        return False
+        return None
     print(f"tune_p7: confirming the top {len(record['configs'])} configuration(s) with seeds "
           f"{record['seed_values']} in {storage.join(exp, FOLDER)}", flush=True)
     tuner(exp, record, data, space, cpus, max_concurrent, max_failures).fit()
     table, articles = collect(exp, record, data)
     storage.write_bytes(storage.join(exp, ARTICLES_FILE), _parquet(articles))
     storage.write_bytes(storage.join(exp, TABLE_FILE), _parquet(table))
-    return True
+    return table

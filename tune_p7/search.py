@@ -224,6 +224,16 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     )
 
 
+def interrupted(status, root: str, name: str, what: str = "trials") -> str:
+    """The line for a run that ended with unfinished ``what`` (an interrupted Tune run), or "" when all ended."""
+    n = int((status == "unfinished").sum())
+    if not n:
+        return ""
+    where = "" if storage.normalize(root) == storage.normalize(SearchOptions.storage) else f" --storage {root}"
+    return (f"interrupted: {n} of {len(status)} {what} unfinished; go on with: python tune_p7/search.py --resume "
+            f"--name {name}{where}")
+
+
 def main(argv=None) -> int:
     opts = parse(argv, prog="python tune_p7/search.py", description=__doc__.splitlines()[0])
     if not opts.verbose:  # Tune's warnings about slow experiment-state saves: slow storage is not the user's error
@@ -277,12 +287,22 @@ def main(argv=None) -> int:
     from tune_p7.summarize import summarize
 
     table = summarize(exp)
-    confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
-                            opts.max_concurrent, opts.max_failures) if confirming.top else False
-    if confirmed:
-        summarize(exp)  # again, with the Confirmed section
+    # Ctrl-C ends Tune's run with its state saved and fit() returns: the search is then unfinished, and neither
+    # a confirmation plan nor a conclusion may rest on it
+    unfinished = interrupted(storage.read_parquet(storage.join(exp, "summary.parquet"))["status"], root, name)
+    confirmed = None
+    if confirming.top and not unfinished:
+        confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
+                                opts.max_concurrent, opts.max_failures)
+        unfinished = confirmed is not None and interrupted(confirmed["status"], root, name, "confirmation seeds")
+        if confirmed is not None and not unfinished:
+            summarize(exp)  # again, with the Confirmed section
     ray.shutdown()  # its workers' last lines and exits come now, not after the table
-    if confirmed:
+    if unfinished:
+        print(table)
+        print(unfinished, file=sys.stderr)
+        return 130
+    if confirmed is not None:
         from tune_p7.conclusions import markdown
 
         print(markdown(exp))
