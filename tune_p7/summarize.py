@@ -148,7 +148,10 @@ def versus_ridge(best: pd.Series, probe: dict) -> str:
     """One line: the top-ranked trial against the probe's ridge and DIRECT baselines on val."""
     base = probe["splits"]["val"]["baselines"]
     ridge, direct = base["ridge"], base["direct"]
-    return (f"Top trial {best['trial_id']}: val margin {best.get('margin', math.nan):+.3f}, "
+    k, mine = probe.get("context_length"), best.get("config/context_length")
+    other = (f" (the probe's ridge reads {k} chunks, this trial {mine}: the Confirmed section compares each "
+             "configuration with ridge at its own context length)") if k is not None and mine not in (None, k) else ""
+    return (f"Top trial {best['trial_id']}{other}: val margin {best.get('margin', math.nan):+.3f}, "
             f"R@5 {best.get('r_at_5', math.nan):.3f}, MRR@10 {best.get('mrr_at_10', math.nan):.3f}; "
             f"ridge: margin {ridge['margin']:+.3f}, R@5 {ridge['r_at_5']:.3f}, MRR@10 {ridge['mrr_at_10']:.3f}; "
             f"DIRECT: margin {direct['margin']:+.3f}, R@5 {direct['r_at_5']:.3f}, MRR@10 {direct['mrr_at_10']:.3f}. "
