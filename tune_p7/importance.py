@@ -1,10 +1,9 @@
 """What matters: the importance of each varied hyperparameter for the final val margin and R@5.
 
-Reads the summary's per-trial table (``summary.parquet``: ``config/<key>`` columns, final metrics, ``status``)
+Reads the summary's per-trial table (``summary.parquet``: ``config/<key>`` columns, final metrics, ``status``),
 and measures how much of the variance between trials each varied hyperparameter explains on its own (a one-way
-ANOVA's omega squared, numpy only; Optuna's fANOVA or PED-ANOVA on request). Writes ``importance.json``,
-``importance.png`` and ``parallel_coordinates.png`` into the experiment folder and returns the "What matters"
-section of summary.md.
+ANOVA's omega squared, numpy only; Optuna's fANOVA or PED-ANOVA on request). Writes ``importance.json``, ``importance.png`` and
+``parallel_coordinates.png`` into the experiment folder and returns the "What matters" section of summary.md.
 """
 from __future__ import annotations
 
@@ -258,9 +257,8 @@ def markdown(report: dict) -> list[str]:
     for k in report["importance"][done[0]]:
         md.append(f"| {k} | {report['distributions'][k]} | "
                   + " | ".join(f"{report['importance'][t].get(k, math.nan):.3f}" for t in done) + " |")
-    chance = [f"No hyperparameter explains more of the {TARGETS[t]} than chance would (every importance 0)."
-              for t in done if not any(report["importance"][t].values())]
-    md += ["", *chance] if chance else []
+    md += ["", *(f"No hyperparameter explains more of the {TARGETS[t]} than chance would (every importance 0)."
+                 for t in done if not any(report["importance"][t].values()))]
     return [x for x in md if x is not None] + [""]
 
 
