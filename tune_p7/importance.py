@@ -1,13 +1,12 @@
 """What matters: the importance of each varied hyperparameter for the final val margin and R@5.
 
 Reads the summary's per-trial table (``summary.parquet``: ``config/<key>`` columns, final metrics, ``status``),
-and measures how much of the variance between trials each varied hyperparameter explains on its own (a one-way
-ANOVA's omega squared, numpy only; Optuna's fANOVA or PED-ANOVA on request). Writes ``importance.json``, ``importance.png`` and
+turns every finished trial into an Optuna trial and asks Optuna's PED-ANOVA evaluator (fANOVA on request) which
+hyperparameters separate the best trials from the rest. Writes ``importance.json``, ``importance.png`` and
 ``parallel_coordinates.png`` into the experiment folder and returns the "What matters" section of summary.md.
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -25,15 +24,13 @@ FINISHED = ("completed", "asha_stopped", "gate_stopped")
 STOPPED = ("asha_stopped", "gate_stopped")
 STOPPED_RULE = ("Stopped trials (ASHA or a gate) count with their last reported val metrics, at the epoch they "
                 "stopped: the value the scheduler judged them on")
-# The default, "anova", needs only numpy: `pip install -r requirements.txt` must give a summary with its importance
-# section, and Optuna's fANOVA needs scikit-learn (an extra). On synthetic searches of 10-40 trials where only lr
-# matters (lr a two-value grid or a log range, a no-effect uniform key beside it; 100-300 replications each) it
-# ranked a no-effect key first in at most 1% of them, fANOVA in at most 3%, PED-ANOVA in 24-44% when lr was a
-# grid (its top quantile is a few trials of one plateau, told apart by noise). PED-ANOVA compares the top-quantile
-# trials with all of them and its docstring asks for at least 5 trials in the top; with its default quantile 0.1
-# that needs 50 trials, so the quantile grows to MIN_TOP / n on smaller searches. Below MIN_TRIALS the groups of
-# a one-way ANOVA hold 2-3 trials and a random forest (fANOVA) has too few points to split.
-EVALUATORS = ("anova", "fanova", "ped_anova")
+# fANOVA by default: on searches of 10-40 trials where only lr matters it ranked lr first every time, while
+# PED-ANOVA ranked a no-effect uniform key first in about 1 of 5 when lr was a two-value grid (its top quantile
+# is a few trials of one plateau, told apart by noise). PED-ANOVA compares the top-quantile trials with all of
+# them and its docstring asks for at least 5 trials in the top; with its default quantile 0.1 that needs 50
+# trials, so the quantile grows to MIN_TOP / n on smaller searches. Below MIN_TRIALS the "top" would be half
+# the trials or more (nothing to contrast), and a random forest (fANOVA) has too few points to split.
+EVALUATORS = ("fanova", "ped_anova")
 MIN_TOP = 5
 MIN_TRIALS = 10
 DEFAULT_QUANTILE = 0.1
@@ -119,54 +116,7 @@ def _is_range(label: str) -> bool:
     return label in ("uniform", "loguniform") or label.endswith("range")
 
 
-MAX_BINS = 5
-
-
-def _groups(values: list, categorical: bool):
-    """Group labels of one key's values: its levels, or for a range equal-count bins of its ranks (about sqrt(n)
-    of them, 2-5), so that log and linear ranges bin alike."""
-    import numpy as np
-
-    if categorical:
-        levels = {v: i for i, v in enumerate(_levels(values))}
-        return np.array([levels[v] for v in values])
-    n = len(values)
-    k = int(min(MAX_BINS, max(2, round(n ** 0.5))))
-    ranks = np.argsort(np.argsort(np.asarray(values, dtype=float), kind="stable"), kind="stable")
-    return ranks * k // n
-
-
-def omega_squared(y, groups) -> float:
-    """One-way ANOVA's omega squared: the share of the variance of ``y`` its groups explain, less what as many
-    groups of pure noise would explain (so a no-effect key scores about 0, clipped there)."""
-    import numpy as np
-
-    y = np.asarray(y, dtype=float)
-    labels = np.unique(groups)
-    n, k = len(y), len(labels)
-    ss_total = float(((y - y.mean()) ** 2).sum())
-    if k < 2 or n - k < 1 or ss_total == 0:
-        return 0.0
-    ss_between = sum((groups == g).sum() * (y[groups == g].mean() - y.mean()) ** 2 for g in labels)
-    ms_within = (ss_total - ss_between) / (n - k)
-    return max(0.0, float((ss_between - (k - 1) * ms_within) / (ss_total + ms_within)))
-
-
-def anova(values: pd.Series, params: dict[str, list], specs: dict) -> dict[str, float]:
-    """{key: omega squared} rescaled to sum to 1 (all 0 when no key explains more than chance), largest first."""
-    raw = {k: omega_squared(values, _groups(v, specs[k][1] == "CategoricalDistribution")) for k, v in params.items()}
-    total = sum(raw.values())
-    return dict(sorted(((k, v / total if total else 0.0) for k, v in raw.items()), key=lambda kv: -kv[1]))
-
-
 def _evaluator(name: str, n: int):
-    """(the evaluator's name in the summary, what its importance means, Optuna's evaluator or None for anova)."""
-    if name == "anova":
-        return ("one-way ANOVA per hyperparameter, omega squared; ranges in equal-count bins",
-                "the share of the variance between trials each hyperparameter explains on its own, less what "
-                "chance explains", None)
-    if name == "fanova" and importlib.util.find_spec("sklearn") is None:
-        raise InputError("importance", "evaluator fanova needs scikit-learn: pip install -r requirements-search.txt")
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 
     if name == "fanova":
@@ -201,28 +151,20 @@ def importances(df: pd.DataFrame, record: dict | None = None, evaluator: str = E
         if reason:
             out["skipped"][target] = reason
             continue
+        import optuna  # only here: its import takes 1-2 s, and most small searches have too few trials
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         out["evaluator"], out["meaning"], ev = _evaluator(evaluator, len(used))
-        params = {k: [_plain(v) for v in used[f"config/{k}"]] for k in used_keys}
-        if ev is None:
-            result = anova(values[used.index], params, specs)
-        else:
-            result = _optuna_importances(ev, values[used.index], params, specs)
+        study = optuna.create_study(direction="maximize")
+        made = {k: optuna_distribution(specs[k]) for k in used_keys}
+        study.add_trials([optuna.trial.create_trial(
+            params={k: _plain(r[f"config/{k}"]) for k in used_keys}, distributions=made,
+            value=float(values[i])) for i, r in used.iterrows()])
+        with warnings.catch_warnings():  # small-sample notes; the minimum above already guards the result
+            warnings.simplefilter("ignore")
+            result = optuna.importance.get_param_importances(study, evaluator=ev)
         out["importance"][target] = {k: round(float(v), 4) for k, v in result.items()}
     return out
-
-
-def _optuna_importances(ev, values: pd.Series, params: dict[str, list], specs: dict) -> dict:
-    import optuna  # only here: its import takes 1-2 s
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    made = {k: optuna_distribution(specs[k]) for k in params}
-    study.add_trials([optuna.trial.create_trial(
-        params={k: v[i] for k, v in params.items()}, distributions=made, value=float(y))
-        for i, y in enumerate(values)])
-    with warnings.catch_warnings():  # small-sample notes; MIN_TRIALS already guards the result
-        warnings.simplefilter("ignore")
-        return optuna.importance.get_param_importances(study, evaluator=ev)
 
 
 def _too_few(n: int, keys: list[str], values: pd.Series) -> str | None:
@@ -257,8 +199,6 @@ def markdown(report: dict) -> list[str]:
     for k in report["importance"][done[0]]:
         md.append(f"| {k} | {report['distributions'][k]} | "
                   + " | ".join(f"{report['importance'][t].get(k, math.nan):.3f}" for t in done) + " |")
-    md += ["", *(f"No hyperparameter explains more of the {TARGETS[t]} than chance would (every importance 0)."
-                 for t in done if not any(report["importance"][t].values()))]
     return [x for x in md if x is not None] + [""]
 
 
