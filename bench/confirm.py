@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import RESULTS, ROOT, parser, write_result
+from common import ROOT, parser, write_result
 
 MARKER = "tune_p7: confirming"
 
@@ -75,9 +75,7 @@ def main(argv=None):
     print(f"confirmation stage (top {top} x {seeds} seeds, {out['epochs']} epochs, smoke model, data/pydocs.parquet, "
           f"2 CPUs): {stage:.1f} s wall ({stage / len(rows):.1f} s per trial; the trials' own training and evaluation "
           f"{trial_s:.1f} s of trial time); the search before it {search_s:.1f} s\n{out['recommendation']}")
-    if a.quick:  # quick figures are not the headline ones: keep them out of the tracked results
-        (RESULTS / "quick").mkdir(parents=True, exist_ok=True)
-    write_result("quick/confirm" if a.quick else "confirm", out)
+    print(write_result("confirm", out, quick=a.quick))  # --quick: bench/results/quick/, untracked
 
 
 if __name__ == "__main__":

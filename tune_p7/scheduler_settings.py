@@ -55,7 +55,7 @@ def read_scheduler(src, raw) -> SchedulerSettings:
         raise InputError(src, "key 'scheduler': needs perturbation_interval >= 1, 0 < quantile_fraction <= 0.5, "
                               "0 <= resample_probability <= 1")
     if name == "pb2" and importlib.util.find_spec("sklearn") is None:
-        raise InputError(src, "scheduler pb2 needs scikit-learn: pip install -r requirements-search.txt")
+        raise InputError(src, "scheduler pb2 needs scikit-learn: pip install -r requirements.txt")
     raw_mut = values.get("mutations")
     if not isinstance(raw_mut, dict) or not raw_mut:
         raise InputError(src, f"key 'scheduler.mutations': {name} needs a mapping of keys to mutate, "
