@@ -7,7 +7,7 @@ import tempfile
 import ray
 from ray import tune
 
-from tune_p7 import checkpoint
+from tune_p7 import checkpoint, live_metrics
 from tune_p7.config import P7Config
 from tune_p7.data import P7Data
 from tune_p7.gates import gate
@@ -28,6 +28,7 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
     cfg = P7Config.from_dict({**trial_config(config), "threads": max(1, int(cpus))}, source="trial config")
     node = ctx.get_node_id()
     trial_id = tune.get_context().get_trial_id()
+    experiment = tune.get_context().get_experiment_name()
     state, origin = None, {"lineage": secrets.token_hex(4), "exploited_from": None}
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -36,6 +37,7 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
 
     def report(metrics: dict, st: dict | None) -> None:
         metrics = {**metrics, "gate": gate(metrics, gates, cfg.warmup_epochs), **fixed}
+        live_metrics.publish(metrics, experiment, trial_id)  # the dashboard's / Prometheus' live view
         if st is None:
             tune.report(metrics)
             return
