@@ -156,10 +156,13 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune_p7 import checkpoint
+    from tune_p7 import actors, checkpoint, progress
     from tune_p7.trainable import train_trial
 
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates), {"cpu": cpus})
+    varied = ("seed", *(k for k, v in space.params.items() if isinstance(v, dict)))  # for the dashboard and log
+    trainable = tune.with_resources(actors.describe(tune.with_parameters(train_trial, data=data, gates=space.gates),
+                                                    varied), {"cpu": cpus})
+    verbose, shown = progress.tune_output(varied, max(space.values_of("epochs")))
     path = storage.join(exp, FOLDER)
     if tune.Tuner.can_restore(path):
         for trial_id, source in checkpoint.restore_deleted(path):
@@ -170,13 +173,13 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
         param_space={"seed": tune.grid_search(record["seed_values"]),
                      RUN_KEY: tune.grid_search([c["config"] for c in record["configs"]])},
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), max_concurrent_trials=max_concurrent or None,
-                                    reuse_actors=True),
+                                    reuse_actors=actors.REUSE_ACTORS),
         run_config=tune.RunConfig(
             name=FOLDER, storage_path=exp,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
-            failure_config=tune.FailureConfig(max_failures=max_failures)))
+            failure_config=tune.FailureConfig(max_failures=max_failures), callbacks=shown, verbose=verbose))
 
 
 def collect(exp: str, record: dict) -> pd.DataFrame:

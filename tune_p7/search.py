@@ -177,15 +177,17 @@ def search_algorithm(space: Space):
 def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     from ray import tune
 
-    from tune_p7 import checkpoint
+    from tune_p7 import actors, checkpoint, progress
     from tune_p7.schedulers import GatedASHA, GatedFIFO
     from tune_p7.resultlog import KeepLocalResults
     from tune_p7.trainable import train_trial
 
     cpus = opts.cpus_per_trial or space.cpus_per_trial
     mutated = tuple(space.scheduler.mutations)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates, mutated=mutated),
+    trainable = tune.with_resources(actors.describe(tune.with_parameters(train_trial, data=data, gates=space.gates,
+                                                                         mutated=mutated), samplers(space)),
                                     {"cpu": cpus})
+    verbose, shown = progress.tune_output(samplers(space), max(space.values_of("epochs")))
     exp = storage.join(root, name)
     if opts.resume:
         if not tune.Tuner.can_restore(exp):
@@ -213,7 +215,8 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
         param_space=space.param_space(),
         tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=search_algorithm(space),
                                     num_samples=space.num_samples,
-                                    max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True),
+                                    max_concurrent_trials=opts.max_concurrent or None,
+                                    reuse_actors=actors.REUSE_ACTORS),
         run_config=tune.RunConfig(
             name=name, storage_path=root,
             # a population hands checkpoints between trials and pauses them: pruning by score raced with those
@@ -221,7 +224,8 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if s.name in ("pbt", "pb2") else space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
-            failure_config=tune.FailureConfig(max_failures=opts.max_failures), callbacks=[KeepLocalResults()]),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures), callbacks=[KeepLocalResults(), *shown],
+            verbose=verbose),
     )
 
 
