@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tune_p7 import cli, confirm, storage
+from tune_p7 import cli, confirm, job, storage
 from tune_p7.data import load
 from tune_p7.errors import InputError, one_line
 from tune_p7.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
@@ -230,6 +230,7 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
 
 
 def main(argv=None) -> int:
+    job.attach_console()  # in a search its launcher submitted (tune_p7.job): the launcher's stdout and stderr
     opts = parse(argv, prog="python tune_p7/search.py", description=__doc__.splitlines()[0])
     if not opts.verbose:  # Tune's warnings about slow experiment-state saves: slow storage is not the user's error
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -249,11 +250,14 @@ def main(argv=None) -> int:
     data = load(data_path)
     for k in sorted(set(space.values_of("context_length"))):
         data.check_context(k)
-    if not opts.resume:  # before Ray starts: its start-up would disturb the timing
+    launch = job.launching(opts, name)  # no --address: start Ray here, run the search as a job in it
+    if not opts.resume and not launch:  # before Ray starts: its start-up would disturb the timing
         space, precision = decide_precision(space)
     storage.check_writable(root)
     check_address(opts.address)
     dashboard = init_ray(opts)
+    if launch and dashboard:
+        return job.launch(name, dashboard, sys.argv[1:] if argv is None else list(argv))
     import ray
 
     alive = [n for n in ray.nodes() if n["Alive"]]
