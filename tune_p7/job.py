@@ -42,6 +42,7 @@ def _free_agent_port() -> None:
     """Make the local Ray's dashboard agent listen on a free port: jobs go through its HTTP server, and the fixed
     default (52365) is taken by any other Ray of the machine (its agent then runs without one: "No available agent
     to submit job"). ``ray.init`` has no parameter for it; the node takes 0 as "any free port"."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read at `import ray`: search.init_ray's loopback
     from ray._private import parameter
 
     base = parameter.RayParams
@@ -110,6 +111,7 @@ def launch(name: str, dashboard: str, argv: list[str]) -> int:
                 raise
             time.sleep(0.5)
     interrupts = 0
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where started ignoring it (as Tune's fit does)
     while True:
         try:
             status = client.get_job_status(job)
@@ -139,53 +141,58 @@ def launch(name: str, dashboard: str, argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ the job's driver
-class Tee:
-    """A text stream writing to the job's log and to the launcher's console (a console gone is left alone)."""
-
-    def __init__(self, log, console):
-        self.log, self.console = log, console
-
-    def write(self, text: str) -> int:
-        self.log.write(text)
-        try:
-            self.console.write(text)
-        except (OSError, ValueError):
-            pass
-        return len(text)
-
-    def flush(self) -> None:
-        self.log.flush()
-        try:
-            self.console.flush()
-        except (OSError, ValueError):
-            pass
-
-    def isatty(self) -> bool:
-        return self.console.isatty()
-
-    def fileno(self) -> int:
-        return self.log.fileno()
-
-    def __getattr__(self, name):
-        return getattr(self.log, name)
+def _pump(source: int, targets: list[int]) -> None:
+    """Copy everything written to ``source`` (a pipe) to each target (a console gone is left alone)."""
+    while data := os.read(source, 65536):
+        for fd in list(targets):
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                targets.remove(fd)
 
 
 def attach_console() -> None:
-    """In a search submitted by ``launch``: take the launcher's console and tee stdout and stderr to it."""
+    """In a search submitted by ``launch``: take the launcher's console. File descriptors 1 and 2 become pipes whose
+    every byte goes to the job's log (what they were) and to the console, so Python's prints, Ray's and Tune's
+    loggers and the C++ core's messages all reach both, as they reached the terminal of a driver run in place."""
     path = os.environ.pop(CONSOLE_VAR, None)
     if not path:
         return
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # Ray's job supervisor blocks it in its children
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(path)
         s.sendall(str(os.getpid()).encode())
         _, fds, _, _ = socket.recv_fds(s, 16, 2)
     if len(fds) < 2:  # the launcher's stdout is not a file descriptor: the log alone
         return
+    import atexit
+
     from tune_p7 import progress
 
-    out = open(fds[0], "w", buffering=1, errors="replace")
-    err = open(fds[1], "w", buffering=1, errors="replace")
-    progress.LOG, progress.CONSOLE, progress.CONSOLE_IS_TTY = sys.stdout, out, out.isatty()
-    sys.stdout = progress.TEE = Tee(sys.stdout, out)
-    sys.stderr = Tee(sys.stderr, err)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logs = [os.dup(1), os.dup(2)]
+    pumps = []
+    for std, log, console in zip((1, 2), logs, fds):
+        read, write = os.pipe()
+        os.dup2(write, std)
+        os.close(write)
+        pumps.append(threading.Thread(target=_pump, args=(read, [log, console]), daemon=True))
+        pumps[-1].start()
+    progress.LOG = open(os.dup(logs[0]), "w", buffering=1)
+    progress.CONSOLE = open(os.dup(fds[0]), "w", buffering=1, errors="replace")
+    progress.CONSOLE_IS_TTY = os.isatty(fds[0])
+    progress.TEE = sys.stdout
+
+    def drain() -> None:  # cli.leave ends with os._exit: the pipes' last bytes must be through before
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(logs[0], 1)  # closes the pipes' write ends: each pump reads to the end, then stops
+        os.dup2(logs[1], 2)
+        for pump in pumps:
+            pump.join(10)
+
+    atexit.register(drain)

@@ -60,8 +60,23 @@ class ProgressLines(Callback):
         self._print(f"{trial_label(trial.trial_id, trial.config, self.varied)}  errored (see summary.md, Errors)")
 
 
-LOG: IO[str] | None = None  # a job's log, where it is not sys.stdout (tune_p7.job sets it)
-CONSOLE_IS_TTY: bool | None = None  # the console's, where sys.stdout is not the console (tune_p7.job sets it)
+# set by tune_p7.job in a search submitted by its launcher, whose sys.stdout (TEE) writes to both:
+LOG: IO[str] | None = None  # the job's log
+CONSOLE: IO[str] | None = None  # the launcher's stdout
+CONSOLE_IS_TTY: bool | None = None
+TEE: IO[str] | None = None
+
+
+class TablesOnConsole(Callback):
+    """During a fit, Tune's tables go to the terminal only (its log gets ProgressLines); set back at its end."""
+
+    def setup(self, **info):
+        if CONSOLE is not None:
+            sys.stdout = CONSOLE
+
+    def on_experiment_end(self, trials, **info):
+        if TEE is not None:
+            sys.stdout = TEE
 
 
 def tune_output(varied: Iterable[str], max_epochs: int) -> tuple[int | None, list[Callback]]:
@@ -73,4 +88,4 @@ def tune_output(varied: Iterable[str], max_epochs: int) -> tuple[int | None, lis
         # variable at each fit(), prints nothing at verbose 0
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         return 0, [ProgressLines(varied, max_epochs)]
-    return None, [ProgressLines(varied, max_epochs, to_log=True)] if LOG is not None else []
+    return None, [TablesOnConsole(), ProgressLines(varied, max_epochs, to_log=True)] if LOG is not None else []
