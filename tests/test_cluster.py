@@ -181,6 +181,8 @@ def test_job_submission_through_the_dashboard_uploads_the_checkout_and_the_shipp
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in out, r.stdout[-4000:] + r.stderr[-3000:]
     assert "data/pydocs.parquet (train" in out and "dim 384" in out, out[-4000:]
+    named = {(j.get("metadata") or {}).get("job_name") for j in cluster.api("/api/jobs/")}
+    assert "shipped" in named, named  # the dashboard's Jobs page names the job as the experiment
     df = summary(client, "exp/shipped")
     assert len(df) == 4 and "errored" not in set(df["status"]), df
 
