@@ -63,9 +63,20 @@ def browser():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1600,1500"):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
+
+
+def login(driver, token: str) -> None:
+    """Type the token into the dashboard's dialog and submit it, as a user does (it sets the token's cookie)."""
+    from selenium.webdriver.common.by import By
+
+    field = wait(lambda: driver.find_elements(By.CSS_SELECTOR, "input[type=password], input[type=text]"), 60,
+                 "the token dialog")[0]
+    field.send_keys(token)
+    next(b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip().upper() == "SUBMIT").click()
+    time.sleep(3)
 
 
 def main() -> int:
@@ -81,17 +92,18 @@ def main() -> int:
     try:
         url = wait(lambda: (m := re.search(r"dashboard: (http://127\.0\.0\.1:\d+)", (work / "search.log").read_text()))
                    and m.group(1), 240, "the dashboard URL")
-        wait(lambda: len(list((work / "results" / name).glob("*/result.json"))) >= 2, 300, "two running trials")
-        if shutil.which("prometheus"):
-            sd = next(work.glob("ray/session_*/prom_metrics_service_discovery.json"))
+        if shutil.which("prometheus"):  # from the start: its graph then covers the whole search
+            sd = wait(lambda: next(work.glob("ray/session_*/prom_metrics_service_discovery.json"), None), 120,
+                      "Ray's service-discovery file")
             (work / "prometheus.yml").write_text("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: ray\n"
                                                  f"    file_sd_configs: [{{files: ['{sd}']}}]\n")
             prom = start(["prometheus", f"--config.file={work / 'prometheus.yml'}",
                           f"--storage.tsdb.path={work / 'tsdb'}", "--web.listen-address=127.0.0.1:19090"],
                          {"PATH": "/usr/bin:/bin"}, work / "prometheus.log")
+        wait(lambda: len(list((work / "results" / name).glob("*/result.json"))) >= 2, 300, "two running trials")
         driver = browser()
         driver.get(url)
-        driver.add_cookie({"name": "ray-authentication-token", "value": token, "path": "/", "httpOnly": True})
+        login(driver, token)
         for page, route in PAGES.items():
             if route is None:
                 import json
@@ -105,10 +117,11 @@ def main() -> int:
             time.sleep(6)  # the pages poll every few seconds
             driver.save_screenshot(str(DOCS / f"dashboard_{page}.png"))
             print("wrote", DOCS / f"dashboard_{page}.png")
-        if prom is not None:
-            time.sleep(10)
+        if prom is not None:  # once the search stage is over (the confirmation starts): every trial's curve
+            wait(lambda: (work / "results" / name / "confirm").exists() or search.poll() is not None, 600,
+                 "the end of the search stage")
             query = urllib.parse.quote(f'ray_tune_p7_val_margin{{experiment="{name}"}}')
-            driver.get(f"http://127.0.0.1:19090/graph?g0.expr={query}&g0.tab=0&g0.range_input=5m")
+            driver.get(f"http://127.0.0.1:19090/graph?g0.expr={query}&g0.tab=0&g0.range_input=3m")
             time.sleep(5)
             driver.save_screenshot(str(DOCS / "dashboard_prometheus.png"))
             print("wrote", DOCS / "dashboard_prometheus.png")
