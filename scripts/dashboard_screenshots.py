@@ -2,10 +2,16 @@
 
 Runs the README's first command (the default space on the shipped data) in the background with its own Ray temp
 folder and token, opens each useful dashboard page in headless chromium (Debian's chromium + chromium-driver,
-driven by selenium: ``pip install selenium``) with the token as the dashboard's cookie, once trials are running,
+driven by selenium) with the token typed into the dashboard's dialog, once trials are running,
 and writes docs/dashboard_<page>.png. With Debian's prometheus installed it also shows a trial's live margin in
 Prometheus' graph page (docs/dashboard_prometheus.png). Not a test: it takes a few minutes and depends on how the
 pages look. Everything listens on 127.0.0.1; the processes it started are ended by their ids.
+
+Install selenium in a virtual environment that sees the project's packages, not beside them: it brings trio,
+whose hypothesis plugin entry point breaks pytest (AttributeError at the end of every run)::
+
+    python -m venv --system-site-packages /tmp/shots && /tmp/shots/bin/pip install selenium
+    /tmp/shots/bin/python scripts/dashboard_screenshots.py
 """
 from __future__ import annotations
 
@@ -72,10 +78,13 @@ def login(driver, token: str) -> None:
     """Type the token into the dashboard's dialog and submit it, as a user does (it sets the token's cookie)."""
     from selenium.webdriver.common.by import By
 
-    field = wait(lambda: driver.find_elements(By.CSS_SELECTOR, "input[type=password], input[type=text]"), 60,
-                 "the token dialog")[0]
-    field.send_keys(token)
-    next(b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip().upper() == "SUBMIT").click()
+    def dialog_field():
+        fields = driver.find_elements(By.CSS_SELECTOR, "[role=dialog] input")
+        return next((f for f in fields if f.is_displayed() and f.is_enabled()), None)
+
+    wait(dialog_field, 90, "the token dialog").send_keys(token)
+    next(b for b in driver.find_elements(By.CSS_SELECTOR, "[role=dialog] button")
+         if b.text.strip().upper() == "SUBMIT").click()
     time.sleep(3)
 
 
