@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -21,6 +22,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from tune_p7.errors import one_line
 
 CONSOLE_VAR = "TUNE_P7_CONSOLE"  # the launcher's socket, in the job driver's environment
 IN_PROCESS_VAR = "TUNE_P7_IN_PROCESS"
@@ -83,6 +86,25 @@ class _Console(threading.Thread):
             pass
 
 
+def wait_for(client, job: str, console: _Console):
+    """(the job's final status, how many Ctrl-C came meanwhile); each Ctrl-C goes to the driver as SIGINT, as in
+    its terminal (a job whose driver has not started yet is stopped)."""
+    interrupts = 0
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where started ignoring it (as Tune's fit does)
+    while True:
+        try:
+            status = client.get_job_status(job)
+            if status.is_terminal():
+                return status, interrupts
+            time.sleep(0.2)
+        except KeyboardInterrupt:
+            interrupts += 1
+            if console.pid:
+                os.kill(console.pid, signal.SIGINT)
+            else:
+                client.stop_job(job)
+
+
 def launch(name: str, dashboard: str, argv: list[str]) -> int:
     """Submit ``search.py ARGV --name NAME`` to the local Ray's job API, wait for it, return its exit code."""
     os.environ.pop(_JOB_CONFIG_VAR, None)
@@ -95,46 +117,35 @@ def launch(name: str, dashboard: str, argv: list[str]) -> int:
 
     folder = tempfile.mkdtemp(prefix="p7j-", dir="/tmp")  # short: a unix socket path has at most 107 bytes
     sock = os.path.join(folder, "console")
-    console = _Console(sock)
-    console.start()
-    args = shlex.join([*argv, "--name", name])
-    entrypoint = (f"cd {shlex.quote(os.getcwd())} && RAY_ADDRESS={shlex.quote(gcs)} {CONSOLE_VAR}={shlex.quote(sock)} "
-                  f"exec {shlex.quote(sys.executable)} {shlex.quote(str(SEARCH))} {args}")
-    client = JobSubmissionClient(dashboard)
-    deadline = time.monotonic() + 120
-    while True:  # a fresh Ray's dashboard refuses jobs until its node's agent has registered
-        try:
-            job = client.submit_job(entrypoint=entrypoint, metadata={"job_name": name})
-            break
-        except RuntimeError as exc:
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    interrupts = 0
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where started ignoring it (as Tune's fit does)
-    while True:
-        try:
-            status = client.get_job_status(job)
-            if status.is_terminal():
-                break
-            time.sleep(0.2)
-        except KeyboardInterrupt:  # to the driver, as a Ctrl-C in its terminal; a job not yet running is stopped
-            interrupts += 1
-            if console.pid:
-                os.kill(console.pid, signal.SIGINT)
-            else:
-                client.stop_job(job)
-    info = client.get_job_info(job)
     try:
-        os.unlink(sock)
-        os.rmdir(folder)
-    except OSError:
-        pass
-    if console.pid is None:  # it ended before taking the console: its log holds why
-        sys.stderr.write(client.get_job_logs(job))
+        console = _Console(sock)
+        console.start()
+        args = shlex.join([*argv, "--name", name])
+        entrypoint = (f"cd {shlex.quote(os.getcwd())} && RAY_ADDRESS={shlex.quote(gcs)} "
+                      f"{CONSOLE_VAR}={shlex.quote(sock)} exec {shlex.quote(sys.executable)} {shlex.quote(str(SEARCH))} "
+                      f"{args}")
+        client = JobSubmissionClient(dashboard)
+        deadline = time.monotonic() + 120
+        while True:  # a fresh Ray's dashboard refuses jobs until its node's agent has registered
+            try:
+                job = client.submit_job(entrypoint=entrypoint, metadata={"job_name": name})
+                break
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    print(f"error: cannot submit the search to the local Ray's job API ({one_line(exc, 300)}); "
+                          f"{IN_PROCESS_VAR}=1 runs it in this process", file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+        status, interrupts = wait_for(client, job, console)
+        info = client.get_job_info(job)
+        if console.pid is None:  # it ended before taking the console: its log holds why
+            sys.stderr.write(client.get_job_logs(job))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     if info.driver_exit_code is not None:
         return info.driver_exit_code
     if interrupts:
+        print("interrupted", file=sys.stderr)
         return 130
     print(f"error: the search's job ended {status.value}: {info.message or ''}".strip(), file=sys.stderr)
     return 1
