@@ -15,7 +15,7 @@ from conftest import REPO, kill_when, run_cli
 from test_search import SEARCH, results, search, space
 from tune_p7 import checkpoint
 from tune_p7.errors import InputError
-from tune_p7.pbt import Clip, build_scheduler, schedule
+from tune_p7.pbt import Clip, build_scheduler, replay_schedule, schedule
 from tune_p7.space import load_space
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
@@ -32,7 +32,7 @@ params:
 LR = (1.0e-5, 3.0e-3)
 
 
-def population(tmp_path, name="pbt", epochs=5):
+def population(tmp_path, name="pbt", epochs=5, confirm="{top: 0}"):
     """4 trials: lr 1e-5 barely moves the model in a few epochs, so those trials fall to the bottom and exploit the
     3e-3 ones; each exploit perturbs lr by x0.8 or x1.2 (x1.2 of 3e-3 is clipped back to 3e-3)."""
     return space(tmp_path, TINY + f"""  epochs: {epochs}
@@ -46,6 +46,7 @@ scheduler:
 gates: {{margin: -2.0, drift: -2.0}}
 checkpoints: {{num_to_keep: 3}}
 resources: {{cpus_per_trial: 0.5}}
+confirm: {confirm}
 """)
 
 
@@ -59,8 +60,8 @@ def lineages(rows):
 
 def test_pbt_search_exploits_another_trials_checkpoint_and_the_summary_accounts_for_every_trial(tmp_path,
                                                                                                  strong_store):
-    search("--space", population(tmp_path), "--data", strong_store, "--storage", tmp_path, "--name", "pbt",
-           "--no-probe")
+    search("--space", population(tmp_path, confirm="{top: 4, seeds: 1}"), "--data", strong_store, "--storage",
+           tmp_path, "--name", "pbt", "--no-probe", timeout=900)
     exp = tmp_path / "pbt"
     res = {rows[0]["trial_id"]: rows for rows in results(exp).values()}
     assert len(res) == 4
@@ -92,8 +93,65 @@ def test_pbt_search_exploits_another_trials_checkpoint_and_the_summary_accounts_
     md = (exp / "summary.md").read_text()
     assert "## Schedules" in md
     tid, part = exploited[0]
-    if tid in df["trial_id"].head(5).tolist():
-        assert f"| {tid} | {part[0]['epoch']} | {part[0]['exploited_from']} | lr " in md
+    assert len(df) <= 5  # the Schedules section lists the top 5: here every trial
+    assert f"| {tid} | {part[0]['epoch']} | {part[0]['exploited_from']} | lr " in md
+    # no trial is credited with an epoch another trial trained: each best margin is one of its own epochs'
+    for r in df.itertuples():
+        own = {row["epoch"]: row["margin"] for row in res[r.trial_id]}
+        assert own[r.best_epoch] == pytest.approx(r.best_margin) and r.best_margin == pytest.approx(max(own.values()))
+
+    # the confirmation replays each confirmed trial's schedule epoch by epoch (new seeds, from scratch)
+    every = [row for rows in res.values() for row in rows]
+    plan = json.loads((exp / "confirm.json").read_text())
+    assert any(len(c.get("schedule", [])) > 1 for c in plan["configs"]), "no confirmed trial had an exploit"
+    confirm_rows = results(exp / "confirm")
+    for c in plan["configs"]:
+        want = trained_lr(every, res[c["trial_id"]][-1]["lineage"])
+        assert sorted(want) == list(range(1, 6))
+        mine = [rows for rows in confirm_rows.values() if rows[0]["config"]["run"].get("schedule") == c.get("schedule")
+                and rows[0]["config"]["run"]["lr"] == c["config"].get("lr")]
+        assert mine, c
+        for rows in mine:
+            assert {r["epoch"]: r["hp/lr"] for r in rows} == pytest.approx(want)
+
+
+def trained_lr(rows, lineage):
+    """{epoch: lr} that trained the model of ``lineage`` at its last epoch: its own rows, then, before the epoch
+    it went on from, its parent lineage's rows (the rows of every trial of the search), and so on back."""
+    out = {}
+    upto = None
+    while lineage is not None:
+        mine = [r for r in rows if r["lineage"] == lineage and (upto is None or r["epoch"] <= upto)]
+        for r in mine:
+            out.setdefault(r["epoch"], r["hp/lr"])
+        first = min(mine, key=lambda r: r["epoch"])
+        lineage, upto = first.get("parent_lineage"), first.get("parent_epoch")
+    return out
+
+
+def test_replay_schedule_follows_each_exploit_back_to_the_lineage_trained_from_scratch():
+    curves = {"t1": [{"epoch": e, "lineage": "a", "hp/lr": 1.0} for e in (1, 2, 3)],
+              "t2": [{"epoch": e, "lineage": "b", "hp/lr": 2.0} for e in (1, 2)]
+              + [{"epoch": e, "lineage": "c", "hp/lr": 1.2, "parent_lineage": "a", "parent_epoch": 2,
+                  "exploited_from": "t1"} for e in (3, 4)],
+              "t3": [{"epoch": e, "lineage": "d", "hp/lr": 3.0} for e in (1, 2, 3, 4)]
+              + [{"epoch": 4, "lineage": "d", "hp/lr": 3.0, "resumed": True}]
+              + [{"epoch": e, "lineage": "e", "hp/lr": 1.44, "parent_lineage": "c", "parent_epoch": 4,
+                  "exploited_from": "t2"} for e in (5, 6)]}
+    assert replay_schedule(curves, "t3") == [(1, {"lr": 1.0}), (3, {"lr": 1.2}), (5, {"lr": 1.44})]
+    assert replay_schedule(curves, "t1") == [(1, {"lr": 1.0})]
+    assert replay_schedule(curves, "nope") == []
+
+
+def test_a_replayed_schedule_changes_the_config_from_its_epochs_on():
+    from tune_p7.config import P7Config
+    from tune_p7.loop import config_at
+
+    sched = [(1, {"lr": 1e-3}), (3, {"lr": 2e-3, "margin": 0.1})]
+    base = P7Config(lr=5e-4)
+    assert [config_at(base, sched, e).lr for e in (1, 2, 3, 4)] == [1e-3, 1e-3, 2e-3, 2e-3]
+    assert config_at(base, sched, 2).margin == base.margin and config_at(base, sched, 3).margin == 0.1
+    assert config_at(base, None, 3) == base
 
 
 def test_pb2_search_runs_end_to_end_inside_its_bounds(tmp_path, small_store):

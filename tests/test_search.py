@@ -3,6 +3,7 @@ errors, resume and summary."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -178,13 +179,17 @@ def test_killed_driver_resumes_from_checkpoints(tmp_path, strong_store):
     # newer one was registered; resume must go on from the newer one, not fail the trial
     unfinished = [t for t in tune.ExperimentAnalysis(str(exp)).trials
                   if t.checkpoint and len(before[Path(t.path).name]) < epochs]
-    named = unfinished[0].checkpoint.path
-    index = int(named.rsplit("_", 1)[1])
-    newer = Path(named).with_name(f"checkpoint_{index + 1:06d}")
-    if Path(named).exists() and not newer.exists():  # else the kill hit the race by itself, or missed it
-        os.rename(named, newer)
+    named = Path(unfinished[0].checkpoint.path)
+    later = sorted(p for p in named.parent.glob("checkpoint_*") if p.name > named.name)
+    if named.exists():  # else the kill hit the race by itself; either way the test always resumes through it
+        if later:
+            shutil.rmtree(named)
+        else:
+            os.rename(named, named.with_name(f"checkpoint_{int(named.name.rsplit('_', 1)[1]) + 1:06d}"))
+    assert not named.exists() and any(p.name > named.name for p in named.parent.glob("checkpoint_*"))
     # the same --space and --data as recorded are no change: accepted
-    search("--resume", "--name", "res", "--storage", tmp_path, "--space", sp, "--data", strong_store)
+    r = search("--resume", "--name", "res", "--storage", tmp_path, "--space", sp, "--data", strong_store)
+    assert f"trial {unfinished[0].trial_id}: Tune's state named a deleted checkpoint" in r.stdout
     after = results(exp)
     df = pd.read_parquet(exp / "summary.parquet")
     assert len(df) == 3 and df["trial_id"].is_unique and len(after) == 3

@@ -89,6 +89,22 @@ def test_a_trial_that_stopped_early_or_tripped_a_gate_is_pruned_in_optuna_at_the
     assert told[2].intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2), 3: pytest.approx(0.3)}
 
 
+@pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
+def test_a_finished_trial_is_told_its_best_epoch_the_value_the_summary_ranks_by(tmp_path, algorithm):
+    """The summary ranks by the best val margin of any epoch: a finished trial whose margin peaked at epoch 2
+    and fell at epoch 3 is told 0.4, not its last 0.1."""
+    space = space_with(tmp_path, f"search: {{algorithm: {algorithm}, seed: 0}}\n")
+    searcher = search_algorithm(space)
+    started(searcher, space, ["t"])
+    for epoch, margin in ((1, 0.2), (2, 0.4)):
+        searcher.on_trial_result("t", {"margin": margin, "epoch": epoch, "config/epochs": 3})
+    searcher.on_trial_complete("t", result={"margin": 0.1, "epoch": 3, "config/epochs": 3})
+    if algorithm == "optuna":
+        assert searcher._ot_study.trials[0].value == pytest.approx(0.4)
+    else:  # HyperOpt minimises the loss -margin
+        assert searcher._hpopt_trials.trials[0]["result"]["loss"] == pytest.approx(-0.4)
+
+
 def searcher_state(exp) -> dict:
     """The searcher's state Tune saved last with the experiment (what the searcher was told): the newest session's
     (named by its start time; a restore rewrites older ones' times)."""

@@ -13,7 +13,8 @@ from PIL import Image
 from conftest import REPO, make_store, run_cli
 from test_evaluate import s3  # noqa: F401  (moto's S3 server fixture)
 from test_report_html import Tags
-from tune_p7.summarize import summarize
+from tune_p7.selection import choose_candidates
+from tune_p7.summarize import summarize, table
 
 SPACE = """
 num_samples: 10
@@ -153,8 +154,37 @@ def test_trials_a_gate_stopped_while_they_passed_the_deployment_check_are_counte
             "passed the deployment check") in md
     rows = {r[1]: r for r in table_rows(md)[1:]}
     assert rows[learner][-2] == "gate_stopped (drift) \u2020"
-    if loser in rows:
-        assert rows[loser][-2] == "gate_stopped (margin)"
+    # the loser may rank below the 20 rows of summary.md: its row in the whole table
+    ranked = pd.read_parquet(exp / "summary.parquet")
+    every = {r[1]: r for r in table_rows(table(ranked, {}, limit=None))[1:]}
+    assert len(every) == 40 and every[loser][-2] == "gate_stopped (margin)"
+
+
+def test_an_errored_trial_ranks_below_every_other_and_is_no_candidate(search40, tmp_path):
+    """A trial whose loss turned NaN keeps the margins of its earlier epochs; however good they were, it ranks
+    below every trial that did not error, and evaluate never chooses it."""
+    exp = tmp_path / "e"
+    shutil.copytree(search40[0], exp)
+    before = pd.read_parquet(exp / "summary.parquet")
+    full = before[before["stopped_epoch"] == 2]
+    victim, last = full["trial_id"].iloc[-1], before.set_index("trial_id")["stopped_epoch"]
+
+    def diverge(r):
+        if r["trial_id"] != victim:
+            return r
+        if r["epoch"] < last[victim]:  # the best margin of the whole search, then NaN
+            return {**r, "margin": 0.95, "r_at_5": 1.0, "mrr_at_10": 1.0}
+        return {**r, "margin": float("nan"), "error": "training loss became nan in epoch 2"}
+
+    rewrite_results(exp, diverge)
+    summarize(str(exp))
+    df = pd.read_parquet(exp / "summary.parquet")
+    row = df.set_index("trial_id").loc[victim]
+    assert row["status"] == "errored" and row["best_margin"] == pytest.approx(0.95)
+    assert row["best_margin"] > df[df["trial_id"] != victim]["best_margin"].max()
+    assert row["rank"] == len(df) and (df[df["trial_id"] != victim]["status"] != "errored").all()
+    candidates, skipped = choose_candidates(str(exp), df, top=len(df))
+    assert victim not in {c.trial_id for c in candidates} and any(victim in s for s in skipped)
 
 
 def test_the_summary_and_its_page_are_built_from_an_experiment_on_s3(search40, s3):  # noqa: F811

@@ -121,7 +121,7 @@ def restore_deleted(exp: str) -> list[tuple[str, str]]:
     experiment state only every few seconds: a driver killed in between leaves a state whose latest checkpoint
     is gone, and ``Tuner.restore`` then fails that trial ("Could not recover from checkpoint"). The first whole
     checkpoint after it on storage is copied to the missing path; the trial then goes on from the newest one it
-    stored (resume_from).
+    stored (resume_from). Older checkpoints the state keeps and storage lost get an empty stand-in.
     """
     import pyarrow.fs as pafs
     from ray import tune
@@ -129,6 +129,7 @@ def restore_deleted(exp: str) -> list[tuple[str, str]]:
     repaired = []
     for trial in tune.ExperimentAnalysis(exp).trials:
         ckpt = trial.checkpoint
+        _stand_in_for_older(trial, ckpt)
         if ckpt is None or ckpt.filesystem.get_file_info(ckpt.path).type != pafs.FileType.NotFound:
             continue
         fs = ckpt.filesystem
@@ -142,3 +143,27 @@ def restore_deleted(exp: str) -> list[tuple[str, str]]:
             pafs.copy_files(source, ckpt.path, source_filesystem=fs, destination_filesystem=fs)
             repaired.append((trial.trial_id, source))
     return repaired
+
+
+def _stand_in_for_older(trial, latest) -> None:
+    """An empty folder at each missing older checkpoint Tune's state still keeps: Tune deletes it when a newer one
+    registers, and deleting a path that is gone raises inside Tune ("Error handling checkpoint ... Path not found",
+    with a traceback on the console, and the bookkeeping after it skipped). Never loaded: not a whole checkpoint."""
+    import pyarrow.fs as pafs
+
+    for result in trial.run_metadata.checkpoint_manager._checkpoint_results:
+        ck = result.checkpoint
+        if latest is not None and ck.path == latest.path:
+            continue
+        if ck.filesystem.get_file_info(ck.path).type == pafs.FileType.NotFound:
+            ck.filesystem.create_dir(ck.path)
+
+
+def restore_tuner(exp: str, trainable, label: str):
+    """``Tuner.restore`` of the interrupted experiment ``exp`` (resuming errored trials), after restore_deleted;
+    prints one line per repaired trial, prefixed by ``label``."""
+    from ray import tune
+
+    for trial_id, source in restore_deleted(exp):
+        print(f"  {label + ':':<10} trial {trial_id}: Tune's state named a deleted checkpoint, resuming from {source}")
+    return tune.Tuner.restore(exp, trainable, resume_errored=True)

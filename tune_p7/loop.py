@@ -24,6 +24,7 @@ from tune_p7.losses import p7_loss
 from tune_p7.model import build_model
 
 Report = Callable[[dict[str, Any], dict[str, Any]], None]
+Schedule = list[tuple[int, dict[str, Any]]]  # (first epoch, the config keys that change there), epochs ascending
 
 
 class NonFiniteLoss(RuntimeError):
@@ -98,6 +99,7 @@ class Evaluator:
         q = self.gather(queries)
         # per-window scalars kept for the intervals (the model's paired differences with DIRECT, DIRECT's own)
         self.direct_hits = I.hits(q["direct"])
+        self.direct_cos, self.direct_cos_anchor = q["cos_direct"], q["cos_centroid_prev"]
         self.centroid_hits = I.hits(q["centroid"])
         cols = {"direct_cos_next": q["cos_direct"], **{"direct_" + k: v for k, v in self.direct_hits.items()},
                 "centroid_cos_next": q["cos_centroid"], "centroid_margin": q["cos_centroid"] - q["cos_centroid_prev"],
@@ -130,7 +132,9 @@ class Evaluator:
         return res
 
     @torch.no_grad()
-    def __call__(self, model, bf16: bool) -> dict[str, float]:
+    def per_window(self, model, bf16: bool) -> dict[str, torch.Tensor]:
+        """(N,) per-window scalars of ``model`` over the evaluated windows: M.cosines' keys and, with retrieval,
+        ``rank`` and ``rank_xctx``."""
         was_training = model.training
         model.eval()
         bank = self._bank32() if self.retrieval else None
@@ -145,6 +149,25 @@ class Evaluator:
 
         out = self.gather(step)
         model.train(was_training)
+        return out
+
+    def article_sums(self, model, bf16: bool) -> dict[str, torch.Tensor]:
+        """Per-article sums of the per-window scalars whose means the confirmation reports, for ``model`` and for
+        DIRECT on the same windows: {"article": (A,) article ids, "count": (A,) windows, <key>: (A,) sums} for margin,
+        cos_next, cos_anchor, r_at_5, mrr_at_10 and "direct_" + each of them. Needs retrieval."""
+        out = self.per_window(model, bf16)
+        cols = {k: out[k] for k in ("margin", "cos_next", "cos_anchor")}
+        cols.update(I.hits(out["rank"]))
+        cols.update({"direct_margin": self.direct_cos - 1, "direct_cos_next": self.direct_cos,
+                     "direct_cos_anchor": self.direct_cos_anchor,
+                     **{"direct_" + k: v for k, v in self.direct_hits.items()}})
+        article, inv = torch.unique(self.window_article, return_inverse=True)
+        sums = {k: torch.zeros(len(article), dtype=torch.float64).index_add_(0, inv, v.double())
+                for k, v in cols.items()}
+        return {"article": article, "count": torch.bincount(inv, minlength=len(article)), **sums}
+
+    def __call__(self, model, bf16: bool) -> dict[str, float]:
+        out = self.per_window(model, bf16)
         res = {k: float(v.mean()) for k, v in out.items() if not k.startswith("rank")}
         if self.retrieval:
             res.update(M.retrieval(out["rank"]))
@@ -197,10 +220,30 @@ class TrainStep:
         clip_and_step(self.opt, self.params, self.cfg.grad_clip)
 
 
-def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict | None = None) -> list[dict]:
+def config_at(cfg: P7Config, schedule: Schedule | None, epoch: int) -> P7Config:
+    """The config epoch ``epoch`` trains with: ``cfg`` with every change of ``schedule`` that starts at or before
+    it applied in order (a population search's schedule replayed; no schedule: ``cfg`` itself)."""
+    for first, changes in schedule or ():
+        if first <= epoch:
+            cfg = cfg.replace(**changes)
+    return cfg
+
+
+def article_tables(cfg: P7Config, data: P7Data, model_state: dict, bf16: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """Evaluator.article_sums of the model in ``model_state`` on val and, where the data has one, on the held-out
+    split ("ood"): what a confirmation seed stores for the intervals over seeds and articles."""
+    model = build_model(cfg, data.dim).to(cfg.device)
+    model.load_state_dict(model_state)
+    splits = {"val": data.val, **({"ood": data.ood} if data.ood is not None else {})}
+    return {name: Evaluator(split, cfg).article_sums(model, bf16) for name, split in splits.items()}
+
+
+def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict | None = None,
+        schedule: Schedule | None = None) -> list[dict]:
     """Train ``cfg`` on ``data`` for cfg.epochs epochs, starting after ``state['epoch']`` if a checkpoint state
     is given. After every epoch calls ``report(metrics, state)`` (state holds the live tensors: save or copy it
-    there); returns the list of epoch metrics.
+    there); returns the list of epoch metrics. ``schedule`` changes keys of the config from given epochs on
+    (config_at; the optimizer's lr and weight decay follow): a PBT trial's hyperparameter schedule, replayed.
 
     If the loss becomes NaN/Inf, reports that epoch with an ``error`` entry and state None, then raises
     NonFiniteLoss.
@@ -226,7 +269,12 @@ def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict |
     steps = max(n // bsz, 1)
     step = TrainStep(cfg, model, opt, train, bf16)
     history = []
+    base = cfg
     for epoch in range(start + 1, cfg.epochs + 1):
+        if schedule:
+            cfg = step.cfg = config_at(base, schedule, epoch)
+            for group in opt.param_groups:
+                group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg, epoch))  # dropout
         gen = torch.Generator().manual_seed(epoch_seed(cfg, epoch))  # order and hard negatives

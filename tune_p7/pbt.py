@@ -115,6 +115,30 @@ def schedule(rows: list[dict]) -> list[tuple[int, str | None, dict]]:
     return out
 
 
+def replay_schedule(curves: dict[str, list[dict]], trial_id: str) -> list[tuple[int, dict]]:
+    """The mutated keys' values epoch by epoch that trained ``trial_id``'s final model: [(first epoch, values)].
+
+    A lineage (one run of weights under one config, see trainable.restore) that began with an exploit went on from
+    its parent lineage's checkpoint of ``parent_epoch``; the schedule follows the parents back to a lineage trained
+    from scratch, each contributing the epochs it trained before handing over. Lineages are unique across trials.
+    """
+    first: dict[str, dict] = {}  # lineage -> its first row (the row that names its values and parent)
+    for rows in curves.values():
+        for r in sorted(rows, key=lambda r: r.get("epoch", 0)):
+            if r.get("lineage") is not None:
+                first.setdefault(r["lineage"], r)
+    own = [r for r in curves.get(trial_id, []) if r.get("lineage") in first]
+    if not own:
+        return []
+    out, lineage, seen = [], own[-1]["lineage"], set()
+    while lineage in first and lineage not in seen:
+        seen.add(lineage)
+        row = first[lineage]
+        out.append((int(row.get("epoch", 1)), {k.removeprefix(HP): v for k, v in row.items() if k.startswith(HP)}))
+        lineage = row.get("parent_lineage")
+    return sorted(out, key=lambda x: x[0])
+
+
 def schedules(df: pd.DataFrame, curves: dict[str, list[dict]], top: int = 5) -> list[str]:
     """A Markdown "Schedules" section (lines) for the ``top`` ranked trials of a PBT/PB2 experiment; [] when no
     result carries a mutated key. ``df``: the ranked summary (trial_id column); ``curves``: each trial's results."""

@@ -13,20 +13,25 @@ import pandas as pd
 
 SEARCH_FILE = "tune_p7_search.json"  # the search record search.py writes into the experiment folder
 VERDICT_ORDER = {"PASS": 0, "MARGINAL": 1, "FAIL": 2}
-RANKING = ("the deployment check (R@5 >= DIRECT + 0.10 and MRR@10 >= DIRECT + 0.05; passed first), then the "
-           "verdict (PASS > MARGINAL > FAIL), then the val margin")
+RANKING = ("whether the trial ran without error (errored trials last), then the deployment check (R@5 >= "
+           "DIRECT + 0.10 and MRR@10 >= DIRECT + 0.05; passed first), then the verdict (PASS > MARGINAL > FAIL), "
+           "then the val margin")
 
 
-def ranking_key(deploy_ok, verdict, margin) -> tuple:
-    """Sort key, smallest first: (deployment check failed, verdict order, -margin); a NaN margin sorts last."""
+def ranking_key(deploy_ok, verdict, margin, errored: bool = False) -> tuple:
+    """Sort key, smallest first: (errored, deployment check failed, verdict order, -margin); a NaN margin sorts
+    last. An errored trial (its loss turned NaN) ranks below every other whatever its earlier epochs reached."""
     m = float(margin) if isinstance(margin, Real) and math.isfinite(margin) else -math.inf
-    return (not bool(deploy_ok), VERDICT_ORDER.get(verdict, len(VERDICT_ORDER)), -m)
+    return (bool(errored), not bool(deploy_ok), VERDICT_ORDER.get(verdict, len(VERDICT_ORDER)), -m)
 
 
 def ranked_index(df: pd.DataFrame, deploy: str = "deploy_ok", verdict: str = "verdict",
-                 margin: str = "margin") -> list:
-    """The index of ``df`` in ranking order (stable: ties keep their order), from the named columns."""
-    keys = {i: ranking_key(d, v, m) for i, d, v, m in zip(df.index, df[deploy], df[verdict], df[margin])}
+                 margin: str = "margin", status: str = "status") -> list:
+    """The index of ``df`` in ranking order (stable: ties keep their order), from the named columns (no
+    ``status`` column: nothing errored)."""
+    errored = df[status] == "errored" if status in df else pd.Series(False, index=df.index)
+    keys = {i: ranking_key(d, v, m, e)
+            for i, d, v, m, e in zip(df.index, df[deploy], df[verdict], df[margin], errored)}
     return sorted(df.index, key=keys.__getitem__)
 
 

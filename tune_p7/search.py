@@ -7,6 +7,7 @@ checkpoints every epoch, and writes the ranked summary into the experiment folde
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -192,9 +193,7 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     if opts.resume:
         if not tune.Tuner.can_restore(exp):
             raise InputError(exp, "no experiment to resume here (no Tune state found)")
-        for trial_id, path in checkpoint.restore_deleted(exp):
-            print(f"  resume:    trial {trial_id}: Tune's state named a deleted checkpoint, resuming from {path}")
-        return tune.Tuner.restore(exp, trainable, resume_errored=True)
+        return checkpoint.restore_tuner(exp, trainable, "resume")
     s = space.scheduler
     if space.search.algorithm == "bohb":
         from tune_p7.searchers import bohb_scheduler
@@ -229,11 +228,24 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     )
 
 
+def interrupted(status, root: str, name: str, what: str = "trials") -> str:
+    """The line for a run that ended with unfinished ``what`` (an interrupted Tune run), or "" when all ended."""
+    n = int((status == "unfinished").sum())
+    if not n:
+        return ""
+    where = "" if storage.normalize(root) == storage.normalize(SearchOptions.storage) else f" --storage {root}"
+    return (f"interrupted: {n} of {len(status)} {what} unfinished; go on with: python tune_p7/search.py --resume "
+            f"--name {name}{where}")
+
+
 def main(argv=None) -> int:
     job.attach_console()  # in a search its launcher submitted (tune_p7.job): the launcher's stdout and stderr
     opts = parse(argv, prog="python tune_p7/search.py", description=__doc__.splitlines()[0])
     if not opts.verbose:  # Tune's warnings about slow experiment-state saves: slow storage is not the user's error
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        # restoring a killed experiment, Tune lists every trial killed before its first result as "Failed to fetch
+        # metrics" (it has none yet and simply starts): not the user's error either
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     root, name = experiment_uri(opts, opts.space or str(DEFAULT_SPACE))
     exp = storage.join(root, name)
@@ -283,13 +295,27 @@ def main(argv=None) -> int:
     from tune_p7.summarize import summarize
 
     table = summarize(exp)
-    confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
-                            opts.max_concurrent, opts.max_failures) if confirming.top else None
-    if confirmed and storage.exists(storage.join(exp, confirm.TABLE_FILE)):
-        summarize(exp)  # again, with the Confirmed section
+    # Ctrl-C ends Tune's run with its state saved and fit() returns: the search is then unfinished, and neither
+    # a confirmation plan nor a conclusion may rest on it
+    unfinished = interrupted(storage.read_parquet(storage.join(exp, "summary.parquet"))["status"], root, name)
+    confirmed = None
+    if confirming.top and not unfinished:
+        confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
+                                opts.max_concurrent, opts.max_failures)
+        unfinished = confirmed is not None and interrupted(confirmed["status"], root, name, "confirmation seeds")
+        if confirmed is not None and not unfinished:
+            summarize(exp)  # again, with the Confirmed section
     ray.shutdown()  # its workers' last lines and exits come now, not after the table
-    if confirmed:
-        print(confirmed)
+    if unfinished:
+        print(table)
+        print(unfinished, file=sys.stderr)
+        return 130
+    if confirmed is not None:
+        from tune_p7.conclusions import markdown
+
+        print(markdown(exp))
+    elif confirming.top:
+        print("Confirmation: no finished configuration to confirm.")
     print(f"summary: {storage.join(exp, 'summary.md')}\n         {storage.join(exp, 'summary.html')} (open in a browser)")
     print(table)
     status = storage.read_parquet(storage.join(exp, "summary.parquet"))["status"]

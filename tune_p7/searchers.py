@@ -7,13 +7,14 @@ tripped a gate, so a model fitted on those values takes an epoch-2 margin for a 
 
 - **optuna** (``PruningOptunaSearch``): every epoch's metric is reported to the Optuna trial as an intermediate
   value at step = epoch (``Trial.report``). A trial that reached its ``epochs`` without a gate is told COMPLETE
-  with its final value; a trial stopped earlier (ASHA, a gate; a gate at the last epoch too) is told PRUNED:
+  with its best epoch's value (the summary ranks by the best val margin, so that is what the model learns); a trial stopped earlier (ASHA, a gate; a gate at the last epoch too) is told PRUNED:
   Optuna keeps its value at the epoch it reached, and TPE ranks pruned trials below every complete one, ordered
   by the epoch they reached, then by that value (optuna.samplers._tpe.sampler._split_pruned_trials). A trial
   whose loss became NaN is FAIL.
 - **hyperopt** (``PruningHyperOptSearch``): HyperOpt has no pruned state and no intermediate values. A stopped
   trial is told as done with status ``fail`` and no loss; HyperOpt's TPE takes a trial without a loss as
-  infinitely bad (hyperopt.tpe.suggest), i.e. ranked below every finished trial, never with its partial value.
+  infinitely bad (hyperopt.tpe.suggest), i.e. ranked below every finished trial, never with its partial value; a
+  finished trial is told its best epoch's value.
 - **bohb** (Ray's ``TuneBOHB`` under ``GatedHyperBandForBOHB``): BOHB's model is per budget. HyperBandForBOHB
   marks the result at each rung (budget = epochs so far) and TuneBOHB hands exactly those to hpbandster, which
   fits one density per budget and samples from the largest budget with enough results: an epoch-2 result is
@@ -53,9 +54,27 @@ def reached_budget(result: dict) -> bool:
     return not result.get("gate") and result.get("epoch", 0) >= epochs
 
 
-class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch that reports each epoch's value at step = epoch and tells a trial stopped before its last
-    epoch PRUNED (see the module docstring)."""
+class _BestEpoch:
+    """Tells the searcher a finished trial's best epoch value (the best of every epoch's ``metric`` in ``mode``),
+    the value the summary ranks by (its best val margin), not the last epoch's. The running best lives in the
+    searcher's own attributes, which Tune pickles with the searcher's state, so a resumed search keeps it."""
+
+    def _note(self, trial_id: str, result: dict | None) -> dict | None:
+        """Record ``result``'s value in the trial's running best; return the result with the best as the metric."""
+        best = self.__dict__.setdefault("_best_values", {})
+        value = (result or {}).get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            old = best.get(trial_id)
+            better = old is None or (value > old if self.mode == "max" else value < old)
+            best[trial_id] = value if better else old
+        if not result or trial_id not in best:
+            return result
+        return {**result, self.metric: best[trial_id]}
+
+
+class PruningOptunaSearch(_BestEpoch, OptunaSearch):
+    """OptunaSearch that reports each epoch's value at step = epoch, tells a trial stopped before its last
+    epoch PRUNED and a finished one its best epoch's value (see the module docstring)."""
 
     def _report(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
@@ -66,6 +85,7 @@ class PruningOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._completed_trials:
+            self._note(trial_id, result)
             self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -74,28 +94,35 @@ class PruningOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        if result and not result.get("error"):
+            self._report(trial_id, result)  # Tune does not pass the stopping result to on_trial_result
+        result = self._note(trial_id, result)
         value = (result or {}).get(self.metric)
         if error or not result or result.get("error") or not (isinstance(value, (int, float))
                                                                and math.isfinite(value)):
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif reached_budget(result):
-            self._report(trial_id, result)
             self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
-        else:  # Tune does not pass the stopping result to on_trial_result: report it here
-            self._report(trial_id, result)
+        else:
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
-class PruningHyperOptSearch(HyperOptSearch):
-    """HyperOptSearch that tells a trial stopped before its last epoch as done without a loss."""
+class PruningHyperOptSearch(_BestEpoch, HyperOptSearch):
+    """HyperOptSearch that tells a trial stopped before its last epoch as done without a loss, and a finished one
+    its best epoch's value."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._note(trial_id, result)
+        super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import hyperopt
 
         ho_trial = self._get_hyperopt_trial(trial_id)
         if ho_trial is None or error or not result or reached_budget(result):
-            return super().on_trial_complete(trial_id, result, error)
+            best = result if error or not result or result.get("error") else self._note(trial_id, result)
+            return super().on_trial_complete(trial_id, best, error)
         ho_trial["refresh_time"] = hyperopt.utils.coarse_utcnow()
         ho_trial["state"] = hyperopt.base.JOB_STATE_DONE
         ho_trial["result"] = {"status": hyperopt.STATUS_FAIL}

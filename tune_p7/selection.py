@@ -79,11 +79,15 @@ def read_summary(exp: str) -> pd.DataFrame:
 
 
 def choose_candidates(exp: str, summary: pd.DataFrame, top: int) -> tuple[list[Candidate], list[str]]:
-    """The top ``top`` trials by rank that have a checkpoint with a finite margin; notes on trials skipped."""
+    """The top ``top`` trials by rank that did not error and have a checkpoint with a finite margin; notes on
+    trials skipped (an errored trial's earlier checkpoints are no candidate: its configuration diverges)."""
     out, skipped = [], []
     for _, row in summary.sort_values("rank").iterrows():
         if len(out) == top:
             break
+        if row.get("status") == "errored":
+            skipped.append(f"{row['trial_id']} (rank {row['rank']}): errored ({row.get('error')})")
+            continue
         trial_dir = row.get("trial_dir")
         found = best_checkpoint(exp, trial_dir) if isinstance(trial_dir, str) and trial_dir else None
         if found is None:

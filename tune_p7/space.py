@@ -41,6 +41,7 @@ from tune_p7.verdicts import RANKABLE
 TOP_KEYS = {"description", "num_samples", "metric", "mode", "params", "runs", "scheduler", "gates", "checkpoints",
             "resources", "confirm", "search"}
 RUN_KEY = "run"  # the param_space key that holds one explicit run
+SCHEDULE_KEY = "schedule"  # a run's hyperparameter schedule, [[first epoch, {key: value}], ...] (a PBT replay)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,14 @@ def trial_config(config: dict[str, Any]) -> dict[str, Any]:
     """A Tune trial's config as flat P7Config keys (an explicit run's keys merged in)."""
     flat = {k: v for k, v in config.items() if k != RUN_KEY}
     flat.update(config.get(RUN_KEY) or {})
+    flat.pop(SCHEDULE_KEY, None)
     return flat
+
+
+def trial_schedule(config: dict[str, Any]) -> list[tuple[int, dict[str, Any]]] | None:
+    """The hyperparameter schedule of a Tune trial's config (an explicit run's ``schedule``), or None."""
+    raw = (config.get(RUN_KEY) or {}).get(SCHEDULE_KEY) or config.get(SCHEDULE_KEY)
+    return [(int(first), dict(changes)) for first, changes in raw] if raw else None
 
 
 def load_space(path) -> Space:

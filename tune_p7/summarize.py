@@ -14,7 +14,7 @@ import math
 import pandas as pd
 
 
-from tune_p7 import cli, confirm, importance, storage
+from tune_p7 import cli, conclusions, confirm, importance, storage
 from tune_p7.config import P7Config
 from tune_p7.errors import InputError, one_line
 from tune_p7.pbt import schedules
@@ -60,6 +60,18 @@ def classify(status: str, last: dict, epochs: int) -> tuple[str, str | None, str
     return "unfinished", None, None
 
 
+def own_best(results: list[dict]) -> dict:
+    """{best_margin, best_epoch}: the best finite val margin among the epochs the trial reported itself. Under
+    PBT a trial goes on from another trial's checkpoint and never reports that trial's epochs, so it is never
+    credited with them; NaN and none when no epoch has a finite margin."""
+    scored = [(r["margin"], r.get("epoch", 0)) for r in results
+              if isinstance(r.get("margin"), (int, float)) and math.isfinite(r["margin"])]
+    if not scored:
+        return {"best_margin": math.nan, "best_epoch": 0}
+    margin, epoch = max(scored, key=lambda x: x[0])
+    return {"best_margin": margin, "best_epoch": int(epoch)}
+
+
 def collect(exp: str) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
     """One row per trial (unranked) and every trial's per-epoch results."""
     from ray.tune import ExperimentAnalysis
@@ -83,6 +95,7 @@ def collect(exp: str) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
                "trial_dir": trial_dir, "stopped_learning": status == "gate_stopped" and deploy_ok(last)}
         row.update({f"config/{k}": v for k, v in cfg.items()})
         row.update({k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        row.update(own_best(results))
         rows.append(row)
     return pd.DataFrame(rows), curves
 
@@ -135,7 +148,10 @@ def versus_ridge(best: pd.Series, probe: dict) -> str:
     """One line: the top-ranked trial against the probe's ridge and DIRECT baselines on val."""
     base = probe["splits"]["val"]["baselines"]
     ridge, direct = base["ridge"], base["direct"]
-    return (f"Top trial {best['trial_id']}: val margin {best.get('margin', math.nan):+.3f}, "
+    k, mine = probe.get("context_length"), best.get("config/context_length")
+    other = (f" (the probe's ridge reads {k} chunks, this trial {mine}: the Confirmed section compares each "
+             "configuration with ridge at its own context length)") if k is not None and mine not in (None, k) else ""
+    return (f"Top trial {best['trial_id']}{other}: val margin {best.get('margin', math.nan):+.3f}, "
             f"R@5 {best.get('r_at_5', math.nan):.3f}, MRR@10 {best.get('mrr_at_10', math.nan):.3f}; "
             f"ridge: margin {ridge['margin']:+.3f}, R@5 {ridge['r_at_5']:.3f}, MRR@10 {ridge['mrr_at_10']:.3f}; "
             f"DIRECT: margin {direct['margin']:+.3f}, R@5 {direct['r_at_5']:.3f}, MRR@10 {direct['mrr_at_10']:.3f}. "
@@ -231,7 +247,7 @@ def summarize(exp: str) -> str:
     sampler = samplers(df, search)
     files = plots(df, curves, references(probe, df, search.get("gates", {})), varied(df), sampler)
     matters, matters_files = importance.section(exp, df, search)
-    confirmed = [confirm.markdown(exp), ""] if storage.exists(storage.join(exp, "confirm.parquet")) else []
+    confirmed = [conclusions.markdown(exp), ""] if storage.exists(storage.join(exp, confirm.TABLE_FILE)) else []
     md = markdown(exp, df, search, probe, sampler, list(files), confirmed + schedules(df, curves) + matters)
     files.update(matters_files)
     buf = io.BytesIO()

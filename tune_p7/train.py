@@ -11,7 +11,7 @@ import sys
 from tune_p7 import cli
 from tune_p7.config import P7Config
 from tune_p7.data import load
-from tune_p7.space import trial_config
+from tune_p7.space import trial_config, trial_schedule
 
 
 def main(argv=None) -> int:
@@ -20,7 +20,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="article store, NPZ train file or folder")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     a = p.parse_args(argv)
-    values = trial_config(cli.read_yaml(a.config))  # JSON is YAML; a trial's params.json works as it is
+    raw = cli.read_yaml(a.config)  # JSON is YAML; a trial's params.json works as it is
+    values = trial_config(raw)
     if a.epochs is not None:
         values["epochs"] = a.epochs
     cfg = P7Config.from_dict(values, source=a.config)
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     from tune_p7.loop import NonFiniteLoss, fit  # torch import after the cheap checks
 
     try:
-        fit(cfg, data, report=lambda m, _state: print(json.dumps(m), flush=True))
+        fit(cfg, data, report=lambda m, _state: print(json.dumps(m), flush=True), schedule=trial_schedule(raw))
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
