@@ -6,7 +6,9 @@
 #            --space search_spaces/wide.yaml --name wide-1
 #
 # Runs, from the repository root:
-#   ray job submit --address $DASHBOARD --working-dir . -- python tune_p7/search.py --address auto ARGS...
+#   ray job submit --address $DASHBOARD --working-dir . --metadata-json '{"job_name": NAME}' \
+#       -- python tune_p7/search.py --address auto ARGS... [--name NAME]
+# NAME (the dashboard's name of the job) is the experiment's: --name, else <space>-<date>-<time> chosen here.
 # The repository is uploaded as the job's working directory (so every node runs this checkout's tune_p7); the
 # search's driver runs on the head node. An absolute --data is a path ON THE HEAD NODE; a relative one (or none:
 # the shipped data/pydocs.parquet) is a path in this repository, uploaded with the job (scripts/job_env.py;
@@ -22,12 +24,27 @@ set -euo pipefail
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2; fi
 
 storage=""
+name=""
+space=search_spaces/smoke.yaml
+resume=0
 prev=""
 for a in "$@"; do
   [[ $prev == --storage ]] && storage=$a
   [[ $a == --storage=* ]] && storage=${a#--storage=}
+  [[ $prev == --name ]] && name=$a
+  [[ $a == --name=* ]] && name=${a#--name=}
+  [[ $prev == --space ]] && space=$a
+  [[ $a == --space=* ]] && space=${a#--space=}
+  [[ $a == --resume ]] && resume=1
   prev=$a
 done
+# the dashboard's Jobs page names the job as the experiment: without --name, the name search.py would give it
+# (<space>-<date>-<time>) is chosen here and passed on
+extra=()
+if [[ -z $name && $resume == 0 ]]; then
+  name="$(basename "${space%.*}")-$(date +%Y%m%d-%H%M%S)"
+  extra=(--name "$name")
+fi
 if [[ -z $storage ]]; then
   echo "error: give --storage s3://BUCKET/PREFIX (or a shared NFS path mounted on every node): trials on other" >&2
   echo "       machines cannot write to the default ./ray_results" >&2
@@ -45,5 +62,6 @@ fi
 cd "$(dirname "$0")/.."
 runtime_env=$("${PYTHON:-python}" scripts/job_env.py "$@") || exit 2
 submit=("$RAY" job submit --address "$DASHBOARD" --working-dir . --runtime-env-json "$runtime_env")
+[[ -n $name ]] && submit+=(--metadata-json "$("${PYTHON:-python}" -c 'import json, sys; print(json.dumps({"job_name": sys.argv[1]}))' "$name")")
 [[ ${P7_NO_WAIT:-0} == 1 ]] && submit+=(--no-wait)
-exec "${submit[@]}" -- python tune_p7/search.py --address auto "$@"
+exec "${submit[@]}" -- python tune_p7/search.py --address auto "$@" "${extra[@]}"

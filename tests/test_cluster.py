@@ -294,6 +294,8 @@ def test_head_restart_then_resume_of_a_job_submitted_search(cluster, s3):
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in out, out[-5000:]
     assert "data/pydocs.parquet (train" in out and "dim 384" in out, out[-4000:]  # the upload, found again
+    named = {(j.get("metadata") or {}).get("job_name") for j in cluster.api("/api/jobs/")}
+    assert "restarted" in named, named  # the dashboard's Jobs page names the job as the experiment
     df = summary(s3, exp)
     assert len(df) == 4 and not set(df["status"]) & {"unfinished", "errored"}, df[["trial_id", "status"]]
     stored = json.loads(s3.read(f"{exp}/tune_p7_search.json"))  # what it resumed from: the job's copy was gone

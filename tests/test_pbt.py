@@ -60,8 +60,9 @@ def lineages(rows):
 
 def test_pbt_search_exploits_another_trials_checkpoint_and_the_summary_accounts_for_every_trial(tmp_path,
                                                                                                  strong_store):
-    search("--space", population(tmp_path, confirm="{top: 4, seeds: 1}"), "--data", strong_store, "--storage",
-           tmp_path, "--name", "pbt", "--no-probe", timeout=900)
+    # --reuse-actors: PBT restarts a trial at every exploit, and a new worker per restart costs seconds each
+    search("--reuse-actors", "--space", population(tmp_path, confirm="{top: 4, seeds: 1}"), "--data", strong_store,
+           "--storage", tmp_path, "--name", "pbt", "--no-probe", timeout=900)
     exp = tmp_path / "pbt"
     res = {rows[0]["trial_id"]: rows for rows in results(exp).values()}
     assert len(res) == 4
@@ -155,8 +156,8 @@ def test_a_replayed_schedule_changes_the_config_from_its_epochs_on():
 
 
 def test_pb2_search_runs_end_to_end_inside_its_bounds(tmp_path, small_store):
-    search("--space", population(tmp_path, "pb2", epochs=4), "--data", small_store, "--storage", tmp_path,
-           "--name", "pb2", "--no-probe")
+    search("--reuse-actors", "--space", population(tmp_path, "pb2", epochs=4), "--data", small_store, "--storage",
+           tmp_path, "--name", "pb2", "--no-probe")
     exp = tmp_path / "pb2"
     res = results(exp)
     assert len(res) == 4
@@ -167,8 +168,8 @@ def test_pb2_search_runs_end_to_end_inside_its_bounds(tmp_path, small_store):
 
 def test_killed_pbt_driver_resumes_and_every_trial_ends(tmp_path, small_store):
     epochs = 6  # long enough that the kill lands mid-search
-    args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", population(tmp_path, epochs=epochs), "--data",
-            small_store, "--storage", tmp_path, "--name", "res", "--no-probe"]
+    args = [sys.executable, SEARCH, "--num-cpus", 2, "--reuse-actors", "--space", population(tmp_path, epochs=epochs),
+            "--data", small_store, "--storage", tmp_path, "--name", "res", "--no-probe"]
     exp = tmp_path / "res"
     kill_when(args, exp, "checkpoint_000001")
     # killed mid-search: the summary comes only after every trial ended (result.json lines may still be unflushed)

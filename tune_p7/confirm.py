@@ -130,12 +130,15 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune_p7 import checkpoint
+    from tune_p7 import actors, checkpoint, progress
     from tune_p7.trainable import train_trial
 
     scheduled = tuple(sorted({k for c in record["configs"] for _, changes in c.get("schedule", []) for k in changes}))
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates,
-                                                         mutated=scheduled, articles=True), {"cpu": cpus})
+    varied = ("seed", *(k for k, v in space.params.items() if isinstance(v, dict)))  # for the dashboard and log
+    trainable = tune.with_resources(actors.describe(tune.with_parameters(train_trial, data=data, gates=space.gates,
+                                                                         mutated=scheduled, articles=True), varied),
+                                    {"cpu": cpus})
+    verbose, shown = progress.tune_output(varied, max(space.values_of("epochs")))
     path = storage.join(exp, FOLDER)
     if tune.Tuner.can_restore(path):
         return checkpoint.restore_tuner(path, trainable, "confirm")
@@ -144,13 +147,13 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
         param_space={"seed": tune.grid_search(record["seed_values"]),
                      RUN_KEY: tune.grid_search([run_config(c) for c in record["configs"]])},
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), max_concurrent_trials=max_concurrent or None,
-                                    reuse_actors=True),
+                                    reuse_actors=False),  # each actor's Repr names its one trial
         run_config=tune.RunConfig(
             name=FOLDER, storage_path=exp,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
-            failure_config=tune.FailureConfig(max_failures=max_failures)))
+            failure_config=tune.FailureConfig(max_failures=max_failures), callbacks=shown, verbose=verbose))
 
 
 def _article_rows(tables: dict, **keys) -> list[dict]:

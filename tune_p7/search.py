@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tune_p7 import cli, confirm, kept_inputs, preflight, storage
+from tune_p7 import cli, confirm, job, kept_inputs, preflight, storage
 from tune_p7.data import load
 from tune_p7.errors import InputError, one_line
 from tune_p7.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
@@ -180,15 +180,17 @@ def search_algorithm(space: Space):
 def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     from ray import tune
 
-    from tune_p7 import checkpoint
+    from tune_p7 import actors, checkpoint, progress
     from tune_p7.schedulers import GatedASHA, GatedFIFO
     from tune_p7.resultlog import KeepLocalResults
     from tune_p7.trainable import train_trial
 
     cpus = opts.cpus_per_trial or space.cpus_per_trial
     mutated = tuple(space.scheduler.mutations)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=space.gates, mutated=mutated),
+    trainable = tune.with_resources(actors.describe(tune.with_parameters(train_trial, data=data, gates=space.gates,
+                                                                         mutated=mutated), samplers(space)),
                                     {"cpu": cpus})
+    verbose, shown = progress.tune_output(samplers(space), max(space.values_of("epochs")))
     exp = storage.join(root, name)
     if opts.resume:
         if not tune.Tuner.can_restore(exp):
@@ -214,7 +216,8 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
         param_space=space.param_space(),
         tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=search_algorithm(space),
                                     num_samples=space.num_samples,
-                                    max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True),
+                                    max_concurrent_trials=opts.max_concurrent or None,
+                                    reuse_actors=opts.reuse_actors),
         run_config=tune.RunConfig(
             name=name, storage_path=root,
             # a population hands checkpoints between trials and pauses them: pruning by score raced with those
@@ -222,7 +225,8 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if s.name in ("pbt", "pb2") else space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
-            failure_config=tune.FailureConfig(max_failures=opts.max_failures), callbacks=[KeepLocalResults()]),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures), callbacks=[KeepLocalResults(), *shown],
+            verbose=verbose),
     )
 
 
@@ -237,6 +241,7 @@ def interrupted(status, root: str, name: str, what: str = "trials") -> str:
 
 
 def main(argv=None) -> int:
+    job.attach_console()  # in a search its launcher submitted (tune_p7.job): the launcher's stdout and stderr
     opts = parse(argv, prog="python tune_p7/search.py", description=__doc__.splitlines()[0])
     if not opts.verbose:  # Tune's warnings about slow experiment-state saves: slow storage is not the user's error
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -260,12 +265,15 @@ def main(argv=None) -> int:
     data = load(data_path)
     for k in sorted(set(space.values_of("context_length"))):
         data.check_context(k)
-    if not opts.resume:  # before Ray starts: its start-up would disturb the timing
+    launch = job.launching(opts, name)  # no --address: start Ray here, run the search as a job in it
+    if not opts.resume and not launch:  # before Ray starts: its start-up would disturb the timing
         space, precision = decide_precision(space)
     preflight.check_storage_uri(root)
     storage.check_writable(root)
     check_address(opts.address)
     dashboard = init_ray(opts)
+    if launch and dashboard:
+        return job.launch(name, dashboard, sys.argv[1:] if argv is None else list(argv))
     import ray
 
     alive = [n for n in ray.nodes() if n["Alive"]]

@@ -9,7 +9,7 @@ import ray
 import torch
 from ray import tune
 
-from tune_p7 import checkpoint
+from tune_p7 import checkpoint, live_metrics
 from tune_p7.config import P7Config
 from tune_p7.data import P7Data
 from tune_p7.gates import gate
@@ -36,6 +36,7 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
     schedule = trial_schedule(config)
     node = ctx.get_node_id()
     trial_id = tune.get_context().get_trial_id()
+    experiment = tune.get_context().get_experiment_name()
     state, origin = None, {"lineage": secrets.token_hex(4), "exploited_from": None, "parent_lineage": None,
                            "parent_epoch": None}
     ckpt = tune.get_checkpoint()
@@ -47,6 +48,7 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
         now = config_at(cfg, schedule, metrics["epoch"])
         metrics = {**metrics, "gate": gate(metrics, gates, cfg.warmup_epochs), **fixed,
                    **{f"hp/{k}": getattr(now, k) for k in mutated}}
+        live_metrics.publish(metrics, experiment, trial_id)  # the dashboard's / Prometheus' live view
         if st is None:
             tune.report(metrics)
             return

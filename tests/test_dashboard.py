@@ -1,0 +1,135 @@
+"""Watching a local search in the Ray dashboard and in Prometheus, as a user would: the README's first command
+(`python tune_p7/search.py`, no --address: a local Ray of its own, on loopback) run once in the background, with
+its own temp folder and token; while it runs, the dashboard's API (the token as Bearer) and a real Prometheus
+(Debian's `prometheus`, on 127.0.0.1, scraping the search's Ray node through the service-discovery file Ray writes
+into its session folder) are read, then the tests check what was seen."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from cluster_harness import TOKEN, http_get, private_env, private_workdir
+from conftest import REPO
+from local_processes import free_port, spawn, stop, tail
+
+SEARCH = REPO / "tune_p7" / "search.py"
+PROGRESS = re.compile(r"^trial (\w+_\d{5}) arch=\w+ margin=[\d.]+  epoch (\d)/4  margin [+-]\d\.\d{4}  "
+                      r"cos_next [+-]\d\.\d{4}  R@5 [+-]\d\.\d{4}$", re.M)
+BOX = re.compile("[\u2500-\u257f]")  # box drawing
+
+
+def api(url: str, path: str):
+    """The dashboard API's answer, or None (not up yet, or shutting down as the search ends)."""
+    try:
+        status, body = http_get(url + path, TOKEN)
+        return json.loads(body) if status == 200 else None
+    except (OSError, ValueError):
+        return None
+
+
+def start_prometheus(workdir: Path, sd_file: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    (workdir / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: ray\n    file_sd_configs: [{{files: ['{sd_file}']}}]\n")
+    proc = spawn([shutil.which("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
+                  f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                 {"PATH": "/usr/bin:/bin"}, workdir / "prometheus.log")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def promql(url: str, query: str) -> list[dict]:
+    try:
+        status, body = http_get(f"{url}/api/v1/query?query={urllib.parse.quote(query)}", token=None, timeout=3)
+    except OSError:
+        return []
+    return json.loads(body)["data"]["result"] if status == 200 else []
+
+
+@pytest.fixture(scope="module")
+def watched(strong_store):
+    """Run the search; until it ends, read the dashboard's jobs, the job's log, the trial actors and Prometheus.
+    Returns what was seen."""
+    seen = {"jobs": [], "log": "", "actors": {}, "alive_unnamed": [], "prometheus": [], "prom_error": None}
+    with private_workdir() as work:
+        env = {**private_env(), "RAY_TMPDIR": str(work), "RAY_metrics_report_interval_ms": "500"}
+        name = "watched"
+        proc = spawn([sys.executable, str(SEARCH), "--num-cpus", "2", "--data", str(strong_store), "--storage",
+                      str(work / "results"), "--name", name, "--confirm-top", "0", "--no-probe"],
+                     env, work / "search.log")
+        prom = None
+        try:
+            started = time.monotonic()
+            url = None
+            while proc.poll() is None and time.monotonic() - started < 400:
+                time.sleep(0.5)
+                if url is None:
+                    m = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)", (work / "search.log").read_text())
+                    url = m and m.group(1)
+                    continue
+                sd = next(work.glob("ray/session_*/prom_metrics_service_discovery.json"), None)
+                if prom is None and sd is not None:
+                    if shutil.which("prometheus"):
+                        prom = start_prometheus(work, sd)
+                    else:
+                        seen["prom_error"] = "prometheus is not installed (.ci/run installs Debian's package)"
+                seen["jobs"] = api(url, "/api/jobs/") or seen["jobs"]
+                job = next((j for j in seen["jobs"] if (j.get("metadata") or {}).get("job_name") == name), None)
+                if job and job.get("submission_id"):
+                    seen["log"] = (api(url, f"/api/jobs/{job['submission_id']}/logs") or {}).get("logs") or seen["log"]
+                actors = api(url, "/api/v0/actors?detail=true&limit=1000")
+                for a in actors["data"]["result"]["result"] if actors else []:
+                    if a["class_name"] == "ImplicitFunc" and a["state"] == "ALIVE":
+                        seen["actors"][a["actor_id"]] = a.get("repr_name") or a.get("name") or ""
+                if prom is not None:
+                    found = promql(prom[1], f'ray_tune_p7_val_margin{{experiment="{name}"}}')
+                    if found:
+                        seen["prometheus"].append(found)
+            proc.wait(120)
+            seen["output"] = (work / "search.log").read_text()
+            seen["code"] = proc.returncode
+            seen["results"] = {}
+            for f in (work / "results" / name).glob("*/result.json"):
+                rows = [json.loads(x) for x in f.read_text().splitlines()]
+                seen["results"][rows[0]["trial_id"]] = rows
+        finally:
+            stop(proc, grace=20)
+            if prom is not None:
+                stop(prom[0], grace=5)
+                seen["prometheus_log"] = tail(work / "prometheus.log", 2000)
+    return seen
+
+
+def test_the_local_search_is_a_job_named_as_the_experiment_with_a_plain_log_and_named_trial_actors(watched):
+    assert watched["code"] == 0, watched["output"][-3000:]
+    submitted = [j for j in watched["jobs"] if j["type"] == "SUBMISSION"]
+    assert [(j["metadata"] or {}).get("job_name") for j in submitted] == ["watched"], watched["jobs"]
+    # the job's log, as the dashboard shows it: one plain line per trial and epoch, no box drawing
+    lines = PROGRESS.findall(watched["log"])
+    assert len(lines) >= 4 and not BOX.search(watched["log"]), watched["log"][-3000:]
+    assert {t for t, _ in lines} <= set(watched["results"]), (lines, list(watched["results"]))
+    # every trial actor seen alive named its trial (Repr), and the names are this search's trials
+    named = {re.match(r"trial (\w+_\d{5}) ", r).group(1) if re.match(r"trial (\w+_\d{5}) ", r) else r
+             for r in watched["actors"].values()}
+    assert len(watched["actors"]) >= 2 and named <= set(watched["results"]), watched["actors"]
+    # the console is the command's own: the same lines, the ranked table last
+    assert PROGRESS.search(watched["output"]) and "Traceback" not in watched["output"]
+    assert watched["output"].rstrip().splitlines()[-1].startswith("| 4 |"), watched["output"][-2000:]
+
+
+def test_prometheus_reads_a_running_trials_margin_back(watched):
+    if watched["prom_error"]:
+        pytest.skip(watched["prom_error"])
+    assert watched["prometheus"], watched.get("prometheus_log")
+    series = watched["prometheus"][0][0]
+    trial, value = series["metric"]["trial_id"], float(series["value"][1])
+    margins = [r["margin"] for r in watched["results"][trial]]
+    assert any(abs(value - m) < 1e-6 for m in margins), (value, margins)
