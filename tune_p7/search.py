@@ -174,11 +174,31 @@ def search_algorithm(space: Space):
     return BasicVariantGenerator(random_state=s.seed)
 
 
+def make_scheduler(space: Space):
+    """The Tune scheduler of the space: BOHB's HyperBand, gated ASHA, PBT / PB2 or gated FIFO (also the replay's,
+    tune_p7/replay.py)."""
+    from tune_p7.schedulers import GatedASHA, GatedFIFO
+
+    s = space.scheduler
+    if space.search.algorithm == "bohb":
+        from tune_p7.searchers import bohb_scheduler
+
+        return bohb_scheduler(space)
+    if s.name == "asha":
+        return GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
+                         max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, brackets=s.brackets)
+    if s.name in ("pbt", "pb2"):
+        from tune_p7.pbt import build_scheduler
+
+        return build_scheduler(space)
+    return GatedFIFO()
+
+
 def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     from ray import tune
 
     from tune_p7 import checkpoint
-    from tune_p7.schedulers import GatedASHA, GatedFIFO
     from tune_p7.resultlog import KeepLocalResults
     from tune_p7.trainable import train_trial
 
@@ -194,24 +214,10 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
             print(f"  resume:    trial {trial_id}: Tune's state named a deleted checkpoint, resuming from {path}")
         return tune.Tuner.restore(exp, trainable, resume_errored=True)
     s = space.scheduler
-    if space.search.algorithm == "bohb":
-        from tune_p7.searchers import bohb_scheduler
-
-        scheduler = bohb_scheduler(space)
-    elif s.name == "asha":
-        scheduler = GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
-                              max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
-                              reduction_factor=s.reduction_factor, brackets=s.brackets)
-    elif s.name in ("pbt", "pb2"):
-        from tune_p7.pbt import build_scheduler
-
-        scheduler = build_scheduler(space)
-    else:
-        scheduler = GatedFIFO()
     return tune.Tuner(
         trainable,
         param_space=space.param_space(),
-        tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=search_algorithm(space),
+        tune_config=tune.TuneConfig(scheduler=make_scheduler(space), search_alg=search_algorithm(space),
                                     num_samples=space.num_samples,
                                     max_concurrent_trials=opts.max_concurrent or None, reuse_actors=True),
         run_config=tune.RunConfig(

@@ -1,0 +1,95 @@
+"""The replay backend (tune_p7/replay.py): tune_p7's own schedulers and searchers against a recorded table in
+simulated time, checked against a hand-written table and against the real Tune controller."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tune_p7.replay import Table, reach, replay, search_space, tune_run
+
+LRS, TEMPS, KS = [1e-4, 1e-3, 1e-2], [0.05, 0.1], [3, 5]
+SPACE = """
+num_samples: 1
+metric: margin
+mode: max
+params:
+  epochs: 4
+  lr: {grid: [1.0e-4, 1.0e-3, 1.0e-2]}
+  temperature: {grid: [0.05, 0.1]}
+  context_length: {grid: [3, 5]}
+scheduler: {name: fifo}
+gates: {drift: -2.0, margin: -2.0, grace_epochs: 1}
+confirm: {top: 0}
+"""
+ASHA = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
+BEST = (1e-3, 0.1, 5)
+
+
+def table(seeds=(0, 1), random_curves=False) -> Table:
+    """12 configurations x 4 epochs. Hand-written: BEST rises to 0.5, every other one stays below 0.3; seed 1 is
+    0.01 higher. ``random_curves``: seeded random walks instead (their order changes between epochs, so ASHA's
+    decisions depend on which trial reached a rung first)."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for cfg in itertools.product(LRS, TEMPS, KS):
+        q = 0.5 if cfg == BEST else 0.1 * LRS.index(cfg[0]) + 0.05 * (cfg[1] == 0.1) + 0.02 * (cfg[2] == 5)
+        walk = np.cumsum(rng.normal(0, 0.1, 4))
+        for seed in seeds:
+            for e in range(1, 5):
+                m = walk[e - 1] if random_curves else q * e / 4 + 0.01 * seed
+                rows.append(dict(zip(("lr", "temperature", "context_length"), cfg), seed=seed, epoch=e, margin=m,
+                                 train_seconds=1.0 + 0.5 * seed + 0.1 * e, eval_seconds=0.1))
+    return Table.from_frame(pd.DataFrame(rows), ("lr", "temperature", "context_length"))
+
+
+@pytest.mark.parametrize("sections", [
+    {"search": {"algorithm": "random"}, "scheduler": ASHA},
+    {"search": {"algorithm": "optuna", "n_startup_trials": 4}, "scheduler": ASHA},
+    {"search": {"algorithm": "hyperopt", "n_initial_points": 4}, "scheduler": ASHA},
+    {"search": {"algorithm": "bohb", "reduction_factor": 2}},
+], ids=["random+asha", "tpe+asha", "hyperopt+asha", "bohb"])
+def test_a_replay_on_a_hand_written_table_reaches_its_known_best(sections):
+    t = table()
+    assert t.best()[0] == BEST and t.best()[1] == pytest.approx(0.505) and t.best()[2] == pytest.approx(0.01)
+    rep = replay(t, search_space(SPACE, {**sections, "num_samples": 24}, seed=0), 24, workers=2, seed=0)
+    assert not rep.stuck and len(rep.ended) == 24
+    seconds, epochs = reach(t, rep)
+    assert math.isfinite(seconds) and 1 <= epochs <= len(rep.events)
+    assert any(cfg == BEST for cfg, _ in rep.ended.values())
+    assert any(e < 4 for _, e in rep.ended.values()), "the scheduler stopped no trial early"
+
+
+def test_fifo_runs_every_trial_to_its_last_epoch_and_the_clock_charges_recorded_seconds():
+    t = table(seeds=(0,))
+    rep = replay(t, search_space(SPACE, {"search": {"algorithm": "random"}, "num_samples": 6}, seed=1), 6,
+                 workers=1, seed=0)
+    assert sorted(e for _, e in rep.ended.values()) == [4] * 6
+    per_trial = sum(1.0 + 0.1 * e + 0.1 for e in range(1, 5))
+    assert rep.wall == pytest.approx(6 * per_trial)  # one worker: the epochs' seconds add up
+    rep2 = replay(t, search_space(SPACE, {"search": {"algorithm": "random"}, "num_samples": 6}, seed=1), 6,
+                  workers=3, seed=0)
+    assert rep2.wall == pytest.approx(2 * per_trial)  # three workers, equal trials: two rounds
+
+
+@pytest.mark.parametrize("sections", [
+    {"search": {"algorithm": "random", "seed": 3}, "scheduler": ASHA},
+    {"search": {"algorithm": "optuna", "seed": 3, "n_startup_trials": 3}, "scheduler": ASHA},
+], ids=["random+asha", "tpe+asha"])
+def test_the_real_tune_controller_and_the_replay_make_the_same_stop_decisions(sections, ray_cluster, tmp_path):
+    import ray
+
+    t = table(seeds=(0,), random_curves=True)
+    space = search_space(SPACE, {**sections, "num_samples": 10})
+    sim = replay(t, space, 10, workers=1, seed=0)
+    ray.init(address=ray_cluster or "local", include_dashboard=False, log_to_driver=False)
+    try:
+        real = tune_run(t, space, 10, str(tmp_path))
+    finally:
+        ray.shutdown()
+    simulated = sorted(sim.ended.values())
+    assert sorted(real.values()) == simulated
+    assert any(e < 4 for _, e in simulated) and any(e == 4 for _, e in simulated), "no decision to compare"
