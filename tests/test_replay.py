@@ -93,3 +93,65 @@ def test_the_real_tune_controller_and_the_replay_make_the_same_stop_decisions(se
     simulated = sorted(sim.ended.values())
     assert sorted(real.values()) == simulated
     assert any(e < 4 for _, e in simulated) and any(e == 4 for _, e in simulated), "no decision to compare"
+
+
+GRID_SPACE = """
+num_samples: 2
+metric: margin
+mode: max
+params:
+  epochs: 3
+  lr: {grid: [1.0e-4, 1.0e-3, 1.0e-2]}
+  temperature: {grid: [0.05, 0.1]}
+scheduler: {name: SCHED}
+gates: {drift: -2.0, margin: -2.0, grace_epochs: 1}
+confirm: {top: 0}
+"""
+
+
+def grid_experiment(root, sched="fifo", drop=0):
+    """A finished experiment folder as search.py leaves it (search record, one result.json per trial), written by
+    hand: 6 configurations x 2 repeats x 3 epochs; ``drop`` trials left out."""
+    import json
+
+    space = root / "space.yaml"
+    space.write_text(GRID_SPACE.replace("SCHED", sched))
+    exp = root / "exp"
+    exp.mkdir()
+    (exp / "tune_p7_search.json").write_text(json.dumps({"space": str(space), "metric": "margin", "mode": "max"}))
+    trials = [(lr, t, rep) for lr in (1e-4, 1e-3, 1e-2) for t in (0.05, 0.1) for rep in (0, 1)]
+    for i, (lr, t, rep) in enumerate(trials[drop:]):
+        d = exp / f"train_trial_{i:05d}"
+        d.mkdir()
+        q = 0.3 if (lr, t) == (1e-3, 0.1) else 0.1 * lr * 100
+        d.joinpath("result.json").write_text("".join(
+            json.dumps({"epoch": e, "margin": q * e / 3 + 0.01 * rep, "config": {"lr": lr, "temperature": t,
+                        "epochs": 3}, "train_seconds": 1.0, "eval_seconds": 0.1}) + "\n" for e in (1, 2, 3)))
+    return exp
+
+
+def test_tune_p7_replay_replays_a_search_against_a_finished_grid(tmp_path):
+    from conftest import run_cli
+
+    exp = grid_experiment(tmp_path)
+    search = tmp_path / "search.yaml"
+    search.write_text("num_samples: 8\nsearch: {algorithm: optuna, n_startup_trials: 3}\n"
+                      "scheduler: {name: asha, grace_period: 1, reduction_factor: 2}\n")
+    r = run_cli("-c", "from tune_p7.cli import main; main()", "replay", exp, "--search", search, "--replays", "3")
+    assert r.returncode == 0, r.stderr
+    assert "6 configurations x 2 seed(s)" in r.stdout and "'lr': 0.001, 'temperature': 0.1" in r.stdout
+    assert "your search" in r.stdout and "(optuna, asha, 8 trials, 4 workers)" in r.stdout
+    assert "random, same scheduler" in r.stdout
+
+
+@pytest.mark.parametrize("case", ["missing trial", "asha experiment"])
+def test_tune_p7_replay_refuses_an_experiment_that_is_not_a_complete_grid(tmp_path, case):
+    from conftest import run_cli
+
+    exp = grid_experiment(tmp_path, drop=1) if case == "missing trial" else grid_experiment(tmp_path, sched="asha")
+    search = tmp_path / "search.yaml"
+    search.write_text("search: {algorithm: random}\n")
+    r = run_cli("-c", "from tune_p7.cli import main; main()", "replay", exp, "--search", search)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert ("not a complete grid: 1 of 6" if case == "missing trial" else "not a FIFO full-grid") in r.stderr

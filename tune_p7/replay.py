@@ -47,10 +47,12 @@ class Table:
     @classmethod
     def from_frame(cls, df: pd.DataFrame, keys, metric: str = "margin", mode: str = "max", meta=None) -> "Table":
         keys = tuple(keys)
+        # a key's column is config/<key> (Tune's name; the hinge's ``margin`` shares the metric's name) or <key>
+        columns = [f"config/{k}" if f"config/{k}" in df else k for k in keys]
         seconds = df["train_seconds"] + (df["eval_seconds"] if "eval_seconds" in df else 0.0)
         df = df.assign(_cost=seconds).sort_values("epoch")
         curves: dict = {}
-        for group, g in df.groupby([*keys, "seed"], sort=False):
+        for group, g in df.groupby([*columns, "seed"], sort=False):
             cfg = tuple(v.item() if isinstance(v, np.generic) else v for v in group[:-1])
             curves.setdefault(cfg, {})[int(group[-1])] = (g[metric].to_numpy(float), g["_cost"].to_numpy(float))
         return cls(keys, metric, mode, curves, dict(meta or {}))
@@ -151,15 +153,17 @@ def _trainable(config: dict) -> None:  # only its name is used: Tune's Experimen
     raise RuntimeError("the replay trains nothing")
 
 
-def build(space: Space, num_samples: int, workers: int, storage: str):
+def build(space: Space, num_samples: int, workers: int, storage: str, keys=None):
     """(search_alg, scheduler) as tune.run wires them: a Searcher behind ConcurrencyLimiter(W) and SearchGenerator,
-    random search as BasicVariantGenerator(max_concurrent=W), search and scheduler properties set."""
+    random search as BasicVariantGenerator(max_concurrent=W), search and scheduler properties set. ``keys``: keep
+    only these keys and ``epochs`` in the param space (the fixed ones change no decision; Tune deep-copies the
+    whole space for every trial, half a random replay's time)."""
     from ray.tune.experiment import Experiment
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchGenerator, Searcher
 
     from tune_p7.search import make_scheduler, search_algorithm
 
-    param_space = space.param_space()
+    param_space = {k: v for k, v in space.param_space().items() if keys is None or k in keys or k == "epochs"}
     alg = search_algorithm(space)
     if alg is None:
         alg = BasicVariantGenerator(max_concurrent=workers)
@@ -198,7 +202,7 @@ def replay(table: Table, space: Space, num_samples: int, workers: int = 4, seed:
     random.seed(seed)  # hpbandster (BOHB) and HyperOpt draw from the global generators too: a replay is a
     np.random.seed(seed)  # function of its seeds, whatever ran before it in the process
     with tempfile.TemporaryDirectory() as storage:
-        alg, scheduler = build(space, num_samples, workers, storage)
+        alg, scheduler = build(space, num_samples, workers, storage, table.keys)
         ctl = SimController(alg, scheduler)
         clock, order = 0.0, itertools.count()
         heap: list = []  # (finish time, tie-break, trial, epoch)
