@@ -13,7 +13,8 @@ two seeds' values) of the table's best (mean over seeds of each configuration's 
 Per (table, method, budget): the median over replays, a 95% bootstrap interval of that median, the share of
 replays that got there. Headline per table at 100 trials: ``best_method_epochs_vs_random_asha``, the lowest ratio
 of a model-based method's median trial-epochs to random + ASHA's (interval: bootstrap over both methods' replays).
-Writes bench/results/search_compare.json, one anytime-regret PNG per table, and the headline into summary.json.
+Writes bench/results/search_compare[_TABLE].json (_TABLE: when one table is given), one anytime-regret PNG per
+table, and the headline into summary.json.
 Tasks run budget 100 first, then 25, 50, 200, replays interleaved across methods, so ``--until`` (stop starting
 replays at that time) leaves every method with about the same number of replays.
 """
@@ -211,7 +212,8 @@ def main(argv=None) -> None:
     for path in a.tables:
         plot(runs, path, max(a.budgets), folder / f"search_compare_{Path(path).stem}.png")
     lean = [{k: v for k, v in r.items() if k not in ("regret", "regret_epochs")} for r in runs]
-    write_result("search_compare", {"figures": figures, "methods": METHODS, "workers": a.workers,
+    name = "search_compare" + ("_" + Path(a.tables[0]).stem if len(a.tables) == 1 else "")
+    write_result(name, {"figures": figures, "methods": METHODS, "workers": a.workers,
                                     "replays_requested": a.replays, "budgets": a.budgets,
                                     "replays_done": len(runs), "compute_s": time.perf_counter() - t0,
                                     "runs": lean}, quick=a.quick)
@@ -235,8 +237,8 @@ def main(argv=None) -> None:
 def merge_summary(figures: dict) -> None:
     path = results_dir(False) / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
-    summary["best_method_epochs_vs_random_asha"] = {
-        name: f["best_method_epochs_vs_random_asha"] for name, f in figures.items()}
+    summary.setdefault("best_method_epochs_vs_random_asha", {}).update(
+        {name: f["best_method_epochs_vs_random_asha"] for name, f in figures.items()})
     for name, f in figures.items():
         h = f["best_method_epochs_vs_random_asha"] or {}
         m = h.get("median", math.nan)

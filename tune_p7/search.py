@@ -17,6 +17,7 @@ from tune_p7 import cli, confirm, storage
 from tune_p7.data import load
 from tune_p7.errors import InputError, one_line
 from tune_p7.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
+from tune_p7.search_settings import search_warnings
 from tune_p7.space import Space, load_space
 
 from tune_p7.reporting import SEARCH_FILE
@@ -246,6 +247,9 @@ def main(argv=None) -> int:
         refuse_resume_changes(opts, stored)
     space_path = opts.space or (stored["space"] if stored else str(DEFAULT_SPACE))
     space = load_space(space_path).override(epochs=opts.epochs, seed=opts.seed, scheduler=opts.scheduler)
+    if not opts.resume:
+        for line in search_warnings(space.search, space.num_samples):
+            print(line, file=sys.stderr, flush=True)
     confirming = confirm.settings(exp, space.confirm, opts.confirm_top, opts.confirm_seeds, opts.resume)
     data_path = opts.data or (stored["data"] if stored else str(DEFAULT_DATA))
     data = load(data_path)

@@ -127,3 +127,27 @@ def point(src, i, point, params) -> dict[str, Any]:
     fixed = {k: v for k, v in params.items() if not isinstance(v, dict)}
     P7Config.from_dict({**fixed, **out}, source=f"{src}: {where}")
     return out
+
+
+# Below this many trials no model-based searcher beat random search + ASHA in the replays of the recorded grids
+# (bench/search_compare.py; figures in bench/README.md, "Which search").
+MEASURED_MIN_TRIALS = 100
+STARTUP_KEY = {"optuna": "n_startup_trials", "hyperopt": "n_initial_points"}
+
+
+def search_warnings(settings: SearchSettings, num_samples: int) -> list[str]:
+    """``warning:`` lines for a model-based search given fewer trials than it needs: fewer than its random start-up
+    trials (its model never chooses a trial), or fewer than the replays found it needs to beat random + ASHA."""
+    if not settings.model_based:
+        return []
+    out = []
+    key = STARTUP_KEY.get(settings.algorithm)
+    startup = getattr(settings, key) if key else 0
+    if key and num_samples <= startup:
+        out.append(f"warning: search.algorithm {settings.algorithm}: its first search.{key} = {startup} trials are "
+                   f"random and num_samples is {num_samples}: its model never chooses a trial (use algorithm random)")
+    elif num_samples < MEASURED_MIN_TRIALS:
+        out.append(f"warning: search.algorithm {settings.algorithm} with num_samples {num_samples}: below "
+                   f"{MEASURED_MIN_TRIALS} trials no model-based search reached the best configuration sooner than "
+                   "random search + ASHA in the replays of bench/search_compare.py (bench/README.md)")
+    return out
