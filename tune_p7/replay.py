@@ -81,14 +81,20 @@ class Table:
 
     def value(self, cfg: tuple) -> float:
         """The configuration's quality: the mean over seeds of its best epoch's metric."""
-        v = self.seed_values(cfg)
-        return float(np.mean(v)) if np.isfinite(v).all() else -self.sign * math.inf
+        if not hasattr(self, "_values"):  # computed once: a replay asks for it after every epoch
+            self._values = {}
+        if cfg not in self._values:
+            v = self.seed_values(cfg)
+            self._values[cfg] = float(np.mean(v)) if np.isfinite(v).all() else -self.sign * math.inf
+        return self._values[cfg]
 
     def best(self) -> tuple[tuple, float, float]:
         """(the best configuration, its value, its own seed noise: the spread of its per-seed values)."""
-        cfg = max(self.curves, key=lambda c: self.sign * self.value(c))
-        v = self.seed_values(cfg)
-        return cfg, self.value(cfg), float(np.nanmax(v) - np.nanmin(v))
+        if not hasattr(self, "_best"):
+            cfg = max(self.curves, key=lambda c: self.sign * self.value(c))
+            v = self.seed_values(cfg)
+            self._best = cfg, self.value(cfg), float(np.nanmax(v) - np.nanmin(v))
+        return self._best
 
     def regret(self, cfg: tuple) -> float:
         return self.sign * (self.best()[1] - self.value(cfg)) if cfg in self.curves else math.inf
