@@ -80,18 +80,25 @@ def test_fifo_runs_every_trial_to_its_last_epoch_and_the_clock_charges_recorded_
     {"search": {"algorithm": "optuna", "seed": 3, "n_startup_trials": 3}, "scheduler": ASHA},
 ], ids=["random+asha", "tpe+asha"])
 def test_the_real_tune_controller_and_the_replay_make_the_same_stop_decisions(sections, ray_cluster, tmp_path):
-    import ray
+    import json
+
+    from conftest import REPO, run_cli
 
     t = table(seeds=(0,), random_curves=True)
     space = search_space(SPACE, {**sections, "num_samples": 10})
     sim = replay(t, space, 10, workers=1, seed=0)
-    ray.init(address=ray_cluster or "local", include_dashboard=False, log_to_driver=False)
-    try:
-        real = tune_run(t, space, 10, str(tmp_path))
-    finally:
-        ray.shutdown()
+    # the real run in a process of its own: Ray reads its token settings when first imported, and this process
+    # imported it before the session's node was up
+    script = ("import json, sys; sys.path.insert(0, 'tests'); import ray; from test_replay import *; "
+              f"ray.init(address={ray_cluster!r} or 'local', include_dashboard=False, log_to_driver=False); "
+              f"sp = search_space(SPACE, {{**{sections!r}, 'num_samples': 10}}); "
+              f"print('ENDED', json.dumps(sorted(tune_run(table(seeds=(0,), random_curves=True), sp, 10, "
+              f"{str(tmp_path)!r}).values())))")
+    r = run_cli("-c", script, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    real = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("ENDED"))[6:])
     simulated = sorted(sim.ended.values())
-    assert sorted(real.values()) == simulated
+    assert [(tuple(c), e) for c, e in real] == simulated
     assert any(e < 4 for _, e in simulated) and any(e == 4 for _, e in simulated), "no decision to compare"
 
 
