@@ -209,8 +209,9 @@ def main(argv=None) -> None:
     figures = aggregate(runs, tables)
     folder = results_dir(a.quick)
     folder.mkdir(parents=True, exist_ok=True)
-    for path in a.tables:
-        plot(runs, path, max(a.budgets), folder / f"search_compare_{Path(path).stem}.png")
+    for path in a.tables:  # the largest budget any replay finished
+        done = [r["budget"] for r in runs if r["table"] == path] or [max(a.budgets)]
+        plot(runs, path, max(done), folder / f"search_compare_{Path(path).stem}.png")
     lean = [{k: v for k, v in r.items() if k not in ("regret", "regret_epochs")} for r in runs]
     name = "search_compare" + ("_" + Path(a.tables[0]).stem if len(a.tables) == 1 else "")
     write_result(name, {"figures": figures, "methods": METHODS, "workers": a.workers,
