@@ -17,7 +17,8 @@ def test_pyproject_names_the_dispatcher_and_it_lists_every_command():
     r = run_cli("-c", f"from {module} import {func}; {func}(['--help'])", timeout=120)
     assert r.returncode == 0, r.stderr
     assert set(COMMANDS) == set(re.findall(r"^  (\S+) ", r.stdout, flags=re.M)), r.stdout
-    assert set(COMMANDS) == {"search", "summarize", "evaluate", "probe", "train", "synth", "build-data", "convert"}
+    assert set(COMMANDS) == {"search", "summarize", "evaluate", "probe", "train", "replay", "synth", "build-data",
+                             "convert"}
 
 
 def test_a_subcommand_shows_its_own_help_with_each_default_once():

@@ -241,3 +241,14 @@ def test_bad_escape_gate_names_file_and_key(tmp_path, text, words):
     with pytest.raises(InputError) as e:
         load_space(path)
     assert str(e.value).startswith(str(path)) and all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_a_model_based_search_with_too_few_trials_gets_a_warning():
+    from tune_p7.search_settings import MEASURED_MIN_TRIALS, SearchSettings, search_warnings
+
+    assert search_warnings(SearchSettings(), 5) == []  # random search: nothing to warn about
+    never = search_warnings(SearchSettings(algorithm="optuna", n_startup_trials=10), 8)
+    assert len(never) == 1 and "model never chooses a trial" in never[0]
+    few = search_warnings(SearchSettings(algorithm="bohb"), MEASURED_MIN_TRIALS - 1)
+    assert len(few) == 1 and "random search + ASHA" in few[0] and few[0].startswith("warning:")
+    assert search_warnings(SearchSettings(algorithm="hyperopt", n_initial_points=20), MEASURED_MIN_TRIALS) == []

@@ -19,6 +19,7 @@ COMMANDS = {  # subcommand -> (module whose main(argv) it runs, what it does)
     "evaluate": ("tune_p7.evaluate", "select the best trial on val, report it on held-out, export it"),
     "probe": ("tune_p7.probe", "measure a data set's forward signal and baselines"),
     "train": ("tune_p7.train", "replay one trial without Ray"),
+    "replay": ("tune_p7.replay_cli", "replay a search section against a finished full grid, in simulated time"),
     "synth": ("tune_p7.synth", "write a synthetic article store"),
     "build-data": ("tune_p7.build_data", "chunk and embed documents into an article store"),
     "convert": ("tune_p7.convert", "convert between NPZ files and article stores"),

@@ -18,6 +18,7 @@ from tune_p7 import cli, confirm, job, kept_inputs, preflight, storage
 from tune_p7.data import load
 from tune_p7.errors import InputError, one_line
 from tune_p7.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
+from tune_p7.search_settings import search_warnings
 from tune_p7.space import Space, load_space
 
 from tune_p7.reporting import SEARCH_FILE
@@ -177,11 +178,31 @@ def search_algorithm(space: Space):
     return BasicVariantGenerator(random_state=s.seed)
 
 
+def make_scheduler(space: Space):
+    """The Tune scheduler of the space: BOHB's HyperBand, gated ASHA, PBT / PB2 or gated FIFO (also the replay's,
+    tune_p7/replay.py)."""
+    from tune_p7.schedulers import GatedASHA, GatedFIFO
+
+    s = space.scheduler
+    if space.search.algorithm == "bohb":
+        from tune_p7.searchers import bohb_scheduler
+
+        return bohb_scheduler(space)
+    if s.name == "asha":
+        return GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
+                         max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, brackets=s.brackets)
+    if s.name in ("pbt", "pb2"):
+        from tune_p7.pbt import build_scheduler
+
+        return build_scheduler(space)
+    return GatedFIFO()
+
+
 def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     from ray import tune
 
     from tune_p7 import actors, checkpoint, progress
-    from tune_p7.schedulers import GatedASHA, GatedFIFO
     from tune_p7.resultlog import KeepLocalResults
     from tune_p7.trainable import train_trial
 
@@ -197,24 +218,10 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
             raise InputError(exp, "no experiment to resume here (no Tune state found)")
         return checkpoint.restore_tuner(exp, trainable, "resume")
     s = space.scheduler
-    if space.search.algorithm == "bohb":
-        from tune_p7.searchers import bohb_scheduler
-
-        scheduler = bohb_scheduler(space)
-    elif s.name == "asha":
-        scheduler = GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
-                              max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
-                              reduction_factor=s.reduction_factor, brackets=s.brackets)
-    elif s.name in ("pbt", "pb2"):
-        from tune_p7.pbt import build_scheduler
-
-        scheduler = build_scheduler(space)
-    else:
-        scheduler = GatedFIFO()
     return tune.Tuner(
         trainable,
         param_space=space.param_space(),
-        tune_config=tune.TuneConfig(scheduler=scheduler, search_alg=search_algorithm(space),
+        tune_config=tune.TuneConfig(scheduler=make_scheduler(space), search_alg=search_algorithm(space),
                                     num_samples=space.num_samples,
                                     max_concurrent_trials=opts.max_concurrent or None,
                                     reuse_actors=opts.reuse_actors),
@@ -260,6 +267,9 @@ def main(argv=None) -> int:
         refuse_resume_changes(opts, stored)
     space_path = opts.space or (stored["space"] if stored else str(DEFAULT_SPACE))
     space = load_space(space_path).override(epochs=opts.epochs, seed=opts.seed, scheduler=opts.scheduler)
+    if not opts.resume:
+        for line in search_warnings(space.search, space.num_samples):
+            print(line, file=sys.stderr, flush=True)
     confirming = confirm.settings(exp, space.confirm, opts.confirm_top, opts.confirm_seeds, opts.resume)
     data_path = opts.data or (stored["data"] if stored else str(DEFAULT_DATA))
     data = load(data_path)

@@ -23,9 +23,12 @@ class SearchSettings:
     algorithm: str = _typed("random", str)
     seed: int | None = _typed(None, int, lo=0)
     points_to_evaluate: tuple[dict[str, Any], ...] = _typed((), list)
-    # optuna: Optuna's TPESampler (its defaults)
-    n_startup_trials: int = _typed(10, int, lo=0)  # random trials before TPE's model
-    multivariate: bool = _typed(True, bool)  # one joint density over the keys, not one per key
+    # optuna: Optuna's TPESampler (its 5.0 defaults) or GPSampler
+    sampler: str = _typed("tpe", str)  # tpe | gp
+    n_startup_trials: int = _typed(10, int, lo=0)  # random trials before the model
+    multivariate: bool = _typed(True, bool)  # tpe: one joint density over the keys, not one per key
+    group: bool = _typed(False, bool)  # tpe: one density per group of keys that always occur together
+    constant_liar: bool = _typed(True, bool)  # tpe: running trials count as bad, so parallel workers spread out
     # hyperopt: HyperOpt's TPE (Ray's HyperOptSearch defaults)
     n_initial_points: int = _typed(20, int, lo=0)
     gamma: float = _typed(0.25, float, lo=0.0, hi=1.0)  # fraction of trials in the "good" density
@@ -39,7 +42,7 @@ class SearchSettings:
 
 
 COMMON_SEARCH_KEYS = ("algorithm", "seed", "points_to_evaluate")
-ALGORITHM_KEYS = {"random": (), "optuna": ("n_startup_trials", "multivariate"),
+ALGORITHM_KEYS = {"random": (), "optuna": ("sampler", "n_startup_trials", "multivariate", "group", "constant_liar"),
                   "hyperopt": ("n_initial_points", "gamma"), "bohb": ("reduction_factor", "random_fraction")}
 EXTRA_PACKAGES = {"hyperopt": ("hyperopt",), "bohb": ("hpbandster", "ConfigSpace")}  # requirements-search.txt
 
@@ -67,6 +70,10 @@ def read_search(src, raw, params, num_samples) -> SearchSettings:
             limits = "".join(f", {w} {m[k]}" for k, w in (("lo", ">="), ("hi", "<=")) if m.get(k) is not None)
             raise InputError(src, f"key 'search.{key}': expected {kind.__name__}{limits}, got {value!r}")
     settings = SearchSettings(**{k: v for k, v in values.items() if k != "points_to_evaluate"})
+    if settings.sampler not in ("tpe", "gp"):
+        raise InputError(src, f"key 'search.sampler': expected tpe or gp, got {settings.sampler!r}")
+    if settings.group and not settings.multivariate:
+        raise InputError(src, "key 'search.group': needs search.multivariate true (Optuna's rule)")
     if settings.reduction_factor <= 1:
         raise InputError(src, "key 'search.reduction_factor': must be > 1")
     if not settings.model_based:
@@ -119,4 +126,30 @@ def point(src, i, point, params) -> dict[str, Any]:
         out[key] = value
     fixed = {k: v for k, v in params.items() if not isinstance(v, dict)}
     P7Config.from_dict({**fixed, **out}, source=f"{src}: {where}")
+    return out
+
+
+# The smallest budget the replays measured (bench/search_compare.py, bench/README.md "Which search"): at 25 trials
+# on the recorded synthetic grid TPE + ASHA reached the best in 52% of 100 replays, random + ASHA in 27%; below 25
+# trials nothing was measured, and a model has at most 25 - n_startup_trials trials to choose.
+MEASURED_MIN_TRIALS = 25
+STARTUP_KEY = {"optuna": "n_startup_trials", "hyperopt": "n_initial_points"}
+
+
+def search_warnings(settings: SearchSettings, num_samples: int) -> list[str]:
+    """``warning:`` lines for a model-based search given fewer trials than it needs: fewer than its random start-up
+    trials (its model never chooses a trial), or fewer than the replays found it needs to beat random + ASHA."""
+    if not settings.model_based:
+        return []
+    out = []
+    key = STARTUP_KEY.get(settings.algorithm)
+    startup = getattr(settings, key) if key else 0
+    if key and num_samples <= startup:
+        out.append(f"warning: search.algorithm {settings.algorithm}: its first search.{key} = {startup} trials are "
+                   f"random and num_samples is {num_samples}: its model never chooses a trial (use algorithm random)")
+    elif num_samples < MEASURED_MIN_TRIALS:
+        out.append(f"warning: search.algorithm {settings.algorithm} with num_samples {num_samples}: below "
+                   f"{MEASURED_MIN_TRIALS} trials no replay showed a model-based search ahead of random search + "
+                   "ASHA (bench/search_compare.py, bench/README.md); the model chooses only "
+                   f"{max(num_samples - startup, 0)} trials")
     return out

@@ -147,8 +147,14 @@ def search_alg(space: Space):
     if s.algorithm == "optuna":
         import optuna
 
-        sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
-                                             multivariate=s.multivariate)
+        if s.sampler == "gp":
+            sampler = optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+        else:
+            with warnings.catch_warnings():  # group is "experimental" in Optuna 5.0
+                warnings.simplefilter("ignore")
+                sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
+                                                     multivariate=s.multivariate, group=s.group,
+                                                     constant_liar=s.constant_liar)
         return PruningOptunaSearch(sampler=sampler, **common)
     if s.algorithm == "hyperopt":
         return PruningHyperOptSearch(n_initial_points=s.n_initial_points, gamma=s.gamma, random_state_seed=s.seed,
