@@ -298,5 +298,5 @@ def test_shipped_pbt_space_loads_and_mutates_only_keys_that_can_change(tmp_path)
     assert {"lr", "temperature", "margin", "w_rank", "w_margin", "w_teacher"} <= set(sp.scheduler.mutations)
     assert sp.num_to_keep >= 3
     json.dumps(sp.param_space(), default=str)  # the initial draws come from the mutation ranges
-    extra = Path(REPO / "requirements-search.txt").read_text().splitlines()
-    assert any(line.startswith("scikit-learn==") for line in extra)  # what pb2 imports (ray.tune.schedulers.pb2)
+    runtime = Path(REPO / "requirements.txt").read_text().splitlines()
+    assert any(line.startswith("scikit-learn==") for line in runtime)  # what pb2 imports (ray.tune.schedulers.pb2)

@@ -42,7 +42,9 @@ def refused(r: subprocess.CompletedProcess, words) -> None:
         assert w in err, err
 
 
-WORKER_LINE = re.compile(r"\((?:[\w.]+ )?pid=\d+(?:, ip=[\d.]+)?\)")  # Ray's prefix of a worker's forwarded output
+# Ray's prefix of a worker's forwarded output: "(pid=…)", "(ClassName pid=…)" or a trial actor's Repr
+# ("(trial 1419f_00000 margin=0.07 pid=…)", tune_p7.actors), then ", ip=…" on another node
+WORKER_LINE = re.compile(r"\((?:[^()\n]* )?pid=\d+(?:, ip=[\d.]+)?\)")
 
 
 def assert_clean_console(r: subprocess.CompletedProcess) -> None:
