@@ -40,10 +40,10 @@ class Lab:
 @contextmanager
 def lab(workdir: Path):
     """The two hosts; the worker gets tune_p7 installed non-editable and the scripts, as a machine of its own."""
-    why = nh.unavailable(REPO)
+    why = nh.unavailable()
     if why is None:
         hide = [str(REPO)] + nh.editable_targets()
-        head, worker = nh.make_pair(workdir, hide)
+        head, worker = nh.make_pair(workdir, hide, keep_on_head=[str(REPO)])
     else:
         warnings.warn(f"cluster tests on loopback nodes of this machine, not separate hosts: {why}")
         head, worker = (nh.Host(n, NODE_IP, workdir / f"{n}-host") for n in ("head", "worker"))

@@ -9,7 +9,8 @@ host by its id removes them, with the veth pair between them. Inside:
   of a veth pair whose other end is in the other host's namespace: the pair never touches this machine's own
   network namespace, and loopback inside is the host's own;
 - ``/tmp`` a bind of a private folder of the test (the host sees only its own; the test reads it from outside),
-  ``/dev/shm`` (Ray's object store) a tmpfs, HOME=/tmp/home;
+  ``/dev/shm`` (Ray's object store) a tmpfs, HOME=/tmp/home; a checkout under /tmp (as a CI clone may be) is
+  bound back into the head's own /tmp at its path;
 - ``hide``: tmpfs over folders the host must not see (the worker: the checkout, and the folder an editable
   install of tune_p7 points to).
 
@@ -89,12 +90,10 @@ class Host:
         subprocess.run(self.argv(["ip", "link", "set", "dev", "p7veth", "up" if up else "down"]), check=True)
 
 
-def unavailable(checkout: Path) -> str | None:
+def unavailable() -> str | None:
     """Why network/mount namespaces cannot be made here, or None."""
     if os.environ.get("TUNE_P7_TEST_LOOPBACK") == "1":
         return "TUNE_P7_TEST_LOOPBACK=1"
-    if Path(checkout).resolve().is_relative_to("/tmp"):
-        return f"the checkout {checkout} is under /tmp, which every host replaces by its own"
     if os.geteuid() != 0:
         return "not root"
     for tool in ("unshare", "nsenter", "ip"):
@@ -121,12 +120,19 @@ def used_test_addresses() -> list[str]:
     return found
 
 
-def anchor(root: Path, hide: list[str]) -> subprocess.Popen:
-    """The process holding a new host's namespaces (see the module's docstring)."""
+def anchor(root: Path, hide: list[str], keep: list[str]) -> subprocess.Popen:
+    """The process holding a new host's namespaces (see the module's docstring). A ``keep`` folder under /tmp (a
+    checkout there, as a CI clone may be) is bound to the same path inside the host's own /tmp, so the host still
+    sees it; a host that must not see it gets no ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "home").mkdir(exist_ok=True)
     hides = "".join(f" && mount -t tmpfs -o size=1m,mode=0755 tmpfs '{h}'" for h in hide if Path(h).is_dir())
-    script = (f"true{hides} && mount --bind '{root}' /tmp && mount -t tmpfs tmpfs /dev/shm && ip link set lo up "
+    keeps = ""
+    for k in (Path(k).resolve() for k in keep):
+        if k.is_relative_to("/tmp"):
+            (root / k.relative_to("/tmp")).mkdir(parents=True, exist_ok=True)
+            keeps += f" && mount --bind '{k}' '{root / k.relative_to('/tmp')}'"
+    script = (f"true{hides}{keeps} && mount --bind '{root}' /tmp && mount -t tmpfs tmpfs /dev/shm && ip link set lo up "
               "&& echo ready && exec sleep infinity")
     proc = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", script],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -138,14 +144,15 @@ def anchor(root: Path, hide: list[str]) -> subprocess.Popen:
     return proc
 
 
-def make_pair(workdir: Path, hide_on_worker: list[str]) -> tuple[Host, Host]:
-    """Two namespace hosts, head and worker, joined by a veth pair on a random /30 in TEST_NET."""
+def make_pair(workdir: Path, hide_on_worker: list[str], keep_on_head: list[str]) -> tuple[Host, Host]:
+    """Two namespace hosts, head and worker, joined by a veth pair on a random /30 in TEST_NET; the head keeps
+    seeing ``keep_on_head``, the worker sees none of ``hide_on_worker``."""
     subnet = ipaddress.ip_network(f"198.{random.choice((18, 19))}.{random.randrange(256)}.{4 * random.randrange(64)}/30")
     head_ip, worker_ip = (str(a) for a in list(subnet.hosts())[:2])
     hosts = []
     try:
-        for name, ip, hide in (("head", head_ip, []), ("worker", worker_ip, hide_on_worker)):
-            hosts.append(Host(name, ip, workdir / f"{name}-host", anchor(workdir / f"{name}-host", hide)))
+        for name, ip, hide, keep in (("head", head_ip, [], keep_on_head), ("worker", worker_ip, hide_on_worker, [])):
+            hosts.append(Host(name, ip, workdir / f"{name}-host", anchor(workdir / f"{name}-host", hide, keep)))
         head, worker = hosts
         # made inside the head's namespace, the peer moved straight into the worker's: never in ours
         subprocess.run(head.argv(["ip", "link", "add", "p7veth", "type", "veth", "peer", "name", "p7veth", "netns",
