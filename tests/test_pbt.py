@@ -15,7 +15,8 @@ from conftest import REPO, kill_when, run_cli
 from test_search import SEARCH, results, search, space
 from tune_p7 import checkpoint
 from tune_p7.errors import InputError
-from tune_p7.pbt import Clip, build_scheduler, replay_schedule, schedule
+from tune_p7.pbt import Clip, build_scheduler
+from tune_p7.pbt_history import replay_schedule, schedule
 from tune_p7.space import load_space
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)

@@ -7,7 +7,7 @@ use, as the trials of a second Tune experiment inside the experiment folder (``E
 storage, checkpoints and failure handling; resumed by ``search.py --resume``). A plain FIFO scheduler runs them: no
 early stopping, the gates are computed and recorded in every result but not enforced, since a gate would cut a seed
 short and bias the mean over seeds. A configuration a population search (PBT / PB2) found is a schedule, not a
-point: its confirmation replays the winning trial's hyperparameters epoch by epoch (pbt.replay_schedule).
+point: its confirmation replays the winning trial's hyperparameters epoch by epoch (pbt_history.replay_schedule).
 
 Each seed's last checkpoint holds its per-article sums on val and on the held-out split (``ood``); the driver adds
 DIRECT's and ridge's (fitted at each configuration's own context length) on the same windows. ``conclusions``
@@ -76,7 +76,7 @@ def choose(exp: str, top: int) -> tuple[list[dict], set[int]]:
     search used."""
     from ray.tune import ExperimentAnalysis
 
-    from tune_p7.pbt import HP, replay_schedule
+    from tune_p7.pbt_history import HP, replay_schedule
     from tune_p7.resultlog import read_results
 
     ranked = storage.read_parquet(storage.join(exp, "summary.parquet"))

@@ -17,7 +17,7 @@ import pandas as pd
 from tune_p7 import cli, conclusions, confirm, importance, storage
 from tune_p7.config import P7Config
 from tune_p7.errors import InputError, one_line
-from tune_p7.pbt import schedules
+from tune_p7.pbt_history import schedules
 from tune_p7.plots import References, hp_label, plots
 from tune_p7.report_html import to_html
 from tune_p7.reporting import RANKING, SEARCH_FILE, fmt, ranked_index, varied

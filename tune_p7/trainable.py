@@ -67,7 +67,7 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
 def restore(ckpt: tune.Checkpoint, trial_id: str) -> tuple[dict, dict]:
     """(the state to go on from, the ``lineage``, ``exploited_from``, ``parent_lineage`` and ``parent_epoch`` of the
     results to come: a lineage is one run of weights under one config; an exploit starts a new one from the
-    parent lineage's checkpoint of parent_epoch, which is how pbt.replay_schedule follows a model back).
+    parent lineage's checkpoint of parent_epoch, which is how pbt_history.replay_schedule follows a model back).
 
     The trial's own checkpoint (a restart, a resumed experiment, a PBT pause): go on from the newest one of its
     lineage it stored (checkpoint.resume_from), and report the stored checkpoints' results again, marked
