@@ -19,6 +19,15 @@ SMALL = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, lstm_layers=1, batch_s
              warmup_epochs=1, epochs=3, precision="fp32")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Two groups, one per xdist worker (pyproject's ``-n 2 --dist loadgroup``): the multi-host cluster tests,
+    which mostly wait (health checks, restarts, link cuts), run beside the rest, which keeps both cores busy; within
+    a group the tests run in their usual order, one at a time, as without xdist."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("hosts" if item.get_closest_marker("cluster") else "local"))
+
+
 def small_config(**changes) -> P7Config:
     return P7Config.from_dict({**SMALL, **changes})
 

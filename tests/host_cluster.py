@@ -175,7 +175,7 @@ class Cluster:
 
     def start_head(self) -> None:
         r = self.script("head", "cluster_head.sh")
-        assert r.returncode == 0, r.stdout + r.stderr + tail(self.ctl("head") / "head.log")
+        assert r.returncode == 0, f"exit {r.returncode}: " + r.stdout + r.stderr + tail(self.ctl("head") / "head.log")
         assert f"{self.address}" in r.stdout, r.stdout
         self.node_ids["head"] = wait_for(lambda: (n := self.alive_nodes()) and n[0]["node_id"], 120, "the dashboard")
 

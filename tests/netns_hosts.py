@@ -132,7 +132,7 @@ def anchor(root: Path, hide: list[str], keep: list[str]) -> subprocess.Popen:
         if k.is_relative_to("/tmp"):
             (root / k.relative_to("/tmp")).mkdir(parents=True, exist_ok=True)
             keeps += f" && mount --bind '{k}' '{root / k.relative_to('/tmp')}'"
-    script = (f"true{hides}{keeps} && mount --bind '{root}' /tmp && mount -t tmpfs tmpfs /dev/shm && ip link set lo up "
+    script = (f"true{hides}{keeps} && mount --rbind '{root}' /tmp && mount -t tmpfs tmpfs /dev/shm && ip link set lo up "
               "&& echo ready && exec sleep infinity")
     proc = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", script],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
