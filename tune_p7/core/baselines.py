@@ -11,14 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune_p7 import metrics as M
-from tune_p7 import verdicts as V
-from tune_p7.batches import SplitTensors
-from tune_p7.data import Split
-from tune_p7.gates import gate
-from tune_p7.loop import Evaluator
-from tune_p7.model import Prediction
-from tune_p7.space import Gates
+from tune_p7.core import metrics as M
+from tune_p7.core import verdicts as V
+from tune_p7.core.gates import Gates, gate
+from tune_p7.core.loop import Evaluator
+from tune_p7.core.model import Prediction
+from tune_p7.data.batches import SplitTensors
+from tune_p7.data.loading import Split
 
 ORACLE = ("cos_next", "cos_prev", "margin", "cos_anchor")
 ESCAPE_SUGGESTED = 0.1  # the seed's escaped predictions sat at cos ~0.04 to both neighbours

@@ -11,7 +11,7 @@ import time
 import torch
 from torch import nn
 
-from tune_p7.config import P7Config
+from tune_p7.core.config import P7Config
 
 
 class Dropout16(nn.Dropout):

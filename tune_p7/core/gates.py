@@ -1,14 +1,22 @@
 """Training gates: ``gate(result, gates, warmup_epochs)``, a pure function of one epoch's val metrics.
 
 The trainable writes its answer into every result as ``gate`` (None, "drift", "escape" or "margin"), so the
-decision is stored with the experiment and survives a restore; ``schedulers.py`` stops a trial whose result carries
-a gate. Ray-free, so that the data probe can run the same gates on the oracle and the ridge baseline.
+decision is stored with the experiment and survives a restore; ``tuning/schedulers.py`` stops a trial whose result
+carries a gate. Ray-free, so that the data probe can run the same gates on the oracle and the ridge baseline.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
-from tune_p7.space import Gates
+
+@dataclass(frozen=True)
+class Gates:
+    """The thresholds of a space's ``gates:`` section."""
+    drift: float = 0.05  # stop when cos_anchor < drift, any epoch
+    margin: float = 0.10  # stop when val margin < margin, once warm-up + grace epochs are over
+    grace_epochs: int = 1
+    escape: float | None = None  # stop when val cos_next and cos_prev are both < escape (orthogonal escape); off
 
 
 def _below(result: Mapping[str, float], key: str, threshold: float) -> bool:

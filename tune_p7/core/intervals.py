@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from tune_p7.metrics import retrieval_per_window
+from tune_p7.core.metrics import retrieval_per_window
 
 LEVEL = 0.95
 REPLICATES = 1000  # percentile tails of 25 replicates each: the 2.5% quantile moves by ~0.1 SE between seeds

@@ -14,14 +14,14 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from tune_p7 import intervals as I
-from tune_p7 import metrics as M
-from tune_p7.batches import Batch, SplitTensors
-from tune_p7.config import P7Config
-from tune_p7.data import P7Data, Split
-from tune_p7.fastpath import RETRIEVAL_BLOCK, clip_and_step, release_free_memory, use_bf16
-from tune_p7.losses import p7_loss
-from tune_p7.model import build_model
+from tune_p7.core import intervals as I
+from tune_p7.core import metrics as M
+from tune_p7.core.config import P7Config
+from tune_p7.core.fastpath import RETRIEVAL_BLOCK, clip_and_step, release_free_memory, use_bf16
+from tune_p7.core.losses import p7_loss
+from tune_p7.core.model import build_model
+from tune_p7.data.batches import Batch, SplitTensors
+from tune_p7.data.loading import P7Data, Split
 
 Report = Callable[[dict[str, Any], dict[str, Any]], None]
 Schedule = list[tuple[int, dict[str, Any]]]  # (first epoch, the config keys that change there), epochs ascending

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune_p7.config import P7Config
-from tune_p7.fastpath import Dropout16, last_position
+from tune_p7.core.config import P7Config
+from tune_p7.core.fastpath import Dropout16, last_position
 
 
 class Prediction(NamedTuple):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tune_p7.data import Split
+from tune_p7.data.loading import Split
 
 
 @dataclass

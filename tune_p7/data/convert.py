@@ -1,7 +1,7 @@
 """Convert between the article store and the seed's NPZ layout.
 
-    python -m tune_p7.convert to-npz STORE.parquet OUT.npz --context-length K
-    python -m tune_p7.convert to-store IN.npz OUT.parquet
+    tune-p7 convert to-npz STORE.parquet OUT.npz --context-length K
+    tune-p7 convert to-store IN.npz OUT.parquet
 
 to-npz writes every window of context length K: ``contexts`` (N, K, D), ``targets`` (N, D), plus
 ``article_ids`` (N,) and ``target_index`` (N,), which make the way back exact. to-store needs those two keys:
@@ -14,9 +14,9 @@ import argparse
 import numpy as np
 
 from tune_p7 import cli
-from tune_p7.data import _split_from_store, check_vectors
+from tune_p7.data.loading import _split_from_store, check_vectors
+from tune_p7.data.store import read_store, write_store
 from tune_p7.errors import InputError
-from tune_p7.store import read_store, write_store
 
 
 def store_to_npz(store_path, out, k: int) -> int:
@@ -48,7 +48,7 @@ def npz_to_store(npz_path, out) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tune_p7.convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="tune-p7 convert", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a1 = sub.add_parser("to-npz", help="article store -> seed NPZ windows")
     a1.add_argument("store")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tune_p7.data.store import read_store
 from tune_p7.errors import InputError
-from tune_p7.store import read_store
 
 SPLITS = ("train", "val", "ood")
 

@@ -1,4 +1,4 @@
-"""reStructuredText and Markdown -> plain-text paragraphs (pure functions of strings; ``tune_p7.chunking`` packs
+"""reStructuredText and Markdown -> plain-text paragraphs (pure functions of strings; ``tune_p7.data.chunking`` packs
 them into chunks).
 
 ``paragraphs(text, kind)`` (``kind``: 'rst', 'md' or 'txt') gives the document's paragraphs in order, headings

@@ -12,9 +12,9 @@ travel can be read off the context and the next chunk extrapolated from it.
 
 The gate's Delta = cos(x_t, x_{t+1}) - cos(x_t, x_{t-1}) has mean ~0 for every S (steps forward and backward
 are the same size), so on this data the gate down-weights sequences at random; what S changes is how
-predictable the next chunk is. `python -m tune_p7.probe FILE` measures both (see README "Data").
+predictable the next chunk is. `tune-p7 probe FILE` measures both (see README "Data").
 
-    python -m tune_p7.synth --out data.parquet --articles 300 --chunks-per-article 24 --dim 64 \
+    tune-p7 synth --out data.parquet --articles 300 --chunks-per-article 24 --dim 64 \
         --forward-signal 1.0 --seed 0
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import argparse
 import numpy as np
 
 from tune_p7 import cli
-from tune_p7.store import write_store
+from tune_p7.data.store import write_store
 
 
 def generate(articles: int, chunks_per_article: int, dim: int, forward_signal: float, seed: int = 0,
@@ -44,7 +44,7 @@ def generate(articles: int, chunks_per_article: int, dim: int, forward_signal: f
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tune_p7.synth", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="tune-p7 synth", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="article store to write (.parquet)")
     p.add_argument("--articles", type=int, default=300)
     p.add_argument("--chunks-per-article", type=int, default=24)

@@ -1,4 +1,4 @@
-"""Held-out evaluation and model selection: ``python -m tune_p7.evaluate EXPERIMENT [options]``.
+"""Held-out evaluation and model selection: ``tune-p7 evaluate EXPERIMENT [options]``.
 
 Takes the top K trials of an experiment (folder or URI) by the summary's rank, skipping trials without a
 checkpoint, and loads each trial's best checkpoint (the highest val margin among the checkpoints Tune kept).
@@ -36,16 +36,16 @@ from torch import nn
 
 
 from tune_p7 import cli, storage
-from tune_p7 import verdicts as V
-from tune_p7.config import P7Config
-from tune_p7.data import P7Data, load
+from tune_p7.core import verdicts as V
+from tune_p7.core.config import P7Config
+from tune_p7.core.fastpath import use_bf16
+from tune_p7.core.loop import Evaluator
+from tune_p7.core.model import Prediction
+from tune_p7.core.ranking import RANKING, SEARCH_FILE, fmt
+from tune_p7.data.loading import P7Data, load
 from tune_p7.errors import InputError
-from tune_p7.fastpath import use_bf16
-from tune_p7.loop import Evaluator
-from tune_p7.export import export, load_exported, predict  # noqa: F401  (folders exported before tune_p7.export import them from here)
-from tune_p7.model import Prediction
-from tune_p7.reporting import RANKING, SEARCH_FILE, fmt
-from tune_p7.selection import build, check_fits, choose_candidates, chosen_index, load_state, read_summary
+from tune_p7.evaluation.export import export, load_exported, predict  # noqa: F401  (re-exported as before export.py)
+from tune_p7.evaluation.selection import build, check_fits, choose_candidates, chosen_index, load_state, read_summary
 
 SPLIT_ALIASES = {"ood": "ood", "test": "ood", "val": "val"}
 METRICS = ("cos_next", "cos_prev", "margin", "cos_anchor", "cos_raw_anchor", "r_at_1", "r_at_5", "r_at_10",
@@ -291,7 +291,7 @@ def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None
         print(f"exported trial {chosen.trial_id} to {storage.normalize(export_dir)} (model.pt, config.json, "
               "metrics.json, example.py)", flush=True)
     if refresh_summary:
-        from tune_p7.summarize import summarize
+        from tune_p7.report.summary import summarize
 
         try:
             summarize(exp)
@@ -302,7 +302,7 @@ def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tune_p7.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="tune-p7 evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", help="experiment folder or URI (e.g. ray_results/smoke-20261124-101500, s3://b/exp)")
     p.add_argument("--top", type=int, default=3,
                    help="evaluate the K best-ranked trials that have a checkpoint [default: 3]")

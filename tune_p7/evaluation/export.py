@@ -2,7 +2,7 @@
 
 The folder: ``model.pt`` (state dict, loads with ``torch.load(weights_only=True)``), ``config.json`` (the P7Config
 keys and ``dim``), ``metrics.json`` (held-out and val metrics) and ``example.py`` (the template
-``tune_p7/templates/example.py``: ``python DIR/example.py [CONTEXT.npy [OUT.npy]]``).
+``tune_p7/evaluation/templates/example.py``: ``python DIR/example.py [CONTEXT.npy [OUT.npy]]``).
 """
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune_p7 import checkpoint, storage
-from tune_p7 import verdicts as V
-from tune_p7.config import P7Config
-from tune_p7.model import build_model
-from tune_p7.selection import Candidate
+from tune_p7 import storage
+from tune_p7.core import verdicts as V
+from tune_p7.core.config import P7Config
+from tune_p7.core.model import build_model
+from tune_p7.evaluation.selection import Candidate
+from tune_p7.tuning import checkpoint
 
 
 def load_exported(folder) -> tuple[nn.Module, P7Config]:
@@ -67,7 +68,7 @@ def export(folder: str, c: Candidate, dim: int, held_out: dict, split: str, info
             **info, "trial_id": c.trial_id, "checkpoint": c.checkpoint, "epoch": c.val.get("epoch"),
             "split": split, "held_out": held_out,
             "val": {**val, "verdict": V.verdict(val), "deploy_ok": V.deploy_ok(val)}}), indent=2).encode(),
-        "example.py": resources.files("tune_p7").joinpath("templates/example.py").read_bytes(),
+        "example.py": resources.files("tune_p7.evaluation").joinpath("templates/example.py").read_bytes(),
     }
     for name, data in files.items():
         storage.write_bytes(storage.join(folder, name), data)

@@ -15,12 +15,13 @@ import pandas as pd
 import pyarrow.fs as pafs
 from torch import nn
 
-from tune_p7 import checkpoint, storage
-from tune_p7.config import P7Config
-from tune_p7.data import Split
+from tune_p7 import storage
+from tune_p7.core.config import P7Config
+from tune_p7.core.model import build_model
+from tune_p7.core.ranking import ranked_index
+from tune_p7.data.loading import Split
 from tune_p7.errors import InputError, one_line
-from tune_p7.model import build_model
-from tune_p7.reporting import ranked_index
+from tune_p7.tuning import checkpoint
 
 
 @dataclass
@@ -71,7 +72,7 @@ def trained_dim(model_state: dict) -> int | None:
 def read_summary(exp: str) -> pd.DataFrame:
     path = storage.join(exp, "summary.parquet")
     if not storage.exists(path):
-        from tune_p7.summarize import summarize
+        from tune_p7.report.summary import summarize
 
         print(f"no summary.parquet in {exp}: summarizing first", flush=True)
         summarize(exp)

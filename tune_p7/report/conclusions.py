@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 
 from tune_p7 import storage
-from tune_p7.confirm import ARTICLES_FILE, TABLE_FILE, read_plan
-from tune_p7.intervals import LEVEL, holm, p_not_above, percentile_interval, seed_article_replicates
-from tune_p7.verdicts import DEPLOY_MRR, DEPLOY_R5, PASS, verdict
+from tune_p7.core.intervals import LEVEL, holm, p_not_above, percentile_interval, seed_article_replicates
+from tune_p7.core.verdicts import DEPLOY_MRR, DEPLOY_R5, PASS, verdict
+from tune_p7.tuning.confirm import ARTICLES_FILE, TABLE_FILE, read_plan
 
 METRICS = ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10")
 DEPLOY = {"r_at_5": DEPLOY_R5, "mrr_at_10": DEPLOY_MRR}  # metric -> margin over DIRECT the deployment check needs

@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 
 from tune_p7 import storage
+from tune_p7.core.ranking import varied
 from tune_p7.errors import InputError
-from tune_p7.reporting import varied
 
 TARGETS = {"margin": "final val margin", "r_at_5": "val R@5"}
 FINISHED = ("completed", "asha_stopped", "gate_stopped")
@@ -62,7 +62,7 @@ def varied_keys(df: pd.DataFrame) -> list[str]:
 def space_samplers(record: dict) -> dict[str, tuple[str, list | None]]:
     """{key: (sampler, its values or [low, high])}: the search record's ``samplers``, and for the other keys the
     space file's params (keys of explicit ``runs`` are categorical); keys in neither are left out."""
-    from tune_p7.space import load_space
+    from tune_p7.space.file import load_space
 
     space = None
     if record.get("space"):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tune_p7.verdicts import DEPLOY_R5, DRIFT, PASS
+from tune_p7.core.verdicts import DEPLOY_R5, DRIFT, PASS
 
 TOP = 8  # trials drawn in colour
 DPI = 100

@@ -1,4 +1,4 @@
-"""Look at the data before spending compute: ``python -m tune_p7.probe DATA [--context-length K] [--space FILE]``.
+"""Look at the data before spending compute: ``tune-p7 probe DATA [--context-length K] [--space FILE]``.
 
 For each held-out split, from the windows (ctx[-2], ctx[-1], next) at context length K, the ones the trials see
 (the same definition for an article store and an NPZ file, whose chunk rows are not in document order): the
@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from tune_p7 import cli
-from tune_p7.baselines import Ridge, judge, oracle, oracle_warnings
-from tune_p7.config import P7Config
-from tune_p7.data import P7Data, Split, load
-from tune_p7.loop import Evaluator
-from tune_p7.space import Gates, load_space
-
+from tune_p7.core.baselines import Ridge, judge, oracle, oracle_warnings
+from tune_p7.core.config import P7Config
+from tune_p7.core.gates import Gates
+from tune_p7.core.loop import Evaluator
+from tune_p7.data.loading import P7Data, Split, load
+from tune_p7.space.file import load_space
 RETRIEVAL = ("r_at_1", "r_at_5", "r_at_10", "mrr_at_10")
 RETRIEVAL_ALL = RETRIEVAL + tuple(k + "_xctx" for k in RETRIEVAL)
 SHOWN = ("cos_next", "cos_prev", "margin", "cos_anchor", "r_at_5", "mrr_at_10", "r_at_5_xctx", "mrr_at_10_xctx",
@@ -120,7 +120,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tune_p7.probe", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="tune-p7 probe", description=__doc__.split("\n\n")[0])
     p.add_argument("data", help="article store, NPZ train file or folder")
     p.add_argument("--context-length", type=int, default=5)
     p.add_argument("--space", help="judge ridge and the oracle with this search space's gates and warm-up "

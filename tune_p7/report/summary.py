@@ -1,4 +1,5 @@
-"""Rank the trials of one stored experiment: ``python tune_p7/summarize.py EXPERIMENT`` (path or URI).
+"""The ranked summary of one stored experiment (path or URI): ``summarize(exp)``, the command ``python
+tune_p7/summarize.py EXPERIMENT``.
 
 Works from the experiment folder alone (the search record, the probe, every trial's result.json). Writes
 ``summary.md`` (probe, warnings, the top rows of the ranked table, plots), ``summary.html`` (the same as one
@@ -13,17 +14,18 @@ import math
 
 import pandas as pd
 
-
-from tune_p7 import cli, conclusions, confirm, importance, storage
-from tune_p7.config import P7Config
+from tune_p7 import storage
+from tune_p7.core.config import P7Config
+from tune_p7.core.ranking import RANKING, SEARCH_FILE, fmt, ranked_index, varied
+from tune_p7.core.verdicts import deploy_ok, verdict
 from tune_p7.errors import InputError, one_line
-from tune_p7.pbt import schedules
-from tune_p7.plots import References, hp_label, plots
-from tune_p7.report_html import to_html
-from tune_p7.reporting import RANKING, SEARCH_FILE, fmt, ranked_index, varied
-from tune_p7.resultlog import read_results
-from tune_p7.space import trial_config
-from tune_p7.verdicts import deploy_ok, verdict
+from tune_p7.report import conclusions, importance
+from tune_p7.report.plots import References, hp_label, plots
+from tune_p7.report.report_html import to_html
+from tune_p7.space.file import trial_config
+from tune_p7.tuning import confirm
+from tune_p7.tuning.pbt import schedules
+from tune_p7.tuning.resultlog import read_results
 
 TOP_ROWS = 20  # rows of the ranked table in summary.md and on the console; summary.parquet holds all
 # the table's metrics, each followed by DIRECT's value on the same bank (None: DIRECT has no counterpart)
@@ -259,17 +261,3 @@ def summarize(exp: str) -> str:
     storage.write_bytes(storage.join(exp, "summary.html"),
                         to_html(md, files, f"tune_p7 summary: {exp.rsplit('/', 1)[-1]}").encode())
     return table(df, sampler)
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python tune_p7/summarize.py", description=__doc__.splitlines()[0])
-    p.add_argument("experiment", help="experiment folder or URI (e.g. ray_results/smoke-20261124-101500)")
-    a = p.parse_args(argv)
-    print(summarize(a.experiment))
-    return 0
-
-
-if __name__ == "__main__":
-    cli.run(main)

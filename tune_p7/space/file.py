@@ -12,7 +12,7 @@
     runs:                     # explicit points, each a mapping of keys (tried in turn, times the grids)
       - {context_length: 5, margin: 0.07}
     scheduler: {name: asha, grace_period: 2, reduction_factor: 2, brackets: 1}
-    # or population-based training (the scheduler then replaces ASHA; see tune_p7/pbt.py):
+    # or population-based training (the scheduler then replaces ASHA; see tune_p7/tuning/pbt.py):
     # scheduler: {name: pbt | pb2, perturbation_interval: 1, quantile_fraction: 0.25, resample_probability: 0.25,
     #             mutations: {lr: {loguniform: [1.0e-4, 3.0e-3]}, margin: {choice: [0.05, 0.07, 0.10]}}}
     gates: {drift: 0.05, margin: 0.10, grace_epochs: 1, escape: null}
@@ -31,25 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from tune_p7.cli import read_yaml
-from tune_p7.config import RULES, P7Config
+from tune_p7.core.config import RULES, P7Config
+from tune_p7.core.gates import Gates
+from tune_p7.core.verdicts import RANKABLE
 from tune_p7.errors import InputError
-from tune_p7.scheduler_settings import POPULATION, SchedulerSettings, check_mutations, read_scheduler
-from tune_p7.search_settings import SearchSettings, read_search
-from tune_p7.space_values import param, section
-from tune_p7.verdicts import RANKABLE
+from tune_p7.space.scheduler_settings import POPULATION, SchedulerSettings, check_mutations, read_scheduler
+from tune_p7.space.search_settings import SearchSettings, read_search
+from tune_p7.space.values import param, section
 
 TOP_KEYS = {"description", "num_samples", "metric", "mode", "params", "runs", "scheduler", "gates", "checkpoints",
             "resources", "confirm", "search"}
 RUN_KEY = "run"  # the param_space key that holds one explicit run
 SCHEDULE_KEY = "schedule"  # a run's hyperparameter schedule, [[first epoch, {key: value}], ...] (a PBT replay)
-
-
-@dataclass(frozen=True)
-class Gates:
-    drift: float = 0.05  # stop when cos_anchor < drift, any epoch
-    margin: float = 0.10  # stop when val margin < margin, once warm-up + grace epochs are over
-    grace_epochs: int = 1
-    escape: float | None = None  # stop when val cos_next and cos_prev are both < escape (orthogonal escape); off
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """``scheduler:`` of a search space: ASHA / FIFO settings, or population-based training (PBT, PB2) with the keys
-it mutates (tune_p7/pbt.py builds the scheduler from them)."""
+it mutates (tune_p7/tuning/pbt.py builds the scheduler from them)."""
 from __future__ import annotations
 
 import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 
-from tune_p7.config import P7Config
+from tune_p7.core.config import P7Config
 from tune_p7.errors import InputError
-from tune_p7.space_values import param, section
+from tune_p7.space.values import param, section
 
 # Keys a PBT exploit may change mid-run: the loop reads them from the config every step (TrainStep) or sets them on
 # the optimizer after loading its state (lr, weight_decay). Architecture, data and batch keys shape the model or

@@ -1,12 +1,12 @@
 """``search:`` of a search space: how trials are chosen (random, or a model-based searcher of
-tune_p7/searchers.py) and the points it evaluates first."""
+tune_p7/tuning/searchers.py) and the points it evaluates first."""
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from tune_p7.config import P7Config, check_value
+from tune_p7.core.config import P7Config, check_value
 from tune_p7.errors import InputError
 
 
@@ -17,7 +17,7 @@ def _typed(default, kind, **limits):
 @dataclass(frozen=True)
 class SearchSettings:
     """``search:``, how trials are chosen. ``random``: Tune's BasicVariantGenerator (every grid point, random draws
-    for the rest, ``num_samples`` times). The model-based ones (tune_p7/searchers.py) choose each trial from the
+    for the rest, ``num_samples`` times). The model-based ones (tune_p7/tuning/searchers.py) choose each trial from the
     results so far: grids become choices, ``num_samples`` is the number of trials, ``points_to_evaluate`` run first.
     Each algorithm takes the common keys and its own (ALGORITHM_KEYS)."""
     algorithm: str = _typed("random", str)

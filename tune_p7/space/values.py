@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from tune_p7.config import P7Config, check_value
+from tune_p7.core.config import P7Config, check_value
 from tune_p7.errors import InputError
 
 SAMPLERS = ("grid", "choice", "uniform", "loguniform")

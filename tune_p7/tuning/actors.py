@@ -19,7 +19,7 @@ def describe(trainable, varied: Iterable[str] = ("seed",)):
     class TrialActor:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            from tune_p7.progress import trial_label
+            from tune_p7.tuning.progress import trial_label
 
             # ImplicitFunc's __repr__ returns self._name (its class attribute: the function's name)
             self._name = trial_label(self.trial_id, self.config, keys)

@@ -26,10 +26,10 @@ import json
 import pandas as pd
 
 from tune_p7 import storage
-from tune_p7.config import P7Config
+from tune_p7.core.config import P7Config
+from tune_p7.core.ranking import varied
 from tune_p7.errors import InputError
-from tune_p7.reporting import varied
-from tune_p7.space import RUN_KEY, SCHEDULE_KEY, ConfirmSettings, trial_config
+from tune_p7.space.file import RUN_KEY, SCHEDULE_KEY, ConfirmSettings, trial_config
 
 PLAN_FILE, TABLE_FILE, ARTICLES_FILE, FOLDER = "confirm.json", "confirm.parquet", "confirm_articles.parquet", "confirm"
 
@@ -76,8 +76,8 @@ def choose(exp: str, top: int) -> tuple[list[dict], set[int]]:
     search used."""
     from ray.tune import ExperimentAnalysis
 
-    from tune_p7.pbt import HP, replay_schedule
-    from tune_p7.resultlog import read_results
+    from tune_p7.tuning.pbt import HP, replay_schedule
+    from tune_p7.tuning.resultlog import read_results
 
     ranked = storage.read_parquet(storage.join(exp, "summary.parquet"))
     trials = ExperimentAnalysis(exp).trials
@@ -130,8 +130,8 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune_p7 import actors, checkpoint, progress
-    from tune_p7.trainable import train_trial
+    from tune_p7.tuning import actors, checkpoint, progress
+    from tune_p7.tuning.trainable import train_trial
 
     scheduled = tuple(sorted({k for c in record["configs"] for _, changes in c.get("schedule", []) for k in changes}))
     varied = ("seed", *(k for k, v in space.params.items() if isinstance(v, dict)))  # for the dashboard and log
@@ -170,8 +170,8 @@ def _seed_tables(path: str, trial_dir: str) -> dict | None:
     """The per-article sums in a confirmation trial's newest checkpoint that holds them (its last epoch's)."""
     import torch
 
-    from tune_p7 import checkpoint
-    from tune_p7.trainable import ARTICLES
+    from tune_p7.tuning import checkpoint
+    from tune_p7.tuning.trainable import ARTICLES
 
     fs, root = storage.filesystem(storage.join(path, trial_dir))
     for folder in reversed(checkpoint.stored(fs, root)):
@@ -185,8 +185,8 @@ def _seed_tables(path: str, trial_dir: str) -> dict | None:
 
 def baseline_tables(data, ks) -> dict[int, dict]:
     """{K: loop.article_tables-like sums of ridge (fitted on train at context length K) with DIRECT beside it}."""
-    from tune_p7.baselines import Ridge
-    from tune_p7.loop import Evaluator
+    from tune_p7.core.baselines import Ridge
+    from tune_p7.core.loop import Evaluator
 
     splits = {"val": data.val, **({"ood": data.ood} if data.ood is not None else {})}
     out = {}
@@ -205,7 +205,7 @@ def collect(exp: str, record: dict, data) -> tuple[pd.DataFrame, pd.DataFrame]:
     "ridge", seed -1), each with DIRECT's on the same windows, on val and the held-out split)."""
     from ray.tune import ExperimentAnalysis
 
-    from tune_p7.resultlog import read_results  # imports Ray's Tune: only where the trials are read
+    from tune_p7.tuning.resultlog import read_results  # imports Ray's Tune: only where the trials are read
 
     path = storage.join(exp, FOLDER)
     rows, articles = [], []

@@ -15,9 +15,9 @@ from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
 
-from tune_p7.config import P7Config
-from tune_p7.schedulers import _Gated
-from tune_p7.space import Space, trial_config
+from tune_p7.core.config import P7Config
+from tune_p7.space.file import Space, trial_config
+from tune_p7.tuning.schedulers import _Gated
 
 HP = "hp/"  # result key prefix of a trial's current value of a mutated key
 

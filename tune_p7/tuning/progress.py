@@ -12,7 +12,7 @@ from typing import IO, Iterable
 
 from ray.tune import Callback
 
-from tune_p7.space import trial_config
+from tune_p7.space.file import trial_config
 
 
 def _value(v) -> str:

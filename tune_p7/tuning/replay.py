@@ -2,7 +2,7 @@
 
 A *table* holds every configuration of a finite space trained to its last epoch with one or more seeds (one row per
 configuration, seed and epoch: the grid keys, the metric, the epoch's seconds). ``replay`` drives the very scheduler
-and searcher objects a real search builds from the space (search.make_scheduler, search.search_algorithm: gated
+and searcher objects a real search builds from the space (algorithms.make_scheduler, algorithms.search_algorithm: gated
 ASHA, FIFO, BOHB's HyperBand; Tune's BasicVariantGenerator, the Optuna / HyperOpt / BOHB searchers behind Tune's
 SearchGenerator and ConcurrencyLimiter, Ray's own Trial objects) with results read from the table, on W simulated
 workers: each epoch costs its recorded seconds on a simulated clock. ``SimController`` offers what those objects
@@ -11,7 +11,7 @@ a result goes to the scheduler first, to the searcher only if the trial goes on;
 told to both with its last result; a new trial is asked for only when a worker is free (max_concurrent = W).
 
 Simplifications (a real search differs here): a trial's seed is drawn from the table's seeds by its creation order;
-a BOHB trial resumed after a pause does not report its stored epochs again (tune_p7.trainable does, marked
+a BOHB trial resumed after a pause does not report its stored epochs again (tune_p7.tuning.trainable does, marked
 ``resumed``); a gate never trips (the table is recorded without gates); actor start-up costs nothing.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune_p7.space import Space
+from tune_p7.space.file import Space
 
 META_KEY = b"tune_p7_grid"
 
@@ -107,7 +107,7 @@ def search_space(space_text: str, sections: dict, seed: int | None = None) -> Sp
     given."""
     import yaml
 
-    from tune_p7.space import load_space
+    from tune_p7.space.file import load_space
 
     raw = yaml.safe_load(space_text)
     raw["params"] = {k: {"choice": v["grid"]} if isinstance(v, dict) and "grid" in v else v
@@ -167,7 +167,7 @@ def build(space: Space, num_samples: int, workers: int, storage: str, keys=None)
     from ray.tune.experiment import Experiment
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchGenerator, Searcher
 
-    from tune_p7.search import make_scheduler, search_algorithm
+    from tune_p7.tuning.algorithms import make_scheduler, search_algorithm
 
     param_space = {k: v for k, v in space.param_space().items() if keys is None or k in keys or k == "epochs"}
     alg = search_algorithm(space)
@@ -311,7 +311,7 @@ def write_table_space(table: Table, folder) -> Path:
 
 def table_trainable(config: dict, curves: dict, keys: tuple, metric: str) -> None:
     """A Ray Tune trainable that trains nothing: it reports its configuration's recorded curve, one epoch a
-    result, as tune_p7.trainable reports a trained one (``epoch``, the metric, ``gate`` None)."""
+    result, as tune_p7.tuning.trainable reports a trained one (``epoch``, the metric, ``gate`` None)."""
     from ray import tune
 
     for epoch, value in enumerate(curves[tuple(config[k] for k in keys)], 1):
@@ -324,7 +324,7 @@ def tune_run(table: Table, space: Space, num_samples: int, storage: str) -> dict
     import ray
     from ray import tune
 
-    from tune_p7.search import make_scheduler, search_algorithm
+    from tune_p7.tuning.algorithms import make_scheduler, search_algorithm
 
     if len(table.seeds) != 1:
         raise ValueError("tune_run replays a one-seed table (a real trial cannot know which seed the replay drew)")

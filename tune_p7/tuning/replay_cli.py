@@ -4,7 +4,7 @@ EXP is a finished experiment of ``tune_p7/search.py`` whose space varies only gr
 ``scheduler: {name: fifo}`` with the random (grid) search: every configuration ran all its epochs. Its results
 become a table (each repeat of a configuration, ``num_samples`` > 1, counts as a seed) and FILE's ``search:``,
 ``scheduler:`` and ``num_samples`` (a space file; other keys are ignored) are replayed against it in simulated
-time (tune_p7/replay.py), ``--replays`` times, beside random search under the same scheduler. Prints the median
+time (tune_p7/tuning/replay.py), ``--replays`` times, beside random search under the same scheduler. Prints the median
 trial-epochs and simulated seconds until the incumbent is within the best configuration's seed noise of the best.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from tune_p7 import cli
+from tune_p7.core.ranking import SEARCH_FILE
 from tune_p7.errors import InputError
-from tune_p7.reporting import SEARCH_FILE
 
 
 def experiment_table(exp: Path):
@@ -29,8 +29,8 @@ def experiment_table(exp: Path):
 
     import pandas as pd
 
-    from tune_p7.replay import Table
-    from tune_p7.space import load_space
+    from tune_p7.space.file import load_space
+    from tune_p7.tuning.replay import Table
 
     record_path = exp / SEARCH_FILE
     if not record_path.is_file():
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     table = experiment_table(Path(a.experiment))
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    from tune_p7.replay import describe, reach, replay, search_space
+    from tune_p7.tuning.replay import describe, reach, replay, search_space
 
     n = sections.get("num_samples", 50)
     reference = {k: v for k, v in sections.items() if k != "search"}

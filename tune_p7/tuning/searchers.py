@@ -1,5 +1,5 @@
 """The space file's model-based ``search:`` algorithm as a Ray Tune searcher (and BOHB's scheduler), on Ray's own
-classes. A random search needs none of them (tune_p7.search.search_algorithm).
+classes. A random search needs none of them (tune_p7.tuning.algorithms.search_algorithm).
 
 What a searcher learns from a trial that did not run its full epochs. Tune tells a searcher that a trial ended
 with ``on_trial_complete(trial_id, result=last_result)`` whether the trial finished, was stopped by ASHA or
@@ -20,7 +20,7 @@ tripped a gate, so a model fitted on those values takes an epoch-2 margin for a 
   fits one density per budget and samples from the largest budget with enough results: an epoch-2 result is
   only ever compared with other epoch-2 results. The completion call carries nothing (TuneBOHB ignores it), so a
   trial a gate stops between rungs is known to BOHB only by the rungs it passed.
-- **random** (not this module's: ``search.search_algorithm``): Tune's BasicVariantGenerator; nothing is learned.
+- **random** (not this module's: ``algorithms.search_algorithm``): Tune's BasicVariantGenerator; nothing is learned.
 
 Resume: Tune saves the searcher's state (``searcher-state-*.pkl``: the Optuna study, HyperOpt's trials, BOHB's
 observations) and its wrappers' (``search_gen_state-*.json``: trials suggested so far, ConcurrencyLimiter's running
@@ -39,9 +39,9 @@ from ray.tune.search.bohb import TuneBOHB
 from ray.tune.search.hyperopt import HyperOptSearch
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_p7.config import P7Config
-from tune_p7.schedulers import _Gated
-from tune_p7.space import Space
+from tune_p7.core.config import P7Config
+from tune_p7.space.file import Space
+from tune_p7.tuning.schedulers import _Gated
 
 
 class GatedHyperBandForBOHB(_Gated, HyperBandForBOHB):

@@ -9,13 +9,12 @@ import ray
 import torch
 from ray import tune
 
-from tune_p7 import checkpoint, live_metrics
-from tune_p7.config import P7Config
-from tune_p7.data import P7Data
-from tune_p7.gates import gate
-from tune_p7.loop import NonFiniteLoss, article_tables, config_at, fit
-from tune_p7.space import Gates, trial_config, trial_schedule
-
+from tune_p7.core.config import P7Config
+from tune_p7.core.gates import Gates, gate
+from tune_p7.core.loop import NonFiniteLoss, article_tables, config_at, fit
+from tune_p7.data.loading import P7Data
+from tune_p7.space.file import trial_config, trial_schedule
+from tune_p7.tuning import checkpoint, live_metrics
 ARTICLES = "articles.pt"  # a confirmation seed's per-article sums (loop.article_tables), in its last checkpoint
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tune_p7.export import load_exported, predict
+from tune_p7.evaluation.export import load_exported, predict
 
 here = Path(__file__).resolve().parent
 model, cfg = load_exported(here)  # P7Config.from_dict(config.json) + build_model + model.pt
