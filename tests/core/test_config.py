@@ -4,7 +4,7 @@ import json
 import pytest
 from conftest import SMALL, run_cli
 
-from tune_p7.config import P7Config
+from tune_p7.core.config import P7Config
 from tune_p7.errors import InputError
 
 

@@ -1,4 +1,4 @@
-"""The speed tricks (tune_p7/fastpath.py) compute what they replace."""
+"""The speed tricks (tune_p7/core/fastpath.py) compute what they replace."""
 import math
 
 import pytest
@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import small_config
-from tune_p7 import fastpath
-from tune_p7.batches import SplitTensors
-from tune_p7.data import load
-from tune_p7.fastpath import RETRIEVAL_BLOCK, release_free_memory, use_bf16
-from tune_p7.loop import TrainStep, make_optimizer
-from tune_p7.metrics import retrieval_ranks_xctx
-from tune_p7.model import build_model
+from tune_p7.core import fastpath
+from tune_p7.core.fastpath import RETRIEVAL_BLOCK, release_free_memory, use_bf16
+from tune_p7.core.loop import TrainStep, make_optimizer
+from tune_p7.core.metrics import retrieval_ranks_xctx
+from tune_p7.core.model import build_model
+from tune_p7.data.batches import SplitTensors
+from tune_p7.data.loading import load
 
 
 def test_last_position_shortcut_equals_the_full_encoder():

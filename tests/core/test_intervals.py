@@ -2,9 +2,9 @@
 import torch
 
 from conftest import small_config
-from tune_p7.data import load
-from tune_p7.intervals import article_intervals, interval_keys
-from tune_p7.loop import Evaluator, fit
+from tune_p7.core.intervals import article_intervals, interval_keys
+from tune_p7.core.loop import Evaluator, fit
+from tune_p7.data.loading import load
 
 KEYS = ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10", "r_at_5_vs_direct", "mrr_at_10_vs_direct")
 
@@ -64,7 +64,7 @@ def test_every_epoch_and_the_probe_carry_the_intervals(small_store):
 
 
 def test_the_probe_reports_intervals_for_its_baselines(small_store):
-    from tune_p7.probe import probe
+    from tune_p7.report.probe import probe
 
     base = probe(load(small_store), 3)["splits"]["val"]["baselines"]
     for name in ("direct", "ridge"):

@@ -5,10 +5,10 @@ import math
 import pytest
 
 from conftest import small_config
-from tune_p7.data import load
-from tune_p7.loop import Evaluator, NonFiniteLoss, fit
-from tune_p7.model import build_model
-from tune_p7.verdicts import PASS
+from tune_p7.core.loop import Evaluator, NonFiniteLoss, fit
+from tune_p7.core.model import build_model
+from tune_p7.core.verdicts import PASS
+from tune_p7.data.loading import load
 
 
 def test_learns_a_planted_direction(strong_store):
@@ -98,7 +98,7 @@ def test_bf16_and_fp32_end_with_the_same_val_metrics(strong_store):
 
 
 def test_every_metric_a_space_may_rank_by_is_reported_every_epoch(small_store):
-    from tune_p7.verdicts import RANKABLE
+    from tune_p7.core.verdicts import RANKABLE
 
     for m in fit(small_config(epochs=2), load(small_store)):
         assert set(RANKABLE) <= set(m), set(RANKABLE) - set(m)

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tune_p7.losses import gate_weights, info_nce, p7_loss, prev_repel, teacher_pull
-from tune_p7.metrics import infonce_chance
+from tune_p7.core.losses import gate_weights, info_nce, p7_loss, prev_repel, teacher_pull
+from tune_p7.core.metrics import infonce_chance
 
 
 def unit(*rows):

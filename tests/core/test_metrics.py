@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tune_p7.metrics import cosines, infonce_chance, retrieval, retrieval_ranks, retrieval_ranks_xctx
+from tune_p7.core.metrics import cosines, infonce_chance, retrieval, retrieval_ranks, retrieval_ranks_xctx
 
 
 def test_cosines_by_hand():

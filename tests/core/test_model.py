@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import small_config
-from tune_p7.model import anchor_blend, build_model
+from tune_p7.core.model import anchor_blend, build_model
 
 
 @pytest.mark.parametrize("arch", ["transformer", "lstm"])
@@ -21,7 +21,7 @@ def test_builds_from_config_and_outputs_unit_vectors(arch):
 
 
 def test_default_sizes_match_the_original():
-    from tune_p7.config import P7Config
+    from tune_p7.core.config import P7Config
 
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert abs(count(build_model(P7Config(), 768)) / 1e6 - 13.7) < 0.1

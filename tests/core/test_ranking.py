@@ -3,7 +3,7 @@ import math
 
 import pandas as pd
 
-from tune_p7.reporting import fmt, ranked_index, ranking_key
+from tune_p7.core.ranking import fmt, ranked_index, ranking_key
 
 
 def test_the_deployment_check_ranks_first_then_the_verdict_then_the_margin():

@@ -1,5 +1,5 @@
 """Verdicts and the deployment check: the seed's thresholds applied to metric values."""
-from tune_p7.verdicts import deploy_ok, fail_reasons, verdict
+from tune_p7.core.verdicts import deploy_ok, fail_reasons, verdict
 
 
 def test_verdicts_follow_facts_thresholds():

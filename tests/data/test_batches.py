@@ -3,8 +3,8 @@ own article."""
 import numpy as np
 import torch
 
-from tune_p7.batches import SplitTensors
-from tune_p7.data import load
+from tune_p7.data.batches import SplitTensors
+from tune_p7.data.loading import load
 
 
 def test_batch_parts_and_hard_negatives_from_the_same_article(small_store):

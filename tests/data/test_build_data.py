@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from sample_docs import write_docs
-from tune_p7.build_data import article_id, build, find_documents
-from tune_p7.data import load
+from tune_p7.data.build_data import article_id, build, find_documents
+from tune_p7.data.loading import load
+from tune_p7.data.store import read_store
 from tune_p7.errors import InputError
-from tune_p7.store import read_store
 
 HAVE_EXTRA = importlib.util.find_spec("sentence_transformers") is not None
 
@@ -109,17 +109,17 @@ class TestRealModel:
         again = tmp_path / "again.parquet"
         build([docs], again, max_chars=260, min_chars=60, batch_size=8, progress=False)
         assert again.read_bytes() == out.read_bytes()
-        # tune_p7.data.load splits by article: needs >= 3 articles for train/val/ood
+        # tune_p7.data.loading.load splits by article: needs >= 3 articles for train/val/ood
         data = load(again, val_fraction=0.34, ood_fraction=0.33)
         assert data.dim == 384
         assert len(data.train.offsets) == 2 and len(data.val.offsets) == 2
 
     def test_cli_errors_one_line(self, tmp_path):
         from conftest import run_cli
-        r = run_cli("-m", "tune_p7.build_data", "--input", tmp_path / "missing", "--out", tmp_path / "o.parquet")
+        r = run_cli("-m", "tune_p7.data.build_data", "--input", tmp_path / "missing", "--out", tmp_path / "o.parquet")
         assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "missing: no such file" in r.stderr
         (tmp_path / "a.txt").write_text("A paragraph of plain text that is long enough to be kept as a chunk. " * 3)
-        r = run_cli("-m", "tune_p7.build_data", "--input", tmp_path / "a.txt", "--out", tmp_path / "o.parquet",
+        r = run_cli("-m", "tune_p7.data.build_data", "--input", tmp_path / "a.txt", "--out", tmp_path / "o.parquet",
                     "--model", tmp_path / "no-such-model")
         assert r.returncode == 2 and "cannot load the model" in r.stderr, r.stderr
         assert r.stderr.strip().count("\n") == 0

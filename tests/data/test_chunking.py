@@ -6,8 +6,8 @@ import re
 import pytest
 
 from sample_docs import MD, RST
-from tune_p7.chunking import chunk_document, pack
-from tune_p7.markup import Para
+from tune_p7.data.chunking import chunk_document, pack
+from tune_p7.data.markup import Para
 
 
 def test_pack_bounds_and_order():

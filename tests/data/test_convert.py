@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from conftest import make_store
-from tune_p7.convert import npz_to_store, store_to_npz
+from tune_p7.data.convert import npz_to_store, store_to_npz
+from tune_p7.data.store import read_store
 from tune_p7.errors import InputError
-from tune_p7.store import read_store
 
 
 def test_round_trip(tmp_path):

@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_store
-from tune_p7.data import load
+from tune_p7.data.loading import load
+from tune_p7.data.store import read_store, write_store
 from tune_p7.errors import InputError
-from tune_p7.store import read_store, write_store
 
 
 def article_of(split, rows):

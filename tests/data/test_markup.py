@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from sample_docs import MD, RST, TXT
-from tune_p7.markup import paragraphs
+from tune_p7.data.markup import paragraphs
 
 
 def text_of(paras) -> str:

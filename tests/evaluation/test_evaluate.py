@@ -1,4 +1,4 @@
-"""Model selection: a real (small) search, then ``python -m tune_p7.evaluate`` on held-out data, the export
+"""Model selection: a real (small) search, then ``python -m tune_p7.evaluation.evaluate`` on held-out data, the export
 reloaded in a fresh process, S3 experiments, and one clear line for data that does not fit."""
 import json
 import math
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from conftest import REPO, make_store, run_cli
-from tune_p7 import checkpoint
-from tune_p7.config import P7Config
+from tune_p7.core.config import P7Config
+from tune_p7.core.model import build_model
+from tune_p7.core.ranking import ranked_index
 from tune_p7.errors import InputError
-from tune_p7.evaluate import evaluate, load_exported, predict
-from tune_p7.model import build_model
-from tune_p7.reporting import ranked_index
+from tune_p7.evaluation.evaluate import evaluate, load_exported, predict
+from tune_p7.tuning import checkpoint
 
 SHOWN = ("margin", "cos_next", "cos_prev", "cos_anchor", "r_at_1", "r_at_5", "r_at_10", "mrr_at_10")
 
@@ -31,7 +31,7 @@ def experiment(tmp_path_factory, shared_ray):
                 "--storage", root, "--name", "e", "--epochs", 2, "--num-cpus", 2, "--confirm-top", 0, timeout=300, env=shared_ray)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp, out = root / "e", root / "exported"
-    r = run_cli("-m", "tune_p7.evaluate", exp, "--top", 2, "--split", "ood", "--export", out, timeout=300)
+    r = run_cli("-m", "tune_p7.evaluation.evaluate", exp, "--top", 2, "--split", "ood", "--export", out, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return {"root": root, "exp": exp, "out": out, "store": store, "stdout": r.stdout}
 
@@ -140,7 +140,7 @@ def _npz(path, n, k, d, seed=0):
 def test_data_without_the_split_is_one_clear_line(experiment, tmp_path):
     _npz(tmp_path / "train.npz", 40, 5, 32)
     _npz(tmp_path / "val.npz", 20, 5, 32, seed=1)
-    r = run_cli("-m", "tune_p7.evaluate", experiment["exp"], "--data", tmp_path, "--split", "test")
+    r = run_cli("-m", "tune_p7.evaluation.evaluate", experiment["exp"], "--data", tmp_path, "--split", "test")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "no 'ood' split (it has train, val)" in r.stderr and "--split val" in r.stderr

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import stats
 
-from tune_p7.conclusions import aggregate, figures, heldout_split, recommendation, where
-from tune_p7.intervals import holm, p_not_above, seed_article_replicates
+from tune_p7.core.intervals import holm, p_not_above, seed_article_replicates
+from tune_p7.report.conclusions import aggregate, figures, heldout_split, recommendation, where
 
 KEYS = ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10")
 

@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from conftest import REPO, run_cli
-from tune_p7 import importance
+from tune_p7.report import importance
 
 SEARCH = REPO / "tune_p7" / "search.py"
 SAMPLERS = {"lr": "loguniform", "w_teacher": "uniform", "arch": "choice"}
@@ -118,7 +118,7 @@ def test_a_range_is_widened_to_the_values_seen_and_grids_are_categorical():
 
 def test_a_summary_with_too_few_trials_for_importance_does_not_import_optuna():
     """Its import takes 1-2 s, in every search's summary."""
-    prog = ("import sys\nimport pandas as pd\nfrom tune_p7.importance import importances\n"
+    prog = ("import sys\nimport pandas as pd\nfrom tune_p7.report.importance import importances\n"
             "df = pd.DataFrame({'status': ['completed'] * 3, 'config/lr': [1e-3, 2e-3, 3e-3],"
             " 'config/margin': [0.05, 0.07, 0.1], 'margin': [0.1, 0.2, 0.3], 'r_at_5': [0.3, 0.4, 0.5]})\n"
             "report = importances(df)\nprint(len(report['skipped']), 'optuna' in sys.modules)")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tune_p7.plots import STYLE, References, axis_kind, curves, outcome_grid, plots
+from tune_p7.report.plots import STYLE, References, axis_kind, curves, outcome_grid, plots
 
 
 def layout(png: bytes) -> dict:

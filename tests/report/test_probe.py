@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from tune_p7.convert import store_to_npz
-from tune_p7.data import load
-from tune_p7.probe import main, probe
-from tune_p7.space import Gates
-from tune_p7.store import write_store
-from tune_p7.synth import generate
+from tune_p7.core.gates import Gates
+from tune_p7.data.convert import store_to_npz
+from tune_p7.data.loading import load
+from tune_p7.data.store import write_store
+from tune_p7.data.synth import generate
+from tune_p7.report.probe import main, probe
 
 K = 3
 
@@ -62,8 +62,8 @@ def test_store_and_npz_of_the_same_data_give_the_same_probe(tmp_path):
 
 def test_random_pairs_are_chunks_of_different_articles():
     art, idx, vec = generate(20, 6, 8, 0.5, seed=1)
-    from tune_p7.data import _split_from_store
-    from tune_p7.probe import pair_cosines
+    from tune_p7.data.loading import _split_from_store
+    from tune_p7.report.probe import pair_cosines
 
     split = _split_from_store("mem", "val", art, vec)
     cos = vec @ vec.T

@@ -1,7 +1,7 @@
 """summary.html: the Markdown the summary writes as one page that needs nothing outside itself."""
 from html.parser import HTMLParser
 
-from tune_p7.report_html import to_html
+from tune_p7.report.report_html import to_html
 
 MD = """# Summary of x
 

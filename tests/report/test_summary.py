@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, make_store, run_cli
-from test_evaluate import s3  # noqa: F401  (moto's S3 server fixture)
+from evaluation.test_evaluate import s3  # noqa: F401  (moto's S3 server fixture)
 from test_report_html import Tags
-from tune_p7.selection import choose_candidates
-from tune_p7.summarize import summarize, table
+from tune_p7.evaluation.selection import choose_candidates
+from tune_p7.report.summary import summarize, table
 
 SPACE = """
 num_samples: 10
@@ -203,7 +203,7 @@ def test_the_summary_and_its_page_are_built_from_an_experiment_on_s3(search40, s
 
 
 def test_trials_rank_like_evaluate_chooses_deployment_check_then_verdict_then_best_margin():
-    from tune_p7.summarize import rank
+    from tune_p7.report.summary import rank
 
     df = pd.DataFrame({"trial_id": ["pass_no_deploy", "marginal_deploys", "pass_deploys"],
                        "verdict": ["PASS", "MARGINAL", "PASS"], "deploy_ok": [False, True, True],

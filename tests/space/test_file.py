@@ -6,13 +6,13 @@ import pytest
 from ray import tune
 
 from conftest import SMALL
-from tune_p7.config import P7Config
-from tune_p7.data import load
+from tune_p7.core.config import P7Config
+from tune_p7.core.loop import fit
+from tune_p7.data.loading import load
 from tune_p7.errors import InputError
-from tune_p7.loop import fit
-from tune_p7.space import load_space, trial_config
+from tune_p7.space.file import load_space, trial_config
 
-SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 def test_seed_grid_is_exactly_the_four_runs():
@@ -244,7 +244,7 @@ def test_bad_escape_gate_names_file_and_key(tmp_path, text, words):
 
 
 def test_a_model_based_search_with_too_few_trials_gets_a_warning():
-    from tune_p7.search_settings import MEASURED_MIN_TRIALS, SearchSettings, search_warnings
+    from tune_p7.space.search_settings import MEASURED_MIN_TRIALS, SearchSettings, search_warnings
 
     assert search_warnings(SearchSettings(), 5) == []  # random search: nothing to warn about
     never = search_warnings(SearchSettings(algorithm="optuna", n_startup_trials=10), 8)

@@ -11,9 +11,9 @@ import pytest
 
 from conftest import REPO, kill_driver, run_cli
 from test_search import SMALL, assert_clean_console, search, space  # the small model's space text, search.py under Ray
-from tune_p7.conclusions import aggregate
-from tune_p7.data import load
-from tune_p7.confirm import new_seeds
+from tune_p7.data.loading import load
+from tune_p7.report.conclusions import aggregate
+from tune_p7.tuning.confirm import new_seeds
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
 

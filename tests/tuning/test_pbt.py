@@ -13,10 +13,10 @@ from ray.tune.schedulers.pbt import _explore
 
 from conftest import REPO, kill_when, run_cli
 from test_search import SEARCH, results, search, space
-from tune_p7 import checkpoint
 from tune_p7.errors import InputError
-from tune_p7.pbt import Clip, build_scheduler, replay_schedule, schedule
-from tune_p7.space import load_space
+from tune_p7.space.file import load_space
+from tune_p7.tuning import checkpoint
+from tune_p7.tuning.pbt import Clip, build_scheduler, replay_schedule, schedule
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
 
@@ -145,8 +145,8 @@ def test_replay_schedule_follows_each_exploit_back_to_the_lineage_trained_from_s
 
 
 def test_a_replayed_schedule_changes_the_config_from_its_epochs_on():
-    from tune_p7.config import P7Config
-    from tune_p7.loop import config_at
+    from tune_p7.core.config import P7Config
+    from tune_p7.core.loop import config_at
 
     sched = [(1, {"lr": 1e-3}), (3, {"lr": 2e-3, "margin": 0.1})]
     base = P7Config(lr=5e-4)

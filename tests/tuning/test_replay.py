@@ -1,4 +1,4 @@
-"""The replay backend (tune_p7/replay.py): tune_p7's own schedulers and searchers against a recorded table in
+"""The replay backend (tune_p7/tuning/replay.py): tune_p7's own schedulers and searchers against a recorded table in
 simulated time, checked against a hand-written table and against the real Tune controller."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_p7.replay import Table, reach, replay, search_space, tune_run
+from tune_p7.tuning.replay import Table, reach, replay, search_space, tune_run
 
 LRS, TEMPS, KS = [1e-4, 1e-3, 1e-2], [0.05, 0.1], [3, 5]
 SPACE = """
@@ -89,7 +89,7 @@ def test_the_real_tune_controller_and_the_replay_make_the_same_stop_decisions(se
     sim = replay(t, space, 10, workers=1, seed=0)
     # the real run in a process of its own: Ray reads its token settings when first imported, and this process
     # imported it before the session's node was up
-    script = ("import json, sys; sys.path.insert(0, 'tests'); import ray; from test_replay import *; "
+    script = ("import json, sys; sys.path.insert(0, 'tests/tuning'); import ray; from test_replay import *; "
               f"ray.init(address={ray_cluster!r} or 'local', include_dashboard=False, log_to_driver=False); "
               f"sp = search_space(SPACE, {{**{sections!r}, 'num_samples': 10}}); "
               f"print('ENDED', json.dumps(sorted(tune_run(table(seeds=(0,), random_curves=True), sp, 10, "

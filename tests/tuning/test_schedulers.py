@@ -1,7 +1,7 @@
 """The gated schedulers stop exactly the results that carry a gate and otherwise defer to ASHA / FIFO."""
 from ray.tune.schedulers import TrialScheduler
 
-from tune_p7.schedulers import GatedASHA, GatedFIFO
+from tune_p7.tuning.schedulers import GatedASHA, GatedFIFO
 
 
 class _Trial:

@@ -12,9 +12,9 @@ from ray import tune
 
 from conftest import REPO, kill_driver, run_cli
 from test_search import SEARCH, results, search
-from tune_p7.search import search_algorithm
-from tune_p7.searchers import PruningHyperOptSearch, PruningOptunaSearch, reached_budget
-from tune_p7.space import load_space
+from tune_p7.space.file import load_space
+from tune_p7.tuning.algorithms import search_algorithm
+from tune_p7.tuning.searchers import PruningHyperOptSearch, PruningOptunaSearch, reached_budget
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
 
@@ -62,9 +62,9 @@ def test_the_space_chooses_the_searcher_and_its_settings(tmp_path):
 
 def test_a_random_search_does_not_import_the_model_based_searchers():
     """Their packages (Optuna, HyperOpt, BOHB's ConfigSpace) take 1-2 s to import in every driver."""
-    prog = ("import sys\nfrom tune_p7.search import search_algorithm\nfrom tune_p7.space import load_space\n"
+    prog = ("import sys\nfrom tune_p7.tuning.algorithms import search_algorithm\nfrom tune_p7.space.file import load_space\n"
             "search_algorithm(load_space('search_spaces/smoke.yaml'))\n"
-            "print(sorted(m for m in ('tune_p7.searchers', 'optuna', 'hyperopt') if m in sys.modules))")
+            "print(sorted(m for m in ('tune_p7.tuning.searchers', 'optuna', 'hyperopt') if m in sys.modules))")
     r = run_cli("-c", prog, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr[-2000:]
 
