@@ -73,7 +73,7 @@ def results(exp: Path) -> dict[str, list[dict]]:
 
 def space(tmp_path, text) -> Path:
     """A space file; one without a confirm section confirms nothing (the stage's trials would dominate these tests;
-    tests/test_confirm.py tests it)."""
+    tests/tuning/test_confirm.py tests it)."""
     path = tmp_path / "space.yaml"
     path.write_text(text + ("" if "\nconfirm:" in text else "confirm: {top: 0}\n"))
     return path

@@ -1,5 +1,5 @@
 """The confirmation stage: real confirmation runs under Ray, scored on the held-out split (its statistics on
-hand-made tables: tests/test_conclusions.py)."""
+hand-made tables: tests/report/test_conclusions.py)."""
 import json
 import math
 import subprocess

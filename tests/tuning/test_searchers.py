@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session
 
 # warmup_epochs 0 trials trip the margin gate at epoch 1 (no margin reaches 2.0; the gate is checked once past
 # warm-up + grace 0); warmup_epochs 3 trials are never checked and run to epoch 3. The points make both run.
-# No confirmation stage: tests/test_confirm.py tests it, here its 3 x 5 trials would dominate the time.
+# No confirmation stage: tests/tuning/test_confirm.py tests it, here its 3 x 5 trials would dominate the time.
 GATED = """
 num_samples: 4
 params:

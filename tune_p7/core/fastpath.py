@@ -1,6 +1,6 @@
 """The measured speed tricks of the model, the loop and the evaluation, each computing what it replaces.
 
-Each has an equivalence test in tests/test_fastpath.py; the measurements behind them are in bench/README.md.
+Each has an equivalence test in tests/core/test_fastpath.py; the measurements behind them are in bench/README.md.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ travel can be read off the context and the next chunk extrapolated from it.
 
 The gate's Delta = cos(x_t, x_{t+1}) - cos(x_t, x_{t-1}) has mean ~0 for every S (steps forward and backward
 are the same size), so on this data the gate down-weights sequences at random; what S changes is how
-predictable the next chunk is. `tune-p7 probe FILE` measures both (see README "Data").
+predictable the next chunk is. `tune-p7 probe FILE` measures both (see docs/reference.md, "Data formats").
 
     tune-p7 synth --out data.parquet --articles 300 --chunks-per-article 24 --dim 64 \
         --forward-signal 1.0 --seed 0

@@ -43,7 +43,7 @@ class SearchOptions:
     max_failures: int = opt(2, "retries of a trial after a worker/node failure")
     num_cpus: int | None = opt(None, "CPUs of the local Ray (no --address) [default: all]")
     dashboard_host: str = opt("127.0.0.1", "address the local dashboard listens on; anything but 127.0.0.1 "
-                                           "exposes it (see README)")
+                                           "exposes it (see docs/reliability.md)")
     no_probe: bool = opt(False, "skip the data probe (ridge/DIRECT baselines)")
     storage_is_shared: bool = opt(False, "the local --storage path is mounted on every node (multi-node without "
                                          "NFS detection)")

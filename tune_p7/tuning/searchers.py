@@ -25,7 +25,7 @@ tripped a gate, so a model fitted on those values takes an epoch-2 margin for a 
 Resume: Tune saves the searcher's state (``searcher-state-*.pkl``: the Optuna study, HyperOpt's trials, BOHB's
 observations) and its wrappers' (``search_gen_state-*.json``: trials suggested so far, ConcurrencyLimiter's running
 trials) with its experiment state, and ``Tuner.restore`` restores them together, so a resumed search neither
-suggests a configuration again nor loses a finished trial's result (tests/test_searchers.py kills a driver).
+suggests a configuration again nor loses a finished trial's result (tests/tuning/test_searchers.py kills a driver).
 """
 from __future__ import annotations
 
