@@ -26,8 +26,8 @@ import pandas as pd
 import yaml
 
 from common import ROOT, parser, table, write_result
-from tune_p7.store import write_store
-from tune_p7.synth import generate
+from tune_p7.data.store import write_store
+from tune_p7.data.synth import generate
 
 
 def space(quick: bool) -> dict:

@@ -23,9 +23,9 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tune_p7.config import P7Config  # noqa: E402
-from tune_p7.data import P7Data, Split, _split_from_store  # noqa: E402
-from tune_p7.synth import generate  # noqa: E402
+from tune_p7.core.config import P7Config  # noqa: E402
+from tune_p7.data.loading import P7Data, Split, _split_from_store  # noqa: E402
+from tune_p7.data.synth import generate  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"  # the committed results of full runs
 QUICK_RESULTS = RESULTS / "quick"      # --quick runs: untracked (.gitignore), never over the committed ones
@@ -45,7 +45,7 @@ def parser(description: str, step: bool = False) -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ data
 def synth_split(name: str, articles: int, chunks_per_article: int, dim: int = 768, signal: float = 1.0,
                 seed: int = 0, dtype=np.float32, block: int = 500) -> Split:
-    """A synthetic split built in memory (tune_p7.synth.generate, in blocks of articles to bound memory)."""
+    """A synthetic split built in memory (tune_p7.data.synth.generate, in blocks of articles to bound memory)."""
     vecs, arts = [], []
     for i in range(0, articles, block):
         n = min(block, articles - i)
@@ -138,7 +138,7 @@ def cpu_info() -> dict:
 # ------------------------------------------------------------------------------------------------ FLOPs
 def forward_macs(cfg: P7Config, dim: int, last_only: bool = True) -> dict[str, float]:
     """Multiply-accumulates of one sequence's forward pass, by part. ``last_only``: the last encoder layer runs
-    its query, output projection and feed-forward block for the last position only (what tune_p7.model does)."""
+    its query, output projection and feed-forward block for the last position only (what tune_p7.core.model does)."""
     k, e, f = cfg.context_length, cfg.d_model, cfg.d_ff
     if cfg.arch == "lstm":
         h = cfg.d_model

@@ -17,11 +17,11 @@ import torch
 
 from common import alternate, median, paired_ratio, parser, spread, synth_data, table, write_result
 from naive import FullEncoderRanker
-from tune_p7.config import P7Config
-import tune_p7.loop as loop
-from tune_p7.fastpath import use_bf16
-from tune_p7.loop import Evaluator
-from tune_p7.model import build_model
+from tune_p7.core.config import P7Config
+import tune_p7.core.loop as loop
+from tune_p7.core.fastpath import use_bf16
+from tune_p7.core.loop import Evaluator
+from tune_p7.core.model import build_model
 
 
 def main(argv=None):

@@ -14,11 +14,11 @@ import time
 import torch
 
 from common import alternate, median, parser, spread, synth_data, table, write_result
-from tune_p7 import metrics as M
-from tune_p7.config import P7Config
-from tune_p7.fastpath import use_bf16
-from tune_p7.loop import Evaluator
-from tune_p7.model import build_model
+from tune_p7.core import metrics as M
+from tune_p7.core.config import P7Config
+from tune_p7.core.fastpath import use_bf16
+from tune_p7.core.loop import Evaluator
+from tune_p7.core.model import build_model
 
 
 def main(argv=None):

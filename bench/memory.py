@@ -2,7 +2,7 @@
 
     python bench/memory.py [--quick]
 
-Two Tune runs of 4 concurrent trials each (the real tune_p7.trainable.train_trial, data through
+Two Tune runs of 4 concurrent trials each (the real tune_p7.tuning.trainable.train_trial, data through
 tune.with_parameters -> Ray's object store, a small model so that trials are short), once with seed-scale data
 (87k train / 11k val windows at 768-d, float32 like the seed's NPZ) and once with tiny data (400 windows).
 
@@ -50,7 +50,7 @@ PAUSE_AT_STEP = 3  # of epoch 2
 def instrument(probe_dir: str, trim: bool) -> None:
     """In a trial worker: pause at the PAUSE_AT_STEP-th training step after the first epoch's evaluation, until
     the driver has taken its snapshot (``ready-<pid>`` / ``go`` files in probe_dir)."""
-    from tune_p7 import loop
+    from tune_p7.core import loop
 
     if getattr(loop, "_bench_instrumented", False):
         return
@@ -87,8 +87,8 @@ def checked_trial(config: dict, data, gates, probe_dir: str, trim: bool = False)
     import numpy as np
     import torch
 
-    from tune_p7.batches import SplitTensors
-    from tune_p7.trainable import train_trial
+    from tune_p7.data.batches import SplitTensors
+    from tune_p7.tuning.trainable import train_trial
 
     chunks = data.train.chunks
     addr = chunks.ctypes.data
@@ -162,8 +162,8 @@ def snapshot(stop: threading.Event, probe_dir: str, trials: int, out: dict) -> N
 def run(data, storage: str, name: str, probe_dir: str, trim: bool) -> dict:
     from ray import tune
 
-    from tune_p7.schedulers import GatedFIFO
-    from tune_p7.space import Gates
+    from tune_p7.tuning.schedulers import GatedFIFO
+    from tune_p7.core.gates import Gates
 
     for f in Path(probe_dir).glob("*"):
         if not f.name.startswith("probe-"):

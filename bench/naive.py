@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tune_p7.config import P7Config
-from tune_p7.data import Split
-from tune_p7.model import TransformerRanker
+from tune_p7.core.config import P7Config
+from tune_p7.data.loading import Split
+from tune_p7.core.model import TransformerRanker
 
 
 class FullEncoderRanker(TransformerRanker):

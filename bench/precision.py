@@ -2,7 +2,7 @@
 
     python bench/precision.py [--quick] [--threads 2]
 
-``precision: auto`` picks bf16 autocast only where a timed bf16 matmul is >= 1.3x fp32 (tune_p7.fastpath.cpu_bf16_is_fast).
+``precision: auto`` picks bf16 autocast only where a timed bf16 matmul is >= 1.3x fp32 (tune_p7.core.fastpath.cpu_bf16_is_fast).
 This bench shows why: it times 2048^3 and model-shaped matmuls in fp32 / bf16 / fp16, the default model's training
 step (tune_p7 TrainStep, precision fp32 vs bf16, batch 64 and 256) and its no-grad forward (batch 1024).
 """
@@ -15,11 +15,11 @@ import torch
 from common import (alternate, cpu_info, matmul_gflops, median, paired_ratio, parser, spread, synth_split, table,
                     timed, write_result)
 from step import tune_p7_runner
-from tune_p7.batches import SplitTensors
-from tune_p7.config import P7Config
-from tune_p7 import fastpath
-from tune_p7.fastpath import use_bf16
-from tune_p7.model import build_model
+from tune_p7.data.batches import SplitTensors
+from tune_p7.core.config import P7Config
+from tune_p7.core import fastpath
+from tune_p7.core.fastpath import use_bf16
+from tune_p7.core.model import build_model
 
 
 def shaped_matmul(m: int, k: int, n: int, dtype, reps: int = 20):

@@ -3,7 +3,7 @@
     python bench/ray_overhead.py [--quick]
 
 The default model (768-d, ctx 5, batch 64) on synthetic data, one CPU: ``fit`` called bare (threads 1, a report
-callback that only takes the time) and the real trainable (tune_p7.trainable.train_trial: data through
+callback that only takes the time) and the real trainable (tune_p7.tuning.trainable.train_trial: data through
 tune.with_parameters / the object store, metrics, gate, a checkpoint every epoch) in a one-trial Tuner with 1 CPU.
 Runs alternate (bare, Ray, bare, Ray, ...) on one local Ray started once. An epoch's time is the time between two
 reports (training, evaluation and, under Ray, the checkpoint and the report); epochs after the first are compared
@@ -20,9 +20,9 @@ import time
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 from common import median, parser, synth_data, table, write_result  # noqa: E402
-from tune_p7.config import P7Config  # noqa: E402
-from tune_p7.loop import fit  # noqa: E402
-from tune_p7.space import Gates  # noqa: E402
+from tune_p7.core.config import P7Config  # noqa: E402
+from tune_p7.core.loop import fit  # noqa: E402
+from tune_p7.core.gates import Gates  # noqa: E402
 
 NO_GATES = Gates(drift=-2.0, margin=-2.0, grace_epochs=0)  # never stop: every run trains all its epochs
 
@@ -38,8 +38,8 @@ def bare(cfg: P7Config, data) -> tuple[list[float], list[float], list[float]]:
 def with_ray(cfg: P7Config, data, storage: str, name: str) -> tuple[list[float], list[float], list[float]]:
     from ray import tune
 
-    from tune_p7.schedulers import GatedFIFO
-    from tune_p7.trainable import train_trial
+    from tune_p7.tuning.schedulers import GatedFIFO
+    from tune_p7.tuning.trainable import train_trial
 
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, gates=NO_GATES), {"cpu": 1})
     params = {k: v for k, v in cfg.to_dict().items() if k != "threads"}

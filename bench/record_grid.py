@@ -1,4 +1,4 @@
-"""Record a full grid's learning curves into a Parquet table, for replaying searches against it (tune_p7/replay.py).
+"""Record a full grid's learning curves into a Parquet table, for replaying searches against it (tune_p7/tuning/replay.py).
 
     nice -n 19 python bench/record_grid.py --space bench/spaces/grid_synth.yaml --synth 200:24:64:2.0:0 \\
         --seeds 0 1 --workers 2 --out bench/results/grid_synth.parquet
@@ -6,7 +6,7 @@
         --seeds 0 1 --workers 2 --out bench/results/grid_pydocs.parquet
 
 Every configuration of the space's grid (a ``{grid: [...]}`` key each; plain values fixed) is trained with each
-seed for all its epochs (FIFO, no gates: tune_p7.loop.fit called directly in ``--workers`` processes of one torch
+seed for all its epochs (FIFO, no gates: tune_p7.core.loop.fit called directly in ``--workers`` processes of one torch
 thread each, no Ray), in grid order, seeds innermost. One row per (config, seed, epoch): the grid keys (``config/<key>``, as in Tune's results: a key may share a metric's name,
 like ``margin``), every
 scalar val/train metric of the epoch (the model-free baselines ``direct_*`` / ``centroid_*`` left out: they are
@@ -57,14 +57,14 @@ def _init(data_path: str) -> None:
     global _DATA
     import torch
 
-    from tune_p7.data import load
+    from tune_p7.data.loading import load
     torch.set_num_threads(1)
     _DATA = load(data_path)
 
 
 def _run(job: tuple[int, int, dict, dict]) -> list[dict]:
-    from tune_p7.config import P7Config
-    from tune_p7.loop import NonFiniteLoss, fit
+    from tune_p7.core.config import P7Config
+    from tune_p7.core.loop import NonFiniteLoss, fit
 
     cid, seed, values, fixed = job
     cfg = P7Config.from_dict({**fixed, **values, "seed": seed, "threads": 1})
@@ -123,8 +123,8 @@ def complete_subgrid(meta: dict, df: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
 
 
 def synth_store(spec: str) -> str:
-    from tune_p7.store import write_store
-    from tune_p7.synth import generate
+    from tune_p7.data.store import write_store
+    from tune_p7.data.synth import generate
 
     a, c, d, s, seed = spec.split(":")
     path = Path(tempfile.mkdtemp(prefix="record_grid_")) / "synth.parquet"
@@ -137,7 +137,7 @@ def main(argv=None) -> None:
     p.add_argument("--space", required=True, help="a space file whose sampled keys are all grids")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="article store or NPZ")
-    src.add_argument("--synth", help="ARTICLES:CHUNKS:DIM:SIGNAL:SEED of a tune_p7.synth store")
+    src.add_argument("--synth", help="ARTICLES:CHUNKS:DIM:SIGNAL:SEED of a tune_p7.data.synth store")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", required=True)
@@ -161,7 +161,7 @@ def main(argv=None) -> None:
     jobs = [(i, s, c, fixed) for i, c in enumerate(configs) for s in a.seeds if (i, s) not in done]
     data = synth_store(a.synth) if a.synth else a.data
     meta = {"space_file": str(a.space), "space": Path(a.space).read_text(), "grid_keys": keys,
-            "configurations": len(configs), "seeds": a.seeds, "data": a.data or f"tune_p7.synth {a.synth}",
+            "configurations": len(configs), "seeds": a.seeds, "data": a.data or f"tune_p7.data.synth {a.synth}",
             "command": "nice -n 19 python " + shlex.join(["bench/record_grid.py", *(argv or sys.argv[1:])]),
             "niceness": os.nice(0), "workers": a.workers, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "complete": False}

@@ -6,7 +6,7 @@
 For each table (bench/record_grid.py: a full grid, every epoch of every configuration with 2 seeds), each method
 (the ``search:`` / ``scheduler:`` sections of METHODS, applied to the table's own space file with every grid made a
 choice) and each budget (num_samples), ``--replays`` replays (replay r: search seed r, table seeds drawn with r) on
-``--workers`` simulated workers through tune_p7/replay.py: the real Tune scheduler and searcher objects, each epoch
+``--workers`` simulated workers through tune_p7/tuning/replay.py: the real Tune scheduler and searcher objects, each epoch
 charged its recorded seconds. Per replay: the simulated seconds and trial-epochs until the incumbent (the
 configuration of the best value seen so far) is within the best configuration's own seed noise (the spread of its
 two seeds' values) of the table's best (mean over seeds of each configuration's best epoch); inf if never.
@@ -61,7 +61,7 @@ def quiet() -> None:
 
 
 def _task(task: tuple) -> dict:
-    from tune_p7.replay import Table, incumbent_regret, reach, replay, search_space
+    from tune_p7.tuning.replay import Table, incumbent_regret, reach, replay, search_space
 
     quiet()
     path, method, budget, r, workers = task
@@ -179,7 +179,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     a.replays = a.replays or (5 if a.quick else 100)
     a.budgets = a.budgets or ([100, 25] if a.quick else [100, 25, 50, 200])
-    from tune_p7.replay import Table, describe
+    from tune_p7.tuning.replay import Table, describe
 
     quiet()
     tables = {}

@@ -2,7 +2,7 @@
 
     python bench/search_efficiency.py [--quick]
 
-One synthetic article store (tune_p7.synth: 300 articles of 24 chunks, 64-d, planted forward signal 2.0) and one
+One synthetic article store (tune_p7.data.synth: 300 articles of 24 chunks, 64-d, planted forward signal 2.0) and one
 space on a tiny model (d_model 32, 1 layer) in which every searched key matters within the epochs, as measured with
 single fits of 6 epochs before the bench was written (val margins; base lr 3e-3, temperature 0.1, λ start 0.8,
 ctx 5, transformer: +0.22): the learning rate (loguniform 1e-5..3e-2: 1e-4 and below do not learn, -0.08; 1e-2
@@ -45,8 +45,8 @@ import numpy as np
 import yaml
 from common import ROOT, dump_json, parser, results_dir, table, write_result
 
-from tune_p7.store import write_store
-from tune_p7.synth import generate
+from tune_p7.data.store import write_store
+from tune_p7.data.synth import generate
 
 METHODS = ("random", "tpe", "bohb", "pbt")
 

@@ -28,10 +28,10 @@ import torch
 
 from common import (alternate, step_loop, forward_macs, matmul_gflops, median, parser, synth_data, synth_split, table,
                     train_flops_per_seq, write_result)
-from tune_p7.batches import SplitTensors
-from tune_p7.config import P7Config
-from tune_p7.loop import Evaluator, TrainStep, make_optimizer, use_bf16
-from tune_p7.model import build_model
+from tune_p7.data.batches import SplitTensors
+from tune_p7.core.config import P7Config
+from tune_p7.core.loop import Evaluator, TrainStep, make_optimizer, use_bf16
+from tune_p7.core.model import build_model
 
 SEED_TRAIN, SEED_VAL, EPOCHS = 87_000, 11_000, 10
 RUNS = [(5, 0.07, 0.8), (5, 0.07, 0.6), (5, 0.10, 0.8), (7, 0.07, 0.8)]

@@ -20,10 +20,10 @@ import torch
 from common import (alternate, median, paired_ratio, parser, spread, synth_split, table, train_flops_per_seq,
                     matmul_gflops, write_result)
 from naive import NaiveLoop
-from tune_p7.batches import SplitTensors
-from tune_p7.config import P7Config
-from tune_p7.loop import TrainStep, make_optimizer, use_bf16
-from tune_p7.model import build_model
+from tune_p7.data.batches import SplitTensors
+from tune_p7.core.config import P7Config
+from tune_p7.core.loop import TrainStep, make_optimizer, use_bf16
+from tune_p7.core.model import build_model
 
 
 def tune_p7_runner(cfg: P7Config, st: SplitTensors, steps: int):

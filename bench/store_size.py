@@ -2,7 +2,7 @@
 
     python bench/store_size.py [--quick]
 
-A synthetic store at 768-d (articles of 24 chunks) is written with tune_p7.store.write_store (float16 vectors,
+A synthetic store at 768-d (articles of 24 chunks) is written with tune_p7.data.store.write_store (float16 vectors,
 zstd, the default) and as float32; the seed-format NPZ of the same windows at context 5 is written as the seed
 did (np.savez: ``contexts`` (N, 5, 768) float32 + ``targets`` (N, 768) float32). ``store_vs_npz_bytes`` =
 float16 store bytes / NPZ bytes. Also the largest cosine error of the float16 rounding.
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from common import parser, table, write_result
-from tune_p7.data import _split_from_store
-from tune_p7.store import read_store, write_store
-from tune_p7.synth import generate
+from tune_p7.data.loading import _split_from_store
+from tune_p7.data.store import read_store, write_store
+from tune_p7.data.synth import generate
 
 
 def main(argv=None):

@@ -10,8 +10,8 @@ import torch
 
 from common import alternate, median, parser, spread, synth_split, table, train_flops_per_seq, write_result
 from step import tune_p7_runner
-from tune_p7.batches import SplitTensors
-from tune_p7.config import P7Config
+from tune_p7.data.batches import SplitTensors
+from tune_p7.core.config import P7Config
 
 VARIANTS = {"transformer ctx3": dict(context_length=3), "transformer ctx5": dict(context_length=5),
             "transformer ctx7": dict(context_length=7), "lstm ctx5": dict(arch="lstm", context_length=5)}

@@ -33,7 +33,7 @@ def data_arg(args: list[str]) -> str:
 
 def data_files(path: Path) -> list[Path]:
     """The files a search reads for ``path``: a folder's files, or a file and its split siblings."""
-    from tune_p7.data import _siblings
+    from tune_p7.data.loading import _siblings
 
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file())

@@ -90,7 +90,7 @@ def private_workdir():
 
 
 def synth(out: Path, articles: int) -> Path:
-    subprocess.run([sys.executable, "-m", "tune_p7.synth", "--out", str(out), "--articles", str(articles),
+    subprocess.run([sys.executable, "-m", "tune_p7.data.synth", "--out", str(out), "--articles", str(articles),
                     "--chunks-per-article", "16", "--dim", "32", "--forward-signal", "2.0"],
                    check=True, capture_output=True, cwd=REPO, timeout=120)
     return out

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tune_p7.config import P7Config
-from tune_p7.store import write_store
-from tune_p7.synth import generate
+from tune_p7.core.config import P7Config
+from tune_p7.data.store import write_store
+from tune_p7.data.synth import generate
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, lstm_layers=1, batch_size=64, lr=2e-3, threads=1,

@@ -13,8 +13,8 @@ import torch
 
 from conftest import REPO, run_cli
 from test_search import SEARCH, SMALL, results, space
-from tune_p7 import checkpoint
-from tune_p7.summarize import summarize
+from tune_p7.report.summary import summarize
+from tune_p7.tuning import checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
 

@@ -13,8 +13,8 @@ import pytest
 from ray import tune
 
 from conftest import REPO, kill_when, run_cli
-from tune_p7.store import write_store
-from tune_p7.synth import generate
+from tune_p7.data.store import write_store
+from tune_p7.data.synth import generate
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
 
@@ -43,7 +43,7 @@ def refused(r: subprocess.CompletedProcess, words) -> None:
 
 
 # Ray's prefix of a worker's forwarded output: "(pid=…)", "(ClassName pid=…)" or a trial actor's Repr
-# ("(trial 1419f_00000 margin=0.07 pid=…)", tune_p7.actors), then ", ip=…" on another node
+# ("(trial 1419f_00000 margin=0.07 pid=…)", tune_p7.tuning.actors), then ", ip=…" on another node
 WORKER_LINE = re.compile(r"\((?:[^()\n]* )?pid=\d+(?:, ip=[\d.]+)?\)")
 
 
@@ -73,7 +73,7 @@ def results(exp: Path) -> dict[str, list[dict]]:
 
 def space(tmp_path, text) -> Path:
     """A space file; one without a confirm section confirms nothing (the stage's trials would dominate these tests;
-    tests/test_confirm.py tests it)."""
+    tests/tuning/test_confirm.py tests it)."""
     path = tmp_path / "space.yaml"
     path.write_text(text + ("" if "\nconfirm:" in text else "confirm: {top: 0}\n"))
     return path

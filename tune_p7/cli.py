@@ -16,13 +16,13 @@ from tune_p7.errors import InputError
 COMMANDS = {  # subcommand -> (module whose main(argv) it runs, what it does)
     "search": ("tune_p7.search", "run a hyperparameter search under Ray Tune"),
     "summarize": ("tune_p7.summarize", "write an experiment's ranked summary again"),
-    "evaluate": ("tune_p7.evaluate", "select the best trial on val, report it on held-out, export it"),
-    "probe": ("tune_p7.probe", "measure a data set's forward signal and baselines"),
+    "evaluate": ("tune_p7.evaluation.evaluate", "select the best trial on val, report it on held-out, export it"),
+    "probe": ("tune_p7.report.probe", "measure a data set's forward signal and baselines"),
     "train": ("tune_p7.train", "replay one trial without Ray"),
-    "replay": ("tune_p7.replay_cli", "replay a search section against a finished full grid, in simulated time"),
-    "synth": ("tune_p7.synth", "write a synthetic article store"),
-    "build-data": ("tune_p7.build_data", "chunk and embed documents into an article store"),
-    "convert": ("tune_p7.convert", "convert between NPZ files and article stores"),
+    "replay": ("tune_p7.tuning.replay_cli", "replay a search section against a finished full grid, in simulated time"),
+    "synth": ("tune_p7.data.synth", "write a synthetic article store"),
+    "build-data": ("tune_p7.data.build_data", "chunk and embed documents into an article store"),
+    "convert": ("tune_p7.data.convert", "convert between NPZ files and article stores"),
 }
 
 

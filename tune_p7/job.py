@@ -5,7 +5,7 @@ the experiment's name with its live log (a driver that is not submitted has no l
 The console stays the command's own. The launcher (this process) hands its stdout and stderr to the job's driver
 over a unix socket (SCM_RIGHTS); the driver writes every line both to its job log and to those descriptors, so
 the terminal gets the same two streams as before, unbuffered and in order. Where the console is a terminal it
-shows Tune's tables and the log gets plain progress lines (tune_p7.progress). Ctrl-C in the launcher is sent to
+shows Tune's tables and the log gets plain progress lines (tune_p7.tuning.progress). Ctrl-C in the launcher is sent to
 the driver as SIGINT (the interruption a driver in the foreground got), and the launcher exits with the driver's
 exit code. ``TUNE_P7_IN_PROCESS=1`` runs the search in the launcher's process instead, as before this module.
 """
@@ -181,7 +181,7 @@ def attach_console() -> None:
         return
     import atexit
 
-    from tune_p7 import progress
+    from tune_p7.tuning import progress
 
     sys.stdout.flush()
     sys.stderr.flush()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tune_p7 import storage
 from tune_p7.errors import InputError
-from tune_p7.options import REPO
+from tune_p7.space.options import REPO
 
 SPACE_COPY = "space.yaml"
 

@@ -14,14 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-from tune_p7 import cli, confirm, job, kept_inputs, preflight, storage
-from tune_p7.data import load
+from tune_p7 import cli, job, kept_inputs, preflight, storage
+from tune_p7.core.ranking import SEARCH_FILE
+from tune_p7.data.loading import load
 from tune_p7.errors import InputError, one_line
-from tune_p7.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
-from tune_p7.search_settings import search_warnings
-from tune_p7.space import Space, load_space
-
-from tune_p7.reporting import SEARCH_FILE
+from tune_p7.space.file import Space, load_space
+from tune_p7.space.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
+from tune_p7.space.search_settings import search_warnings
+from tune_p7.tuning import confirm
+from tune_p7.tuning.algorithms import make_scheduler, search_algorithm
 
 
 def experiment_uri(opts: SearchOptions, space_path: str) -> tuple[str, str]:
@@ -64,7 +65,7 @@ def decide_precision(space: Space) -> tuple[Space, dict]:
 
     requested = space.values_of("precision")
     if "auto" in requested:
-        from tune_p7.fastpath import cpu_bf16_is_fast
+        from tune_p7.core.fastpath import cpu_bf16_is_fast
 
         # auto means bf16 only on a CPU where it is fast (loop.use_bf16); one decision covers every trial
         cpu_only = set(space.values_of("device")) == {"cpu"}
@@ -148,7 +149,7 @@ def samplers(space: Space) -> dict[str, str]:
 def write_probe(data, space: Space, exp: str) -> None:
     """Store the data probe with the experiment (the summary shows it above the ranked table) and print its
     ``warning:`` lines (the oracle judged by the space's gates and the verdict) on stderr, before any trial starts."""
-    from tune_p7.probe import markdown, probe
+    from tune_p7.report.probe import markdown, probe
 
     ks = space.values_of("context_length")
     result = probe(data, 5 if 5 in ks else ks[0], gates=space.gates,
@@ -162,49 +163,12 @@ def write_probe(data, space: Space, exp: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def search_algorithm(space: Space):
-    """The Tune searcher of the space's ``search:`` section: None (Tune's default) for an unseeded ``random`` (the
-    default without a section), Tune's BasicVariantGenerator for a seeded one, else the model-based one of
-    tune_p7.searchers, imported only then (the Optuna, HyperOpt and BOHB packages take 1-2 s to import)."""
-    s = space.search
-    if s.model_based:
-        from tune_p7.searchers import search_alg
-
-        return search_alg(space)
-    if s.seed is None:
-        return None
-    from ray.tune.search import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=s.seed)
-
-
-def make_scheduler(space: Space):
-    """The Tune scheduler of the space: BOHB's HyperBand, gated ASHA, PBT / PB2 or gated FIFO (also the replay's,
-    tune_p7/replay.py)."""
-    from tune_p7.schedulers import GatedASHA, GatedFIFO
-
-    s = space.scheduler
-    if space.search.algorithm == "bohb":
-        from tune_p7.searchers import bohb_scheduler
-
-        return bohb_scheduler(space)
-    if s.name == "asha":
-        return GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
-                         max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor, brackets=s.brackets)
-    if s.name in ("pbt", "pb2"):
-        from tune_p7.pbt import build_scheduler
-
-        return build_scheduler(space)
-    return GatedFIFO()
-
-
 def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     from ray import tune
 
-    from tune_p7 import actors, checkpoint, progress
-    from tune_p7.resultlog import KeepLocalResults
-    from tune_p7.trainable import train_trial
+    from tune_p7.tuning import actors, checkpoint, progress
+    from tune_p7.tuning.resultlog import KeepLocalResults
+    from tune_p7.tuning.trainable import train_trial
 
     cpus = opts.cpus_per_trial or space.cpus_per_trial
     mutated = tuple(space.scheduler.mutations)
@@ -310,7 +274,7 @@ def main(argv=None) -> int:
     confirm.save(exp, confirming)
     tuner = build_tuner(space, data, opts, root, name)
     tuner.fit()
-    from tune_p7.summarize import summarize
+    from tune_p7.report.summary import summarize
 
     table = summarize(exp)
     # Ctrl-C ends Tune's run with its state saved and fit() returns: the search is then unfinished, and neither
@@ -329,7 +293,7 @@ def main(argv=None) -> int:
         print(unfinished, file=sys.stderr)
         return 130
     if confirmed is not None:
-        from tune_p7.conclusions import markdown
+        from tune_p7.report.conclusions import markdown
 
         print(markdown(exp))
     elif confirming.top:

@@ -9,9 +9,9 @@ import json
 import sys
 
 from tune_p7 import cli
-from tune_p7.config import P7Config
-from tune_p7.data import load
-from tune_p7.space import trial_config, trial_schedule
+from tune_p7.core.config import P7Config
+from tune_p7.data.loading import load
+from tune_p7.space.file import trial_config, trial_schedule
 
 
 def main(argv=None) -> int:
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     cfg = P7Config.from_dict(values, source=a.config)
     data = load(a.data)
     data.check_context(cfg.context_length)
-    from tune_p7.loop import NonFiniteLoss, fit  # torch import after the cheap checks
+    from tune_p7.core.loop import NonFiniteLoss, fit  # torch import after the cheap checks
 
     try:
         fit(cfg, data, report=lambda m, _state: print(json.dumps(m), flush=True), schedule=trial_schedule(raw))

@@ -1,0 +1,212 @@
+"""The summary of a real 40-trial search on tiny synthetic data: readable plots, a short table formatted per
+column, one self-contained page; and what other parts of the search write (probe warnings and oracle, precision,
+retrieval without the query's context, gate stops while learning) rendered from hand-made files."""
+import io
+import json
+import re
+import shutil
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import REPO, make_store, run_cli
+from evaluation.test_evaluate import s3  # noqa: F401  (moto's S3 server fixture)
+from test_report_html import Tags
+from tune_p7.evaluation.selection import choose_candidates
+from tune_p7.report.summary import summarize, table
+
+SPACE = """
+num_samples: 10
+params:
+  d_model: 16
+  n_layers: 1
+  n_heads: 2
+  d_ff: 32
+  lstm_layers: 1
+  warmup_epochs: 1
+  batch_size: 64
+  epochs: 2
+  arch: {grid: [transformer, lstm]}
+  context_length: {grid: [3, 5]}
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+  w_margin: {uniform: [0.3, 0.7]}
+  temperature: {choice: [0.05, 0.07, 0.1]}
+scheduler: {name: fifo}
+gates: {margin: -5.0}
+checkpoints: {num_to_keep: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def search40(tmp_path_factory, shared_ray):
+    """2 x 2 grid points x 10 samples = 40 trials of 2 epochs on a 40-article, 16-d store."""
+    root = tmp_path_factory.mktemp("summary")
+    store = make_store(root / "tiny.parquet", articles=40, chunks=10, dim=16)
+    (root / "space.yaml").write_text(SPACE)
+    r = run_cli(REPO / "tune_p7" / "search.py", "--space", root / "space.yaml", "--data", store, "--storage", root,
+                "--name", "s40", "--num-cpus", 2, "--max-concurrent", 2, "--confirm-top", 0,
+                "--reuse-actors", timeout=600, env=shared_ray)  # 40 short trials: a new worker each would dominate
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return root / "s40", r.stdout
+
+
+def png_layout(path) -> dict:
+    image = Image.open(path)
+    return {"width": image.size[0], **json.loads(image.text["Description"])}
+
+
+def table_rows(md: str) -> list[list[str]]:
+    start = md.index("| rank |")
+    lines = md[start:].split("\n\n")[0].splitlines()
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines if not ln.startswith("|---")]
+
+
+def test_forty_trials_give_small_plots_a_short_table_and_one_self_contained_page(search40):
+    exp, stdout = search40
+    assert len(pd.read_parquet(exp / "summary.parquet")) == 40
+    pngs = sorted(exp.glob("*.png"))
+    assert {p.name for p in pngs} == {"curves.png", "margin_vs_params.png", "r_at_5_vs_params.png",
+                                      "importance.png", "parallel_coordinates.png"}
+    for p in pngs:
+        assert Image.open(p).size[0] <= 2400, p.name
+    for p in ("curves.png", "margin_vs_params.png", "r_at_5_vs_params.png"):
+        got = png_layout(exp / p)
+        assert all(cols <= 4 for _, cols in got["grid"]), (p, got)
+    legend = png_layout(exp / "curves.png")["legend"]
+    assert len([e for e in legend if e.startswith("#")]) == 8 and "32 other trials" in legend
+    md = (exp / "summary.md").read_text()
+    head, *rows = table_rows(md)
+    assert len(rows) == 20 and "... and 20 more trials in summary.parquet." in md
+    assert head[:7] == ["rank", "trial_id", "arch", "context_length", "temperature", "w_margin", "lr"]
+    assert all(re.fullmatch(r"\d\.\d\de-0\d", r[head.index("lr")]) for r in rows)
+    assert head[head.index("R@5") + 1] == "DIRECT R@5" and head[head.index("margin") + 1] == "DIRECT margin"
+    page = (exp / "summary.html").read_text()
+    parser = Tags()
+    parser.feed(page)
+    images = [a["src"] for t, a in parser.tags if t == "img"]
+    assert len(images) == 5 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert not [t for t, a in parser.tags if t in ("script", "link", "iframe") or
+                any(k in ("href", "src") and not v.startswith("data:") for k, v in a.items())]
+    assert "<h2>Data probe" in page and "<table>" in page
+    # the console shows the same short table, then where the summary is
+    assert stdout.count("\n| ") == 21 and f"{exp / 'summary.html'} (open in a browser)" in stdout
+    assert "ray get-auth-token" in stdout.split("dashboard:", 1)[1].splitlines()[0]
+    assert json.loads((exp / "tune_p7_search.json").read_text())["samplers"] == {
+        "arch": "grid", "context_length": "grid", "lr": "loguniform", "w_margin": "uniform", "temperature": "choice"}
+
+
+def rewrite_results(exp, change) -> None:
+    for f in exp.glob("*/result.json"):
+        rows = [change(json.loads(line)) for line in f.read_text().splitlines()]
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_probe_warnings_oracle_precision_and_retrieval_without_own_context_are_shown(search40, tmp_path):
+    exp = tmp_path / "e"
+    shutil.copytree(search40[0], exp)
+    probe = json.loads((exp / "probe.json").read_text())
+    probe["warnings"] = ["warning: the drift gate (0.05) would stop the oracle: its val cos_anchor is -0.66"]
+    probe["splits"]["val"]["oracle"] = {"cos_next": 1.0, "cos_prev": 0.3, "margin": 0.7, "cos_anchor": -0.66,
+                                        "gate": "drift", "verdict": "FAIL"}
+    (exp / "probe.json").write_text(json.dumps(probe))
+    record = json.loads((exp / "tune_p7_search.json").read_text())
+    (exp / "tune_p7_search.json").write_text(json.dumps({**record, "precision": {"requested": "auto",
+                                                                                   "used": "fp32"}}))
+    rewrite_results(exp, lambda r: {**r, "r_at_5_xctx": r["r_at_5"] / 2, "direct_r_at_5_xctx": 0.01,
+                                    "mrr_at_10_xctx": r["mrr_at_10"] / 2, "direct_mrr_at_10_xctx": 0.005})
+    summarize(str(exp))
+    md = (exp / "summary.md").read_text()
+    assert md.index(probe["warnings"][0]) < md.index("## Trials, ranked")
+    assert "precision requested auto, used fp32" in md.split("## ")[0]
+    bank = probe["splits"]["val"]["bank"]
+    assert f"the val bank holds {bank} chunks" in md
+    head, *rows = table_rows(md)
+    assert head[head.index("R@5 xctx") + 1] == "DIRECT R@5 xctx" and rows[0][head.index("DIRECT R@5 xctx")] == "0.0100"
+    page = (exp / "summary.html").read_text()
+    assert page.index(probe["warnings"][0]) < page.index("<table>")
+    panels = {p["title"]: p["labels"] for p in png_layout(exp / "curves.png")["panels"]}
+    assert any("oracle -0.66" in label for label in panels["val cos_anchor"])
+    assert any("oracle 0.70" in label for label in panels["val margin"])
+
+
+def test_trials_a_gate_stopped_while_they_passed_the_deployment_check_are_counted_and_marked(search40, tmp_path):
+    exp = tmp_path / "e"
+    shutil.copytree(search40[0], exp)
+    summary = pd.read_parquet(exp / "summary.parquet").set_index("trial_id")
+    learner, loser = summary.index[:2]
+
+    last = summary["stopped_epoch"]
+
+    def stop(r):
+        if r["trial_id"] == learner and r["epoch"] == last[learner]:  # stopped while far above DIRECT on retrieval
+            return {**r, "gate": "drift", "r_at_5": r["direct_r_at_5"] + 0.5, "mrr_at_10": r["direct_mrr_at_10"] + 0.5}
+        if r["trial_id"] == loser and r["epoch"] == last[loser]:
+            return {**r, "gate": "margin", "r_at_5": 0.0, "mrr_at_10": 0.0}
+        return r
+
+    rewrite_results(exp, stop)
+    summarize(str(exp))
+    df = pd.read_parquet(exp / "summary.parquet").set_index("trial_id")
+    assert df.loc[learner, "stopped_learning"] and not df.loc[loser, "stopped_learning"]
+    gated = df[df["status"] == "gate_stopped"]
+    md = (exp / "summary.md").read_text()
+    assert (f"Stopped while learning: {int(gated['stopped_learning'].sum())} of {len(gated)} gate-stopped trials "
+            "passed the deployment check") in md
+    rows = {r[1]: r for r in table_rows(md)[1:]}
+    assert rows[learner][-2] == "gate_stopped (drift) \u2020"
+    # the loser may rank below the 20 rows of summary.md: its row in the whole table
+    ranked = pd.read_parquet(exp / "summary.parquet")
+    every = {r[1]: r for r in table_rows(table(ranked, {}, limit=None))[1:]}
+    assert len(every) == 40 and every[loser][-2] == "gate_stopped (margin)"
+
+
+def test_an_errored_trial_ranks_below_every_other_and_is_no_candidate(search40, tmp_path):
+    """A trial whose loss turned NaN keeps the margins of its earlier epochs; however good they were, it ranks
+    below every trial that did not error, and evaluate never chooses it."""
+    exp = tmp_path / "e"
+    shutil.copytree(search40[0], exp)
+    before = pd.read_parquet(exp / "summary.parquet")
+    full = before[before["stopped_epoch"] == 2]
+    victim, last = full["trial_id"].iloc[-1], before.set_index("trial_id")["stopped_epoch"]
+
+    def diverge(r):
+        if r["trial_id"] != victim:
+            return r
+        if r["epoch"] < last[victim]:  # the best margin of the whole search, then NaN
+            return {**r, "margin": 0.95, "r_at_5": 1.0, "mrr_at_10": 1.0}
+        return {**r, "margin": float("nan"), "error": "training loss became nan in epoch 2"}
+
+    rewrite_results(exp, diverge)
+    summarize(str(exp))
+    df = pd.read_parquet(exp / "summary.parquet")
+    row = df.set_index("trial_id").loc[victim]
+    assert row["status"] == "errored" and row["best_margin"] == pytest.approx(0.95)
+    assert row["best_margin"] > df[df["trial_id"] != victim]["best_margin"].max()
+    assert row["rank"] == len(df) and (df[df["trial_id"] != victim]["status"] != "errored").all()
+    candidates, skipped = choose_candidates(str(exp), df, top=len(df))
+    assert victim not in {c.trial_id for c in candidates} and any(victim in s for s in skipped)
+
+
+def test_the_summary_and_its_page_are_built_from_an_experiment_on_s3(search40, s3):  # noqa: F811
+    import pyarrow.fs as pafs
+
+    fs, _ = pafs.FileSystem.from_uri("s3://p7-eval/x")
+    pafs.copy_files(str(search40[0]), "p7-eval/s40", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    for name in ("summary.md", "summary.html", "curves.png"):
+        s3.delete_object(Bucket="p7-eval", Key=f"s40/{name}")
+    summarize("s3://p7-eval/s40")
+    page = s3.get_object(Bucket="p7-eval", Key="s40/summary.html")["Body"].read().decode()
+    assert page.count('src="data:image/png;base64,') == 5  # curves, margin and R@5 vs params, importance, parallel coordinates
+    png = s3.get_object(Bucket="p7-eval", Key="s40/curves.png")["Body"].read()
+    assert Image.open(io.BytesIO(png)).size[0] <= 2400
+
+
+def test_trials_rank_like_evaluate_chooses_deployment_check_then_verdict_then_best_margin():
+    from tune_p7.report.summary import rank
+
+    df = pd.DataFrame({"trial_id": ["pass_no_deploy", "marginal_deploys", "pass_deploys"],
+                       "verdict": ["PASS", "MARGINAL", "PASS"], "deploy_ok": [False, True, True],
+                       "best_margin": [0.4, 0.15, 0.25]})
+    assert rank(df)["trial_id"].tolist() == ["pass_deploys", "marginal_deploys", "pass_no_deploy"]

@@ -1,0 +1,164 @@
+"""The replay backend (tune_p7/tuning/replay.py): tune_p7's own schedulers and searchers against a recorded table in
+simulated time, checked against a hand-written table and against the real Tune controller."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tune_p7.tuning.replay import Table, reach, replay, search_space, tune_run
+
+LRS, TEMPS, KS = [1e-4, 1e-3, 1e-2], [0.05, 0.1], [3, 5]
+SPACE = """
+num_samples: 1
+metric: margin
+mode: max
+params:
+  epochs: 4
+  lr: {grid: [1.0e-4, 1.0e-3, 1.0e-2]}
+  temperature: {grid: [0.05, 0.1]}
+  context_length: {grid: [3, 5]}
+scheduler: {name: fifo}
+gates: {drift: -2.0, margin: -2.0, grace_epochs: 1}
+confirm: {top: 0}
+"""
+ASHA = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
+BEST = (1e-3, 0.1, 5)
+
+
+def table(seeds=(0, 1), random_curves=False) -> Table:
+    """12 configurations x 4 epochs. Hand-written: BEST rises to 0.5, every other one stays below 0.3; seed 1 is
+    0.01 higher. ``random_curves``: seeded random walks instead (their order changes between epochs, so ASHA's
+    decisions depend on which trial reached a rung first)."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for cfg in itertools.product(LRS, TEMPS, KS):
+        q = 0.5 if cfg == BEST else 0.1 * LRS.index(cfg[0]) + 0.05 * (cfg[1] == 0.1) + 0.02 * (cfg[2] == 5)
+        walk = np.cumsum(rng.normal(0, 0.1, 4))
+        for seed in seeds:
+            for e in range(1, 5):
+                m = walk[e - 1] if random_curves else q * e / 4 + 0.01 * seed
+                rows.append(dict(zip(("lr", "temperature", "context_length"), cfg), seed=seed, epoch=e, margin=m,
+                                 train_seconds=1.0 + 0.5 * seed + 0.1 * e, eval_seconds=0.1))
+    return Table.from_frame(pd.DataFrame(rows), ("lr", "temperature", "context_length"))
+
+
+@pytest.mark.parametrize("sections", [
+    {"search": {"algorithm": "random"}, "scheduler": ASHA},
+    {"search": {"algorithm": "optuna", "n_startup_trials": 4}, "scheduler": ASHA},
+    {"search": {"algorithm": "hyperopt", "n_initial_points": 4}, "scheduler": ASHA},
+    {"search": {"algorithm": "bohb", "reduction_factor": 2}},
+], ids=["random+asha", "tpe+asha", "hyperopt+asha", "bohb"])
+def test_a_replay_on_a_hand_written_table_reaches_its_known_best(sections):
+    t = table()
+    assert t.best()[0] == BEST and t.best()[1] == pytest.approx(0.505) and t.best()[2] == pytest.approx(0.01)
+    rep = replay(t, search_space(SPACE, {**sections, "num_samples": 24}, seed=0), 24, workers=2, seed=0)
+    assert not rep.stuck and len(rep.ended) == 24
+    seconds, epochs = reach(t, rep)
+    assert math.isfinite(seconds) and 1 <= epochs <= len(rep.events)
+    assert any(cfg == BEST for cfg, _ in rep.ended.values())
+    assert any(e < 4 for _, e in rep.ended.values()), "the scheduler stopped no trial early"
+
+
+def test_fifo_runs_every_trial_to_its_last_epoch_and_the_clock_charges_recorded_seconds():
+    t = table(seeds=(0,))
+    rep = replay(t, search_space(SPACE, {"search": {"algorithm": "random"}, "num_samples": 6}, seed=1), 6,
+                 workers=1, seed=0)
+    assert sorted(e for _, e in rep.ended.values()) == [4] * 6
+    per_trial = sum(1.0 + 0.1 * e + 0.1 for e in range(1, 5))
+    assert rep.wall == pytest.approx(6 * per_trial)  # one worker: the epochs' seconds add up
+    rep2 = replay(t, search_space(SPACE, {"search": {"algorithm": "random"}, "num_samples": 6}, seed=1), 6,
+                  workers=3, seed=0)
+    assert rep2.wall == pytest.approx(2 * per_trial)  # three workers, equal trials: two rounds
+
+
+@pytest.mark.parametrize("sections", [
+    {"search": {"algorithm": "random", "seed": 3}, "scheduler": ASHA},
+    {"search": {"algorithm": "optuna", "seed": 3, "n_startup_trials": 3}, "scheduler": ASHA},
+], ids=["random+asha", "tpe+asha"])
+def test_the_real_tune_controller_and_the_replay_make_the_same_stop_decisions(sections, ray_cluster, tmp_path):
+    import json
+
+    from conftest import REPO, run_cli
+
+    t = table(seeds=(0,), random_curves=True)
+    space = search_space(SPACE, {**sections, "num_samples": 10})
+    sim = replay(t, space, 10, workers=1, seed=0)
+    # the real run in a process of its own: Ray reads its token settings when first imported, and this process
+    # imported it before the session's node was up
+    script = ("import json, sys; sys.path.insert(0, 'tests/tuning'); import ray; from test_replay import *; "
+              f"ray.init(address={ray_cluster!r} or 'local', include_dashboard=False, log_to_driver=False); "
+              f"sp = search_space(SPACE, {{**{sections!r}, 'num_samples': 10}}); "
+              f"print('ENDED', json.dumps(sorted(tune_run(table(seeds=(0,), random_curves=True), sp, 10, "
+              f"{str(tmp_path)!r}).values())))")
+    r = run_cli("-c", script, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    real = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("ENDED"))[6:])
+    simulated = sorted(sim.ended.values())
+    assert [(tuple(c), e) for c, e in real] == simulated
+    assert any(e < 4 for _, e in simulated) and any(e == 4 for _, e in simulated), "no decision to compare"
+
+
+GRID_SPACE = """
+num_samples: 2
+metric: margin
+mode: max
+params:
+  epochs: 3
+  lr: {grid: [1.0e-4, 1.0e-3, 1.0e-2]}
+  temperature: {grid: [0.05, 0.1]}
+scheduler: {name: SCHED}
+gates: {drift: -2.0, margin: -2.0, grace_epochs: 1}
+confirm: {top: 0}
+"""
+
+
+def grid_experiment(root, sched="fifo", drop=0):
+    """A finished experiment folder as search.py leaves it (search record, one result.json per trial), written by
+    hand: 6 configurations x 2 repeats x 3 epochs; ``drop`` trials left out."""
+    import json
+
+    space = root / "space.yaml"
+    space.write_text(GRID_SPACE.replace("SCHED", sched))
+    exp = root / "exp"
+    exp.mkdir()
+    (exp / "tune_p7_search.json").write_text(json.dumps({"space": str(space), "metric": "margin", "mode": "max"}))
+    trials = [(lr, t, rep) for lr in (1e-4, 1e-3, 1e-2) for t in (0.05, 0.1) for rep in (0, 1)]
+    for i, (lr, t, rep) in enumerate(trials[drop:]):
+        d = exp / f"train_trial_{i:05d}"
+        d.mkdir()
+        q = 0.3 if (lr, t) == (1e-3, 0.1) else 0.1 * lr * 100
+        d.joinpath("result.json").write_text("".join(
+            json.dumps({"epoch": e, "margin": q * e / 3 + 0.01 * rep, "config": {"lr": lr, "temperature": t,
+                        "epochs": 3}, "train_seconds": 1.0, "eval_seconds": 0.1}) + "\n" for e in (1, 2, 3)))
+    return exp
+
+
+def test_tune_p7_replay_replays_a_search_against_a_finished_grid(tmp_path):
+    from conftest import run_cli
+
+    exp = grid_experiment(tmp_path)
+    search = tmp_path / "search.yaml"
+    search.write_text("num_samples: 8\nsearch: {algorithm: optuna, n_startup_trials: 3}\n"
+                      "scheduler: {name: asha, grace_period: 1, reduction_factor: 2}\n")
+    r = run_cli("-c", "from tune_p7.cli import main; main()", "replay", exp, "--search", search, "--replays", "3")
+    assert r.returncode == 0, r.stderr
+    assert "6 configurations x 2 seed(s)" in r.stdout and "'lr': 0.001, 'temperature': 0.1" in r.stdout
+    assert "your search" in r.stdout and "(optuna, asha, 8 trials, 4 workers)" in r.stdout
+    assert "random, same scheduler" in r.stdout
+
+
+@pytest.mark.parametrize("case", ["missing trial", "asha experiment"])
+def test_tune_p7_replay_refuses_an_experiment_that_is_not_a_complete_grid(tmp_path, case):
+    from conftest import run_cli
+
+    exp = grid_experiment(tmp_path, drop=1) if case == "missing trial" else grid_experiment(tmp_path, sched="asha")
+    search = tmp_path / "search.yaml"
+    search.write_text("search: {algorithm: random}\n")
+    r = run_cli("-c", "from tune_p7.cli import main; main()", "replay", exp, "--search", search)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert ("not a complete grid: 1 of 6" if case == "missing trial" else "not a FIFO full-grid") in r.stderr

@@ -1,0 +1,147 @@
+"""Look at the data before spending compute: ``tune-p7 probe DATA [--context-length K] [--space FILE]``.
+
+For each held-out split, from the windows (ctx[-2], ctx[-1], next) at context length K, the ones the trials see
+(the same definition for an article store and an NPZ file, whose chunk rows are not in document order): the
+forward signal Delta = mean[cos(ctx[-1], next) - cos(ctx[-1], ctx[-2])] and the adjacent cosine mean
+cos(ctx[-1], next), beside the mean cosine of chunk pairs from different articles. Then reference predictors
+scored with the trials' metrics on the same bank: DIRECT (copy ctx[-1]), centroid (mean of the context), a
+closed-form ridge regression fitted on train, and the oracle (the true next chunk itself). The search's gates and
+the verdict are run on ridge and on the oracle; where they would stop or fail the oracle, ``warnings`` holds one
+line each (the search prints them before any trial starts).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from tune_p7 import cli
+from tune_p7.core.baselines import Ridge, judge, oracle, oracle_warnings
+from tune_p7.core.config import P7Config
+from tune_p7.core.gates import Gates
+from tune_p7.core.loop import Evaluator
+from tune_p7.data.loading import P7Data, Split, load
+from tune_p7.space.file import load_space
+RETRIEVAL = ("r_at_1", "r_at_5", "r_at_10", "mrr_at_10")
+RETRIEVAL_ALL = RETRIEVAL + tuple(k + "_xctx" for k in RETRIEVAL)
+SHOWN = ("cos_next", "cos_prev", "margin", "cos_anchor", "r_at_5", "mrr_at_10", "r_at_5_xctx", "mrr_at_10_xctx",
+         "gate", "verdict")
+
+
+def pair_cosines(split: Split, k: int, block: int = 65536) -> dict[str, float]:
+    """Delta and the adjacent cosine over the split's windows of context length k, and the random-pair cosine.
+
+    With (a, b, n) = (ctx[-2], ctx[-1], next) of each window: delta = mean(b.n - b.a), adjacent_cos = mean(b.n).
+    random_cos is the exact mean of x_i.x_j over all ordered pairs of chunks from different articles,
+    (|S|^2 - sum_a |S_a|^2) / (M^2 - sum_a M_a^2), with S the sum of all M chunks and S_a, M_a the sum and
+    count of article a's.
+    """
+    x = torch.from_numpy(split.chunks)
+    w = torch.from_numpy(np.ascontiguousarray(split.windows(k)[:, -3:]))
+    adjacent, back = [], []
+    for i in range(0, len(w), block):
+        a, b, n = x[w[i:i + block]].float().unbind(1)
+        adjacent.append((b * n).sum(-1))
+        back.append((b * a).sum(-1))
+    adjacent, back = torch.cat(adjacent), torch.cat(back)
+    sums = np.add.reduceat(split.chunks, split.offsets[:-1], axis=0, dtype=np.float64)
+    counts = np.diff(split.offsets).astype(np.float64)
+    total = sums.sum(0)
+    pairs = counts.sum() ** 2 - (counts ** 2).sum()
+    rnd = (total @ total - (sums * sums).sum()) / pairs if pairs else float("nan")
+    return {"delta": float((adjacent - back).mean()), "adjacent_cos": float(adjacent.mean()),
+            "random_cos": float(rnd)}
+
+
+BASES = ("direct", "centroid")
+
+
+def probe(data: P7Data, k: int = 5, gates: Gates = Gates(), warmup_epochs: int = P7Config().warmup_epochs) -> dict:
+    """The probe of every held-out split of ``data`` at context length k (a JSON-able dict).
+
+    ``gates`` and ``warmup_epochs`` are the search's: ridge and the oracle get the ``gate`` the search would
+    give a trial with their val metrics at epoch warmup_epochs + grace_epochs + 1, the first epoch past warm-up
+    and grace (so the margin gate applies too), and their ``verdict``. ``warnings``: where the oracle would be
+    stopped by a gate (val) or gets FAIL (any split), one line each, starting ``warning:``.
+    """
+    cfg = P7Config(context_length=k, precision="fp32")
+    ridge = Ridge(data.train, k)
+    out = {"data": data.source, "context_length": k, "gates": vars(gates), "gate_epoch":
+           warmup_epochs + gates.grace_epochs + 1, "warnings": [], "splits": {}}
+    for name in ("val", "ood"):
+        split = getattr(data, name)
+        if split is None:
+            continue
+        ev = Evaluator(split, cfg)
+        r = ev(ridge, bf16=False)
+        base = ev.baselines
+        ridge_m = {k2: r[k2] for k2 in ("cos_next", "cos_prev", "margin", "cos_anchor") + RETRIEVAL_ALL}
+        ridge_m.update({k2: v for k2, v in r.items() if k2.endswith(("_lo", "_hi", "_vs_direct")) and not k2.startswith(BASES)})
+        bounds = {b: {k2.removeprefix(b + "_"): v for k2, v in ev.baseline_intervals.items() if k2.startswith(b)}
+                  for b in BASES}
+        orc = oracle(ev)
+        orc.update(judge(orc, gates, warmup_epochs))
+        out["warnings"] += oracle_warnings(name, orc, gates, gated=name == "val")
+        out["splits"][name] = {
+            **pair_cosines(split, k), "windows": len(ev.st), "bank": len(ev.bank),
+            "baselines": {
+                "direct": {"cos_next": base["direct_cos_next"], "cos_prev": 1.0, "margin": base["direct_margin"],
+                           **{m: base["direct_" + m] for m in RETRIEVAL_ALL}, **bounds["direct"]},
+                "centroid": {"cos_anchor": 1.0, **{k2.removeprefix("centroid_"): v for k2, v in base.items()
+                                                   if k2.startswith("centroid_")}, **bounds["centroid"]},
+                "ridge": {**ridge_m, **judge(ridge_m, gates, warmup_epochs)},
+            },
+            "oracle": orc}
+    return out
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def markdown(result: dict) -> str:
+    """The probe as a Markdown section (the warnings are left to the caller: the summary shows them on top)."""
+    lines = [f"## Data probe (context length {result['context_length']})", ""]
+    for name, s in result["splits"].items():
+        lines += [f"**{name}**: {s['windows']} windows, bank of {s['bank']} chunks (chance R@5 = "
+                  f"{5 / s['bank']:.4f}). Forward signal Delta = {s['delta']:+.4f}; adjacent chunks "
+                  f"cos(ctx[-1], next) {s['adjacent_cos']:.3f} vs random pairs {s['random_cos']:.3f}. `_xctx`: "
+                  "retrieval with the query's own context chunks left out of the bank; gate and verdict as the "
+                  f"search would give them at epoch {result['gate_epoch']}.", "",
+                  "| predictor | " + " | ".join(SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
+        for b, m in {**s["baselines"], "oracle (true next)": s["oracle"]}.items():
+            lines.append(f"| {b} | " + " | ".join(_cell(m[c]) if c in m else "" for c in SHOWN) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="tune-p7 probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("data", help="article store, NPZ train file or folder")
+    p.add_argument("--context-length", type=int, default=5)
+    p.add_argument("--space", help="judge ridge and the oracle with this search space's gates and warm-up "
+                                   "[default: the default gates and warm-up]")
+    p.add_argument("--json", help="also write the probe as JSON here")
+    a = p.parse_args(argv)
+    gates, warmup = Gates(), P7Config().warmup_epochs
+    if a.space:
+        space = load_space(a.space)
+        gates, warmup = space.gates, max(space.values_of("warmup_epochs"))
+    data = load(a.data)
+    data.check_context(a.context_length)
+    result = probe(data, a.context_length, gates, warmup)
+    print(markdown(result))
+    for line in result["warnings"]:
+        print(line)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,45 @@
+"""The scheduler and the search algorithm of a space, as a search (search.py) and its replay (replay.py) build them.
+
+Both import what they build only when it is asked for: Ray's schedulers, and the Optuna, HyperOpt and BOHB packages
+(1-2 s to import) for a model-based searcher alone.
+"""
+from __future__ import annotations
+
+from tune_p7.space.file import Space
+
+
+def search_algorithm(space: Space):
+    """The Tune searcher of the space's ``search:`` section: None (Tune's default) for an unseeded ``random`` (the
+    default without a section), Tune's BasicVariantGenerator for a seeded one, else the model-based one of
+    tune_p7.tuning.searchers, imported only then (the Optuna, HyperOpt and BOHB packages take 1-2 s to import)."""
+    s = space.search
+    if s.model_based:
+        from tune_p7.tuning.searchers import search_alg
+
+        return search_alg(space)
+    if s.seed is None:
+        return None
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=s.seed)
+
+
+def make_scheduler(space: Space):
+    """The Tune scheduler of the space: BOHB's HyperBand, gated ASHA, PBT / PB2 or gated FIFO (also the replay's,
+    tune_p7/tuning/replay.py)."""
+    from tune_p7.tuning.schedulers import GatedASHA, GatedFIFO
+
+    s = space.scheduler
+    if space.search.algorithm == "bohb":
+        from tune_p7.tuning.searchers import bohb_scheduler
+
+        return bohb_scheduler(space)
+    if s.name == "asha":
+        return GatedASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
+                         max_t=max(space.values_of("epochs")), grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, brackets=s.brackets)
+    if s.name in ("pbt", "pb2"):
+        from tune_p7.tuning.pbt import build_scheduler
+
+        return build_scheduler(space)
+    return GatedFIFO()

@@ -1,0 +1,260 @@
+"""The confirmation stage: the best configurations of a finished search trained again with new seeds, and scored
+on data that no search decision looked at.
+
+After the search, the top ``confirm.top`` distinct configurations of the ranked summary (ranked on val metrics,
+never on a held-out split) run again at their full epochs with ``confirm.seeds`` seeds each that the search did not
+use, as the trials of a second Tune experiment inside the experiment folder (``EXP/confirm/``: the same trainable,
+storage, checkpoints and failure handling; resumed by ``search.py --resume``). A plain FIFO scheduler runs them: no
+early stopping, the gates are computed and recorded in every result but not enforced, since a gate would cut a seed
+short and bias the mean over seeds. A configuration a population search (PBT / PB2) found is a schedule, not a
+point: its confirmation replays the winning trial's hyperparameters epoch by epoch (pbt_history.replay_schedule).
+
+Each seed's last checkpoint holds its per-article sums on val and on the held-out split (``ood``); the driver adds
+DIRECT's and ridge's (fitted at each configuration's own context length) on the same windows. ``conclusions``
+turns them into intervals over seeds and articles and the recommendation.
+
+Files in the experiment folder: ``confirm.json`` (the settings; once chosen, the plan: configurations, schedules
+and seeds), ``confirm.parquet`` (one row per configuration and seed), ``confirm_articles.parquet`` (per-article
+sums: every seed, DIRECT and ridge, per split) and the "Confirmed" section of summary.md.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+
+import pandas as pd
+
+from tune_p7 import storage
+from tune_p7.core.config import P7Config
+from tune_p7.core.ranking import varied
+from tune_p7.errors import InputError
+from tune_p7.space.file import RUN_KEY, SCHEDULE_KEY, ConfirmSettings, trial_config
+
+PLAN_FILE, TABLE_FILE, ARTICLES_FILE, FOLDER = "confirm.json", "confirm.parquet", "confirm_articles.parquet", "confirm"
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def read_plan(exp: str) -> dict | None:
+    """The stored settings and, once chosen, the plan (confirm.json); None before."""
+    path = storage.join(exp, PLAN_FILE)
+    return json.loads(storage.read_bytes(path)) if storage.exists(path) else None
+
+
+def settings(exp: str, space: ConfirmSettings, top: int | None, seeds: int | None, resume: bool) -> ConfirmSettings:
+    """The confirmation this run does: --confirm-top / --confirm-seeds (``top`` / ``seeds``, None: not given) over
+    the space's; on --resume over the experiment's stored settings. Refuses a change once the plan is made."""
+    for flag, value, low in (("--confirm-top", top, 0), ("--confirm-seeds", seeds, 1)):
+        if value is not None and value < low:
+            raise InputError(flag, f"{value} is out of range (must be >= {low})")
+    stored = read_plan(exp) if resume else None
+    base = ConfirmSettings(stored["top"], stored["seeds"]) if stored else space
+    want = ConfirmSettings(base.top if top is None else top, base.seeds if seeds is None else seeds)
+    if stored and stored.get("configs") and want != base:
+        raise InputError(storage.join(exp, PLAN_FILE), f"this experiment's confirmation runs top {base.top} x "
+                         f"{base.seeds} seeds and has started; resume it without --confirm-top/--confirm-seeds")
+    return want
+
+
+def save(exp: str, conf: ConfirmSettings) -> None:
+    """Store the settings with the experiment (a resumed run goes on with them), unless they are stored already."""
+    stored = read_plan(exp)
+    if stored is None or (stored["top"], stored["seeds"]) != (conf.top, conf.seeds):
+        _write(exp, {"top": conf.top, "seeds": conf.seeds})
+
+
+def _write(exp: str, record: dict) -> None:
+    storage.write_bytes(storage.join(exp, PLAN_FILE), json.dumps(record, indent=2).encode())
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+def choose(exp: str, top: int) -> tuple[list[dict], set[int]]:
+    """The ``top`` best distinct configurations of the ranked summary (summary.parquet's rank; errored and
+    unfinished trials left out; configurations equal but for the seed count once), each as {rank, trial_id,
+    config: its non-default keys but the seed, varied: the search's varied keys, schedule: for a population
+    search, the hyperparameters the trial's final model was trained with, epoch by epoch}; and every seed the
+    search used."""
+    from ray.tune import ExperimentAnalysis
+
+    from tune_p7.tuning.pbt_history import HP, replay_schedule
+    from tune_p7.tuning.resultlog import read_results
+
+    ranked = storage.read_parquet(storage.join(exp, "summary.parquet"))
+    trials = ExperimentAnalysis(exp).trials
+    full = {t.trial_id: P7Config.from_dict(trial_config(t.config), source="trial config").to_dict() for t in trials}
+    population = any(c.startswith(HP) for c in ranked.columns)
+    curves = {t.trial_id: read_results(exp, t.storage.trial_dir_name) for t in trials} if population else {}
+    default = P7Config().to_dict()
+    shown = [c.removeprefix("config/") for c in varied(ranked)]
+    chosen, seen = [], set()
+    for r in ranked.itertuples():
+        if len(chosen) == top:
+            break
+        cfg = {k: v for k, v in full[r.trial_id].items() if k != "seed"}
+        schedule = [[e, v] for e, v in replay_schedule(curves, r.trial_id)] if population else []
+        key = json.dumps([cfg, schedule], sort_keys=True)
+        if r.status in ("errored", "unfinished") or key in seen:
+            continue
+        seen.add(key)
+        chosen.append({"rank": int(r.rank), "trial_id": r.trial_id,
+                       "config": {k: v for k, v in cfg.items() if v != default[k]},
+                       "varied": {k: cfg[k] for k in shown if k != "seed"},
+                       **({"schedule": schedule} if len(schedule) > 1 else {})})
+    return chosen, {c["seed"] for c in full.values()}
+
+
+def new_seeds(used: set[int], n: int) -> list[int]:
+    """The n smallest non-negative seeds not in ``used``."""
+    return list(itertools.islice((s for s in itertools.count() if s not in used), n))
+
+
+def plan(exp: str, conf: ConfirmSettings) -> dict:
+    """The stored plan, or a new one (stored): which configurations, which seeds."""
+    stored = read_plan(exp) or {}
+    if stored.get("configs"):
+        return stored
+    configs, used = choose(exp, conf.top)
+    record = {"top": conf.top, "seeds": conf.seeds, "seed_values": new_seeds(used, conf.seeds), "configs": configs}
+    _write(exp, record)
+    return record
+
+
+def run_config(source: dict) -> dict:
+    """The explicit run a planned configuration becomes: its keys and, for a population search, its schedule."""
+    return {**source["config"], **({SCHEDULE_KEY: source["schedule"]} if source.get("schedule") else {})}
+
+
+# ------------------------------------------------------------------------------------------------ the Tune run
+def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int, max_failures: int):
+    """A new Tune experiment at EXP/confirm (every configuration x every seed), or the interrupted one restored."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tune_p7.tuning import actors, checkpoint, progress
+    from tune_p7.tuning.trainable import train_trial
+
+    scheduled = tuple(sorted({k for c in record["configs"] for _, changes in c.get("schedule", []) for k in changes}))
+    varied = ("seed", *(k for k, v in space.params.items() if isinstance(v, dict)))  # for the dashboard and log
+    trainable = tune.with_resources(actors.describe(tune.with_parameters(train_trial, data=data, gates=space.gates,
+                                                                         mutated=scheduled, articles=True), varied),
+                                    {"cpu": cpus})
+    verbose, shown = progress.tune_output(varied, max(space.values_of("epochs")))
+    path = storage.join(exp, FOLDER)
+    if tune.Tuner.can_restore(path):
+        return checkpoint.restore_tuner(path, trainable, "confirm")
+    return tune.Tuner(
+        trainable,
+        param_space={"seed": tune.grid_search(record["seed_values"]),
+                     RUN_KEY: tune.grid_search([run_config(c) for c in record["configs"]])},
+        tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), max_concurrent_trials=max_concurrent or None,
+                                    reuse_actors=False),  # each actor's Repr names its one trial
+        run_config=tune.RunConfig(
+            name=FOLDER, storage_path=exp,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=space.num_to_keep,
+                                                    checkpoint_score_attribute=space.metric,
+                                                    checkpoint_score_order=space.mode),
+            failure_config=tune.FailureConfig(max_failures=max_failures), callbacks=shown, verbose=verbose))
+
+
+def _article_rows(tables: dict, **keys) -> list[dict]:
+    """Long-format rows (one per split and article) of loop.article_tables' output, tagged with ``keys``."""
+    rows = []
+    for split, t in tables.items():
+        cols = {k: v.tolist() for k, v in t.items()}
+        for i in range(len(cols["article"])):
+            rows.append({**keys, "split": split, **{k: v[i] for k, v in cols.items()}})
+    return rows
+
+
+def _seed_tables(path: str, trial_dir: str) -> dict | None:
+    """The per-article sums in a confirmation trial's newest checkpoint that holds them (its last epoch's)."""
+    import torch
+
+    from tune_p7.tuning import checkpoint
+    from tune_p7.tuning.trainable import ARTICLES
+
+    fs, root = storage.filesystem(storage.join(path, trial_dir))
+    for folder in reversed(checkpoint.stored(fs, root)):
+        try:
+            with fs.open_input_stream(f"{folder}/{ARTICLES}") as f:
+                return torch.load(io.BytesIO(f.read()), weights_only=True)
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def baseline_tables(data, ks) -> dict[int, dict]:
+    """{K: loop.article_tables-like sums of ridge (fitted on train at context length K) with DIRECT beside it}."""
+    from tune_p7.core.baselines import Ridge
+    from tune_p7.core.loop import Evaluator
+
+    splits = {"val": data.val, **({"ood": data.ood} if data.ood is not None else {})}
+    out = {}
+    for k in sorted(set(ks)):
+        cfg = P7Config(context_length=k, precision="fp32")
+        ridge = Ridge(data.train, k)
+        out[k] = {name: Evaluator(split, cfg).article_sums(ridge, False) for name, split in splits.items()}
+    return out
+
+
+def collect(exp: str, record: dict, data) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per configuration and seed: the configuration's search rank and trial, the seed, how the trial
+    ended (completed / errored / unfinished), the first gate that fired and its epoch (recorded, not enforced),
+    the final epoch's val metrics (DIRECT's included) and config/<key> for every config key;
+    per-article sums: every seed's (source "model"), and ridge's at the configuration's context length (source
+    "ridge", seed -1), each with DIRECT's on the same windows, on val and the held-out split)."""
+    from ray.tune import ExperimentAnalysis
+
+    from tune_p7.tuning.resultlog import read_results  # imports Ray's Tune: only where the trials are read
+
+    path = storage.join(exp, FOLDER)
+    rows, articles = [], []
+    for t in ExperimentAnalysis(path).trials:
+        source = next(c for c in record["configs"] if run_config(c) == t.config[RUN_KEY])
+        cfg = P7Config.from_dict({**source["config"], "seed": t.config["seed"]}).to_dict()
+        results = read_results(path, t.storage.trial_dir_name)
+        last = max(reversed(results), key=lambda r: r.get("epoch", 0)) if results else {}
+        fired = next((r for r in results if r.get("gate")), {})
+        tables = _seed_tables(path, t.storage.trial_dir_name) if last.get("epoch", 0) >= cfg["epochs"] else None
+        status = ("errored" if last.get("error") or t.status == "ERROR"
+                  else "completed" if tables is not None else "unfinished")
+        row = {"config_rank": source["rank"], "source_trial": source["trial_id"], "trial_id": t.trial_id,
+               "seed": cfg["seed"], "status": status, "epoch": int(last.get("epoch", 0)), "gate": fired.get("gate"),
+               "gate_epoch": fired.get("epoch"),
+               "error": last.get("error") or (f"trial error, see {FOLDER}/{t.storage.trial_dir_name}"
+                                              if t.status == "ERROR" else None)}
+        row.update({k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and k not in row})
+        row.update({f"config/{k}": v for k, v in cfg.items()})
+        rows.append(row)
+        if status == "completed":
+            articles += _article_rows(tables, config_rank=source["rank"], seed=cfg["seed"], source="model")
+    ks = {c["rank"]: P7Config.from_dict(c["config"]).context_length for c in record["configs"]}
+    base = baseline_tables(data, ks.values())
+    for rank, k in ks.items():
+        articles += _article_rows(base[k], config_rank=rank, seed=-1, source="ridge")
+    table = pd.DataFrame(rows).sort_values(["config_rank", "seed"]).reset_index(drop=True)
+    return table, pd.DataFrame(articles)
+
+
+def _parquet(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def run(exp: str, conf: ConfirmSettings, data, space, cpus: float, max_concurrent: int = 0,
+        max_failures: int = 2) -> pd.DataFrame | None:
+    """Run (or resume) the confirmation of the finished, summarized search in ``exp``; write confirm.parquet and
+    confirm_articles.parquet (summarizing again then adds the Confirmed section, conclusions.markdown) and return
+    the former's rows (a seed ``unfinished``: the run was interrupted). None when there was nothing to confirm."""
+    record = plan(exp, conf)
+    if not record["configs"]:
+        return None
+    print(f"tune_p7: confirming the top {len(record['configs'])} configuration(s) with seeds "
+          f"{record['seed_values']} in {storage.join(exp, FOLDER)}", flush=True)
+    tuner(exp, record, data, space, cpus, max_concurrent, max_failures).fit()
+    table, articles = collect(exp, record, data)
+    storage.write_bytes(storage.join(exp, ARTICLES_FILE), _parquet(articles))
+    storage.write_bytes(storage.join(exp, TABLE_FILE), _parquet(table))
+    return table

@@ -1,0 +1,341 @@
+"""Replay a search against a recorded full grid in simulated time: no Ray processes, no training.
+
+A *table* holds every configuration of a finite space trained to its last epoch with one or more seeds (one row per
+configuration, seed and epoch: the grid keys, the metric, the epoch's seconds). ``replay`` drives the very scheduler
+and searcher objects a real search builds from the space (algorithms.make_scheduler, algorithms.search_algorithm: gated
+ASHA, FIFO, BOHB's HyperBand; Tune's BasicVariantGenerator, the Optuna / HyperOpt / BOHB searchers behind Tune's
+SearchGenerator and ConcurrencyLimiter, Ray's own Trial objects) with results read from the table, on W simulated
+workers: each epoch costs its recorded seconds on a simulated clock. ``SimController`` offers what those objects
+call on Tune's controller (get_trials, stop_trial, search_alg) and follows TuneController's order of calls:
+a result goes to the scheduler first, to the searcher only if the trial goes on; a stopped or finished trial is
+told to both with its last result; a new trial is asked for only when a worker is free (max_concurrent = W).
+
+Simplifications (a real search differs here): a trial's seed is drawn from the table's seeds by its creation order;
+a BOHB trial resumed after a pause does not report its stored epochs again (tune_p7.tuning.trainable does, marked
+``resumed``); a gate never trips (the table is recorded without gates); actor start-up costs nothing.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import math
+import random
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tune_p7.space.file import Space
+
+META_KEY = b"tune_p7_grid"
+
+
+@dataclass
+class Table:
+    """Learning curves of a full grid: ``curves[config][seed]`` = (metric per epoch, seconds per epoch)."""
+    keys: tuple[str, ...]
+    metric: str
+    mode: str
+    curves: dict[tuple, dict[int, tuple[np.ndarray, np.ndarray]]]
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, keys, metric: str = "margin", mode: str = "max", meta=None) -> "Table":
+        keys = tuple(keys)
+        # a key's column is config/<key> (Tune's name; the hinge's ``margin`` shares the metric's name) or <key>
+        columns = [f"config/{k}" if f"config/{k}" in df else k for k in keys]
+        seconds = df["train_seconds"] + (df["eval_seconds"] if "eval_seconds" in df else 0.0)
+        df = df.assign(_cost=seconds).sort_values("epoch")
+        curves: dict = {}
+        for group, g in df.groupby([*columns, "seed"], sort=False):
+            cfg = tuple(v.item() if isinstance(v, np.generic) else v for v in group[:-1])
+            curves.setdefault(cfg, {})[int(group[-1])] = (g[metric].to_numpy(float), g["_cost"].to_numpy(float))
+        return cls(keys, metric, mode, curves, dict(meta or {}))
+
+    @classmethod
+    def read(cls, path) -> "Table":
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(path)
+        meta = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
+        return cls.from_frame(t.to_pandas(), meta["grid_keys"], meta.get("metric", "margin"),
+                              meta.get("mode", "max"), meta)
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.mode == "max" else -1.0
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({s for per in self.curves.values() for s in per})
+
+    def seed_values(self, cfg: tuple) -> np.ndarray:
+        """The configuration's value per seed: its best epoch (what checkpoint selection keeps), NaN-safe."""
+        return np.array([self.sign * np.nanmax(self.sign * c) if np.isfinite(c).any() else np.nan
+                         for c, _ in self.curves[cfg].values()])
+
+    def value(self, cfg: tuple) -> float:
+        """The configuration's quality: the mean over seeds of its best epoch's metric."""
+        if not hasattr(self, "_values"):  # computed once: a replay asks for it after every epoch
+            self._values = {}
+        if cfg not in self._values:
+            v = self.seed_values(cfg)
+            self._values[cfg] = float(np.mean(v)) if np.isfinite(v).all() else -self.sign * math.inf
+        return self._values[cfg]
+
+    def best(self) -> tuple[tuple, float, float]:
+        """(the best configuration, its value, its own seed noise: the spread of its per-seed values)."""
+        if not hasattr(self, "_best"):
+            cfg = max(self.curves, key=lambda c: self.sign * self.value(c))
+            v = self.seed_values(cfg)
+            self._best = cfg, self.value(cfg), float(np.nanmax(v) - np.nanmin(v))
+        return self._best
+
+    def regret(self, cfg: tuple) -> float:
+        return self.sign * (self.best()[1] - self.value(cfg)) if cfg in self.curves else math.inf
+
+
+def search_space(space_text: str, sections: dict, seed: int | None = None) -> Space:
+    """The recorded space (its YAML text) as a search over the table, checked as any space file is: every grid a
+    choice (a random search samples configurations instead of walking the grid), the given top-level sections
+    (``search``, ``scheduler``, ``num_samples``) in place of the recorded ones, ``search.seed`` = ``seed`` unless
+    given."""
+    import yaml
+
+    from tune_p7.space.file import load_space
+
+    raw = yaml.safe_load(space_text)
+    raw["params"] = {k: {"choice": v["grid"]} if isinstance(v, dict) and "grid" in v else v
+                     for k, v in raw["params"].items()}
+    raw.update({k: v for k, v in sections.items()})
+    search = dict(raw.get("search") or {})
+    if seed is not None:
+        search.setdefault("seed", seed)
+    raw["search"] = search
+    if search.get("algorithm") == "bohb":
+        raw.pop("scheduler", None)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "replay_space.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return load_space(path)
+
+
+class SimController:
+    """What Tune's schedulers and searchers call on the TuneController, over simulated workers."""
+
+    def __init__(self, search_alg, scheduler):
+        self.search_alg, self.scheduler = search_alg, scheduler
+        self.trials: list = []
+
+    def get_trials(self):
+        return self.trials
+
+    def get_live_trials(self):
+        return {t for t in self.trials if not t.is_finished()}
+
+    def stop_trial(self, trial) -> None:
+        """TuneController.stop_trial: a PENDING / PAUSED trial is removed, a RUNNING one completed."""
+        from ray.tune.experiment import Trial
+        from ray.tune.utils import flatten_dict
+
+        if trial.status in (Trial.ERROR, Trial.TERMINATED):
+            return
+        if trial.status in (Trial.PENDING, Trial.PAUSED):
+            self.scheduler.on_trial_remove(self, trial)
+            self.search_alg.on_trial_complete(trial.trial_id)
+        else:
+            last = flatten_dict(trial.last_result)
+            self.scheduler.on_trial_complete(self, trial, last)
+            self.search_alg.on_trial_complete(trial.trial_id, result=last)
+        trial.set_status(Trial.TERMINATED)
+
+
+def _trainable(config: dict) -> None:  # only its name is used: Tune's Experiment needs a trainable
+    raise RuntimeError("the replay trains nothing")
+
+
+def build(space: Space, num_samples: int, workers: int, storage: str, keys=None):
+    """(search_alg, scheduler) as tune.run wires them: a Searcher behind ConcurrencyLimiter(W) and SearchGenerator,
+    random search as BasicVariantGenerator(max_concurrent=W), search and scheduler properties set. ``keys``: keep
+    only these keys and ``epochs`` in the param space (the fixed ones change no decision; Tune deep-copies the
+    whole space for every trial, half a random replay's time)."""
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchGenerator, Searcher
+
+    from tune_p7.tuning.algorithms import make_scheduler, search_algorithm
+
+    param_space = {k: v for k, v in space.param_space().items() if keys is None or k in keys or k == "epochs"}
+    alg = search_algorithm(space)
+    if alg is None:
+        alg = BasicVariantGenerator(max_concurrent=workers)
+    elif isinstance(alg, Searcher):
+        alg = SearchGenerator(ConcurrencyLimiter(alg, max_concurrent=workers))
+    else:
+        alg.max_concurrent = workers
+    alg.set_search_properties(space.metric, space.mode, param_space)
+    scheduler = make_scheduler(space)
+    scheduler.set_search_properties(space.metric, space.mode)
+    alg.add_configurations([Experiment("replay", _trainable, config=param_space, num_samples=num_samples,
+                                       storage_path=storage)])
+    return alg, scheduler
+
+
+def trial_seed(n: int, seeds: list[int], replay_seed: int) -> int:
+    """The table seed the n-th trial (in creation order) reads: a fixed draw from (replay seed, n)."""
+    return seeds[zlib.crc32(f"{replay_seed}:{n}".encode()) % len(seeds)]
+
+
+@dataclass
+class Replay:
+    """One replayed search: each reported epoch in simulated order, and where each trial ended."""
+    events: list[dict]  # {time, epochs, trial_id, config, epoch, value}
+    ended: dict[str, tuple[tuple, int]]  # trial_id -> (config, last epoch)
+    wall: float
+    stuck: bool = False
+
+
+def replay(table: Table, space: Space, num_samples: int, workers: int = 4, seed: int = 0) -> Replay:
+    """Replay ``space``'s scheduler and searcher (a search_space over the table) against ``table``."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.utils import flatten_dict
+
+    random.seed(seed)  # hpbandster (BOHB) and HyperOpt draw from the global generators too: a replay is a
+    np.random.seed(seed)  # function of its seeds, whatever ran before it in the process
+    with tempfile.TemporaryDirectory() as storage:
+        alg, scheduler = build(space, num_samples, workers, storage, table.keys)
+        ctl = SimController(alg, scheduler)
+        clock, order = 0.0, itertools.count()
+        heap: list = []  # (finish time, tie-break, trial, epoch)
+        progress: dict[str, int] = {}  # trial_id -> epochs done
+        number: dict[str, int] = {}  # trial_id -> creation order
+        events, ended, stuck = [], {}, False
+        seeds = table.seeds
+
+        def curve(trial):
+            cfg = tuple(trial.config[k] for k in table.keys)
+            if cfg not in table.curves:
+                raise KeyError(f"configuration {dict(zip(table.keys, cfg))} is not in the table")
+            return cfg, table.curves[cfg][trial_seed(number[trial.trial_id], seeds, seed)]
+
+        def start(trial):
+            trial.set_status(Trial.RUNNING)
+            e = progress.setdefault(trial.trial_id, 0) + 1
+            heapq.heappush(heap, (clock + curve(trial)[1][1][e - 1], next(order), trial, e))
+
+        def fill():
+            while sum(t.status == Trial.RUNNING for t in ctl.trials) < workers:
+                trial = scheduler.choose_trial_to_run(ctl)
+                if trial is None:
+                    new = None if alg.is_finished() else alg.next_trial()
+                    if new is None:
+                        return
+                    number[new.trial_id] = len(ctl.trials)
+                    ctl.trials.append(new)
+                    scheduler.on_trial_add(ctl, new)
+                    continue
+                if trial.status == Trial.PAUSED:
+                    alg.searcher.on_unpause(trial.trial_id)
+                start(trial)
+
+        fill()
+        while heap:
+            clock, _, trial, epoch = heapq.heappop(heap)
+            cfg, (values, _) = curve(trial)
+            progress[trial.trial_id] = epoch
+            config = dict(trial.config)
+            result = {table.metric: float(values[epoch - 1]), "epoch": epoch, "training_iteration": epoch,
+                      "gate": None, "trial_id": trial.trial_id, "config": config, "done": False}
+            flat = flatten_dict(result)
+            decision = scheduler.on_trial_result(ctl, trial, flat)
+            if decision != TrialScheduler.STOP:
+                alg.on_trial_result(trial.trial_id, flat)
+            trial.update_last_result(result)
+            events.append({"time": clock, "epochs": len(events) + 1, "trial_id": trial.trial_id, "config": cfg,
+                           "epoch": epoch, "value": float(values[epoch - 1])})
+            last = epoch >= len(values) or epoch >= config.get("epochs", len(values))
+            if decision == TrialScheduler.CONTINUE and not last:
+                start(trial)
+            elif decision == TrialScheduler.PAUSE and not last:
+                trial.set_status(Trial.PAUSED)
+            else:  # STOP, or the trainable returned after its last epoch
+                ctl.stop_trial(trial)
+            fill()
+            if not heap and any(t.status in (Trial.PENDING, Trial.PAUSED) for t in ctl.trials):
+                stuck = True  # nothing runs and the scheduler starts nothing: a real search would hang here
+        for t in ctl.trials:
+            ended[t.trial_id] = (tuple(t.config[k] for k in table.keys), progress.get(t.trial_id, 0))
+        return Replay(events, ended, clock, stuck)
+
+
+def incumbent_regret(table: Table, rep: Replay) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(simulated time, trial-epochs, regret of the incumbent) after each reported epoch. The incumbent is the
+    configuration of the best value observed so far (what the search would hand back); its regret is the table's:
+    best value minus the incumbent's value (mean over seeds of its best epoch)."""
+    best, inc, out = -math.inf, None, []
+    for ev in rep.events:
+        v = table.sign * ev["value"]
+        if math.isfinite(v) and v > best:
+            best, inc = v, ev["config"]
+        out.append(table.regret(inc) if inc is not None else math.inf)
+    return (np.array([e["time"] for e in rep.events]), np.array([e["epochs"] for e in rep.events]),
+            np.array(out))
+
+
+def reach(table: Table, rep: Replay, tolerance: float | None = None) -> tuple[float, float]:
+    """(simulated seconds, trial-epochs) until the incumbent is within ``tolerance`` (default: the best
+    configuration's own seed noise) of the table's best; (inf, inf) if never."""
+    tol = table.best()[2] if tolerance is None else tolerance
+    times, epochs, regret = incumbent_regret(table, rep)
+    hit = np.flatnonzero(regret <= tol + 1e-12)
+    return (float(times[hit[0]]), float(epochs[hit[0]])) if len(hit) else (math.inf, math.inf)
+
+
+def describe(table: Table) -> dict[str, Any]:
+    cfg, value, noise = table.best()
+    return {"configurations": len(table.curves), "seeds": table.seeds, "best_config": dict(zip(table.keys, cfg)),
+            "best_value": value, "best_seed_noise": noise, "metric": table.metric, "mode": table.mode}
+
+
+def write_table_space(table: Table, folder) -> Path:
+    """The table's recorded space file, written into ``folder`` (the replay loads it as a Space)."""
+    path = Path(folder) / "space.yaml"
+    path.write_text(table.meta["space"])
+    return path
+
+
+def table_trainable(config: dict, curves: dict, keys: tuple, metric: str) -> None:
+    """A Ray Tune trainable that trains nothing: it reports its configuration's recorded curve, one epoch a
+    result, as tune_p7.tuning.trainable reports a trained one (``epoch``, the metric, ``gate`` None)."""
+    from ray import tune
+
+    for epoch, value in enumerate(curves[tuple(config[k] for k in keys)], 1):
+        tune.report({metric: float(value), "epoch": epoch, "gate": None})
+
+
+def tune_run(table: Table, space: Space, num_samples: int, storage: str) -> dict[str, tuple[tuple, int]]:
+    """The same search through the real Tune controller, one trial at a time (the trainable takes every CPU of
+    the Ray it joins), against a one-seed table: {trial_id: (configuration, last epoch)}. Ray must be running."""
+    import ray
+    from ray import tune
+
+    from tune_p7.tuning.algorithms import make_scheduler, search_algorithm
+
+    if len(table.seeds) != 1:
+        raise ValueError("tune_run replays a one-seed table (a real trial cannot know which seed the replay drew)")
+    curves = {cfg: per[table.seeds[0]][0] for cfg, per in table.curves.items()}
+    trainable = tune.with_resources(tune.with_parameters(table_trainable, curves=curves, keys=table.keys,
+                                                         metric=table.metric),
+                                    {"cpu": ray.cluster_resources().get("CPU", 1)})
+    alg = search_algorithm(space)
+    tuner = tune.Tuner(trainable, param_space=space.param_space(),
+                       tune_config=tune.TuneConfig(scheduler=make_scheduler(space), search_alg=alg,
+                                                   num_samples=num_samples, max_concurrent_trials=1),
+                       run_config=tune.RunConfig(name="tune_run", storage_path=storage, verbose=0))
+    grid = tuner.fit()
+    return {r.metrics["trial_id"]: (tuple(r.config[k] for k in table.keys), int(r.metrics["epoch"])) for r in grid}
