@@ -59,7 +59,7 @@ def test_killed_trial_worker_resumes_and_ends_where_an_uninterrupted_run_ends(tm
 
 
 def test_a_crash_mid_checkpoint_write_never_leaves_a_partial_state(tmp_path):
-    code = ("import sys, torch; from tune_p7 import checkpoint; "
+    code = ("import sys, torch; from tune_p7.tuning import checkpoint; "
             "checkpoint.save(sys.argv[1], {'w': torch.randn(60_000_000)}, {'epoch': 1})")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
     deadline = time.time() + 60

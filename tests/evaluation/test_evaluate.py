@@ -28,7 +28,8 @@ def experiment(tmp_path_factory, shared_ray):
     root = tmp_path_factory.mktemp("evaluate")
     store = make_store(root / "s.parquet", articles=120, chunks=16, dim=32, signal=2.0)
     r = run_cli(REPO / "tune_p7" / "search.py", "--space", REPO / "search_spaces" / "smoke.yaml", "--data", store,
-                "--storage", root, "--name", "e", "--epochs", 2, "--num-cpus", 2, "--confirm-top", 0, timeout=300, env=shared_ray)
+                "--storage", root, "--name", "e", "--epochs", 2, "--num-cpus", 2, "--confirm-top", 0,
+                "--reuse-actors", timeout=300, env=shared_ray)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp, out = root / "e", root / "exported"
     r = run_cli("-m", "tune_p7.evaluation.evaluate", exp, "--top", 2, "--split", "ood", "--export", out, timeout=300)
