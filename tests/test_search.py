@@ -94,7 +94,8 @@ params:
 
 def test_smoke_search_runs_gates_asha_ranks_pass_first_and_ends_with_the_table(tmp_path, strong_store):
     r = search("--data", strong_store, "--storage", tmp_path, "--name", "smoke", "--max-concurrent", 1,
-               "--confirm-top", 0)  # the README test below runs the default space's confirmation
+               "--confirm-top", 0,  # the README test below runs the default space's confirmation
+               "--reuse-actors")  # four trials one after another: one worker start, not four
     assert_clean_console(r)
     exp = tmp_path / "smoke"
     assert "dashboard: http://127.0.0.1:" in r.stdout
@@ -116,7 +117,7 @@ def test_smoke_search_runs_gates_asha_ranks_pass_first_and_ends_with_the_table(t
 
 def test_the_readme_first_command_ends_with_the_ranked_table_and_no_traceback(tmp_path, small_store, shared_ray,
                                                                                monkeypatch):
-    """The default space as the README runs it, on a local Ray of its own: trials side by side on reused actors
+    """The default space as the README runs it, on a local Ray of its own: trials side by side, a worker each
     under ASHA, then the confirmation stage; Ray's ended workers and late log lines must not reach the console."""
     for k in shared_ray:
         monkeypatch.delenv(k)
@@ -127,7 +128,8 @@ def test_the_readme_first_command_ends_with_the_ranked_table_and_no_traceback(tm
 
 def test_drift_gate_stops_trials_and_the_summary_says_when(tmp_path, strong_store):
     sp = space(tmp_path, SMALL + "  epochs: 3\n  margin: {grid: [0.07, 0.1]}\ngates: {drift: 0.99}\n")
-    r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "drift", "--verbose")
+    r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "drift", "--verbose",
+               "--reuse-actors")
     both = r.stdout + r.stderr  # --verbose brings back what assert_clean_console keeps off the console
     assert WORKER_LINE.search(both) and "Checkpoint successfully created" in both, both[-3000:]
     df = pd.read_parquet(tmp_path / "drift" / "summary.parquet")

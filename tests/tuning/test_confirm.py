@@ -34,7 +34,8 @@ def confirmed(exp):
 def test_strong_direction_confirms_each_of_the_top_k_with_n_new_seeds_and_robust_deploy(tmp_path, strong_store):
     sp = space(tmp_path, SMALL + "  epochs: 2\n  context_length: {grid: [3, 5]}\nscheduler: {name: fifo}\n"
                          "confirm: {top: 2, seeds: 3}\n")
-    r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "strong", timeout=900)
+    r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "strong", "--reuse-actors",
+               timeout=900)  # the search's trials reuse workers; the confirmation never does
     exp = tmp_path / "strong"
     rows, agg = confirmed(exp)
     ranked = pd.read_parquet(exp / "summary.parquet")
@@ -61,7 +62,7 @@ def test_strong_direction_confirms_each_of_the_top_k_with_n_new_seeds_and_robust
 def test_confirming_a_finished_search_survives_a_killed_driver_and_flat_data_never_passes(tmp_path, flat_store):
     epochs = 6
     sp = space(tmp_path, SMALL + f"  epochs: {epochs}\nscheduler: {{name: fifo}}\nconfirm: {{top: 0}}\n")
-    search("--space", sp, "--data", flat_store, "--storage", tmp_path, "--name", "flat", timeout=900)
+    search("--space", sp, "--data", flat_store, "--storage", tmp_path, "--name", "flat", "--reuse-actors", timeout=900)
     exp = tmp_path / "flat"
     assert not (exp / "confirm").exists()
     ranked = pd.read_parquet(exp / "summary.parquet")
