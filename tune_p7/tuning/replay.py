@@ -335,7 +335,8 @@ def tune_run(table: Table, space: Space, num_samples: int, storage: str) -> dict
     alg = search_algorithm(space)
     tuner = tune.Tuner(trainable, param_space=space.param_space(),
                        tune_config=tune.TuneConfig(scheduler=make_scheduler(space), search_alg=alg,
-                                                   num_samples=num_samples, max_concurrent_trials=1),
+                                                   num_samples=num_samples, max_concurrent_trials=1,
+                                                   reuse_actors=True),  # trials of milliseconds: one worker
                        run_config=tune.RunConfig(name="tune_run", storage_path=storage, verbose=0))
     grid = tuner.fit()
     return {r.metrics["trial_id"]: (tuple(r.config[k] for k in table.keys), int(r.metrics["epoch"])) for r in grid}
