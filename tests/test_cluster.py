@@ -314,19 +314,21 @@ def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, slower_store):
     proc, log = driver(cluster, "killed", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
                        "--data", slower_store, "--epochs", 8, "--scheduler", "fifo", "--no-probe",
                        space=cluster.lab.head.tmp("no_gates.yaml"))
+    read: dict[str, tuple[str, int] | None] = {}  # checkpoint key -> (trial folder, epoch) on the worker, or None
     try:
         def worker_checkpoints() -> dict[str, int]:
-            """{trial folder: newest epoch} of the checkpoints in S3 that trials wrote on the worker node."""
-            found: dict[str, int] = {}
+            """{trial folder: newest epoch} of the checkpoints in S3 that trials wrote on the worker node. Each
+            checkpoint's metrics are read once: a poll must stay quick for the kill to land mid-trial."""
             for key in s3.keys(exp + "/"):
-                if key.endswith("/metrics.json") and "/checkpoint_" in key:
+                if key.endswith("/metrics.json") and "/checkpoint_" in key and key not in read:
                     try:
                         m = json.loads(s3.read(key))
                     except Exception:  # deleted meanwhile (num_to_keep)
                         continue
-                    if m.get("node") == worker_id:
-                        trial = key.split("/")[2]
-                        found[trial] = max(found.get(trial, 0), m["epoch"])
+                    read[key] = (key.split("/")[2], m["epoch"]) if m.get("node") == worker_id else None
+            found: dict[str, int] = {}
+            for trial, epoch in filter(None, read.values()):
+                found[trial] = max(found.get(trial, 0), epoch)
             return found
 
         seen = wait_for(lambda: {t: e for t, e in worker_checkpoints().items() if e >= 2}, 300,
@@ -346,6 +348,7 @@ def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, slower_store):
     assert (df["stopped_epoch"] == 8).all()
     rows = s3_results(s3, exp)[trial]
     nodes, epochs = [r["node"] for r in rows], [r["epoch"] for r in rows]
+    assert head_id in nodes, f"the kill came too late to test anything: trial {trial} ended on the worker ({epochs})"
     assert nodes[0] == worker_id and nodes[-1] == head_id, nodes
     first_on_head = nodes.index(head_id)
     assert 1 < epochs[first_on_head] <= newest + 1, (epochs, nodes, newest)
