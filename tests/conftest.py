@@ -19,8 +19,7 @@ SMALL = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, lstm_layers=1, batch_s
              warmup_epochs=1, epochs=3, precision="fp32")
 
 
-# run on the cluster tests' worker: those mostly wait, so the two workers end at about the same time (measured:
-# the cluster tests took about 320 s of a 629 s suite, every other test about 630 s on the second worker)
+# run on the cluster tests' worker, which mostly waits, so that the two workers carry similar loads
 BESIDE_CLUSTER = {"test_pbt.py"}
 
 
