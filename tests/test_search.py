@@ -170,11 +170,11 @@ def test_a_nan_trial_errors_alone_with_its_reason(tmp_path, small_store):
 
 
 def test_killed_driver_resumes_from_checkpoints(tmp_path, strong_store):
-    epochs = 8  # long enough that the kill (right after epoch 3 of two trials) lands mid-search
+    epochs = 6  # long enough that the kill (right after epoch 3 of two trials) lands mid-search
     sp = space(tmp_path, SMALL + f"  epochs: {epochs}\n"
                + "  margin: {grid: [0.05, 0.07, 0.1]}\nscheduler: {name: fifo}\ngates: {margin: -2.0}\n")
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
-            "--name", "res"]
+            "--name", "res", "--reuse-actors"]  # the actors' names are tests/test_dashboard.py's
     exp = tmp_path / "res"
     kill_when(args, exp, "checkpoint_000002", settle=0.5)
     before = {k: [r["epoch"] for r in v] for k, v in results(exp).items()}
@@ -192,7 +192,8 @@ def test_killed_driver_resumes_from_checkpoints(tmp_path, strong_store):
             os.rename(named, named.with_name(f"checkpoint_{int(named.name.rsplit('_', 1)[1]) + 1:06d}"))
     assert not named.exists() and any(p.name > named.name for p in named.parent.glob("checkpoint_*"))
     # the same --space and --data as recorded are no change: accepted
-    r = search("--resume", "--name", "res", "--storage", tmp_path, "--space", sp, "--data", strong_store)
+    r = search("--resume", "--name", "res", "--storage", tmp_path, "--space", sp, "--data", strong_store,
+               "--reuse-actors")
     assert f"trial {unfinished[0].trial_id}: Tune's state named a deleted checkpoint" in r.stdout
     after = results(exp)
     df = pd.read_parquet(exp / "summary.parquet")

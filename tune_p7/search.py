@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     confirmed = None
     if confirming.top and not unfinished:
         confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
-                                opts.max_concurrent, opts.max_failures)
+                                opts.max_concurrent, opts.max_failures, opts.reuse_actors)
         unfinished = confirmed is not None and interrupted(confirmed["status"], root, name, "confirmation seeds")
         if confirmed is not None and not unfinished:
             summarize(exp)  # again, with the Confirmed section

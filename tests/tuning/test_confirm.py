@@ -35,7 +35,7 @@ def test_strong_direction_confirms_each_of_the_top_k_with_n_new_seeds_and_robust
     sp = space(tmp_path, SMALL + "  epochs: 2\n  context_length: {grid: [3, 5]}\nscheduler: {name: fifo}\n"
                          "confirm: {top: 2, seeds: 3}\n")
     r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "strong", "--reuse-actors",
-               timeout=900)  # the search's trials reuse workers; the confirmation never does
+               timeout=900)  # the search's and the confirmation's trials reuse workers
     exp = tmp_path / "strong"
     rows, agg = confirmed(exp)
     ranked = pd.read_parquet(exp / "summary.parquet")

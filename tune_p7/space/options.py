@@ -51,9 +51,9 @@ class SearchOptions:
                                         "[default: the space's confirm.top]")
     confirm_seeds: int | None = opt(None, "new seeds per confirmed configuration [default: the space's "
                                           "confirm.seeds]")
-    reuse_actors: bool = opt(False, "run trials one after another in the same worker (faster for many short trials "
-                                    "and for PBT's restarts; the dashboard's Actors page then names only each "
-                                    "actor's first trial)")
+    reuse_actors: bool = opt(False, "run trials one after another in the same worker, the confirmation's too (faster "
+                                    "for many short trials and for PBT's restarts; the dashboard's Actors page "
+                                    "then names only each actor's first trial)")
     verbose: bool = opt(False, "show Ray's and Tune's detail (worker logs, checkpoint and sync messages)")
 
     def __post_init__(self):

@@ -125,8 +125,10 @@ def run_config(source: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ the Tune run
-def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int, max_failures: int):
-    """A new Tune experiment at EXP/confirm (every configuration x every seed), or the interrupted one restored."""
+def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int, max_failures: int,
+          reuse_actors: bool = False):
+    """A new Tune experiment at EXP/confirm (every configuration x every seed), or the interrupted one restored.
+    Without ``reuse_actors`` each actor's Repr names its one trial (tune_p7.tuning.actors)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -147,7 +149,7 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
         param_space={"seed": tune.grid_search(record["seed_values"]),
                      RUN_KEY: tune.grid_search([run_config(c) for c in record["configs"]])},
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), max_concurrent_trials=max_concurrent or None,
-                                    reuse_actors=False),  # each actor's Repr names its one trial
+                                    reuse_actors=reuse_actors),
         run_config=tune.RunConfig(
             name=FOLDER, storage_path=exp,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=space.num_to_keep,
@@ -244,7 +246,7 @@ def _parquet(df: pd.DataFrame) -> bytes:
 
 
 def run(exp: str, conf: ConfirmSettings, data, space, cpus: float, max_concurrent: int = 0,
-        max_failures: int = 2) -> pd.DataFrame | None:
+        max_failures: int = 2, reuse_actors: bool = False) -> pd.DataFrame | None:
     """Run (or resume) the confirmation of the finished, summarized search in ``exp``; write confirm.parquet and
     confirm_articles.parquet (summarizing again then adds the Confirmed section, conclusions.markdown) and return
     the former's rows (a seed ``unfinished``: the run was interrupted). None when there was nothing to confirm."""
@@ -253,7 +255,7 @@ def run(exp: str, conf: ConfirmSettings, data, space, cpus: float, max_concurren
         return None
     print(f"tune_p7: confirming the top {len(record['configs'])} configuration(s) with seeds "
           f"{record['seed_values']} in {storage.join(exp, FOLDER)}", flush=True)
-    tuner(exp, record, data, space, cpus, max_concurrent, max_failures).fit()
+    tuner(exp, record, data, space, cpus, max_concurrent, max_failures, reuse_actors).fit()
     table, articles = collect(exp, record, data)
     storage.write_bytes(storage.join(exp, ARTICLES_FILE), _parquet(articles))
     storage.write_bytes(storage.join(exp, TABLE_FILE), _parquet(table))
