@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,15 +31,14 @@ import urllib.error
 import urllib.request
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import REPO
-from local_processes import (MARKER, MARKER_VAR, NODE_VAR, free_port, free_range, marked_pids, sigkill, spawn,
-                             stop, sweep, tail, wait_for)
+from local_processes import (MARKER, MARKER_VAR, NODE_VAR, free_port, free_range, marked_pids, sigkill, stop, sweep,
+                             tail)
 
 SEARCH = REPO / "tune_p7" / "search.py"
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
@@ -159,13 +157,6 @@ def shared_node(cpus: int = 2):
 
 
 # ---------------------------------------------------------------- the search as a driver, S3
-
-def local_driver(env: dict, workdir: Path, name: str, *args, space: Path = SMOKE):
-    """search.py on this machine itself (not on a test host)."""
-    log = workdir / f"driver-{name}.log"
-    cmd = [sys.executable, str(SEARCH), "--name", name, "--space", str(space), "--confirm-top", "0", *map(str, args)]
-    return spawn(cmd, env, log), log
-
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
     try:

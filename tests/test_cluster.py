@@ -14,11 +14,10 @@ import time
 import pytest
 import yaml
 
-from cluster_harness import (BUCKET, SMOKE, TOKEN, finish, http_get, local_driver, private_env, private_workdir,
-                             s3_results, summary, synth)
+from cluster_harness import BUCKET, SMOKE, TOKEN, finish, private_env, private_workdir, s3_results, summary, synth
 from host_cluster import (DRIVER_SECRET, cluster_on, driver, kill_worker_machine, lab, ray_log_text, refused,
                           s3_server, wait_dead)
-from local_processes import listeners_of, listening_hosts, process_tree, stop, tail, wait_for
+from local_processes import stop, tail, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -73,35 +72,6 @@ def isolated_only(hosts, what: str) -> None:
 
 
 # ---------------------------------------------------------------- tests (the worker-killing one runs last)
-
-def test_local_search_listens_on_loopback_only(workdir, base_env):
-    """A plain local search (no --address) listens on loopback only: every TCP server of its Ray (GCS, raylet,
-    dashboard, agents, trial workers) while trials run, the dashboard included, which wants the token."""
-    env = {**base_env, "RAY_TMPDIR": str(workdir / "local")}  # its own /tmp/ray, nobody else's session
-    (workdir / "local").mkdir()
-    data = synth(workdir / "local.parquet", 120)
-    proc, log = local_driver(env, workdir, "local", "--num-cpus", 2, "--data", data, "--storage",
-                             workdir / "results", "--epochs", 1, "--no-probe")
-    try:
-        line = wait_for(lambda: next((ln for ln in log.read_text().splitlines() if "dashboard:" in ln), None),
-                        180, "the dashboard line", procs=[(proc, log)])
-        url = line.split("dashboard:", 1)[1].split()[0]  # the URL, then the token hint
-        assert url.startswith("http://127.0.0.1:"), line
-        port = int(url.rsplit(":", 1)[1].strip("/"))
-        assert listening_hosts(port) == {"127.0.0.1"}, listening_hosts(port)
-        assert http_get(url + "/api/version", token=None)[0] == 401
-        assert http_get(url + "/api/version")[0] == 200
-        wait_for(lambda: list((workdir / "results" / "local").glob("*/result.json")), 180, "a trial's first result",
-                 procs=[(proc, log)])
-        servers = listeners_of(process_tree(proc.pid))
-        names = {name for _, _, name in servers}
-        assert {"gcs_server", "raylet"} <= names and len(servers) >= 8, servers
-        assert {host for host, _, _ in servers} == {"127.0.0.1"}, servers
-        finish(proc, log, 300)
-    finally:
-        stop(proc, grace=10)
-    assert len(list((workdir / "results" / "local").glob("*/result.json"))) == 4
-
 
 def test_search_uses_both_hosts_and_s3_and_keeps_the_drivers_secret_home(cluster, s3, slower_store):
     """Trials on both hosts, results and summary in S3, the dashboard (token only) listing both nodes; each node

@@ -1,8 +1,8 @@
 """Watching a local search in the Ray dashboard and in Prometheus, as a user would: the README's first command
 (`python tune_p7/search.py`, no --address: a local Ray of its own, on loopback) run once in the background, with
-its own temp folder and token; while it runs, the dashboard's API (the token as Bearer) and a real Prometheus
+its own temp folder and token; while it runs, the dashboard's API (the token as Bearer), a real Prometheus
 (Debian's `prometheus`, on 127.0.0.1, scraping the search's Ray node through the service-discovery file Ray writes
-into its session folder) are read, then the tests check what was seen."""
+into its session folder) and the TCP servers of its processes are read, then the tests check what was seen."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ import pytest
 
 from cluster_harness import TOKEN, http_get, private_env, private_workdir
 from conftest import REPO
-from local_processes import free_port, spawn, stop, tail
+from local_processes import free_port, listeners_of, listening_hosts, process_tree, spawn, stop, tail
 
 SEARCH = REPO / "tune_p7" / "search.py"
 PROGRESS = re.compile(r"^trial (\w+_\d{5}) arch=\w+ margin=[\d.]+  epoch (\d)/4  margin [+-]\d\.\d{4}  "
@@ -58,7 +58,8 @@ def promql(url: str, query: str) -> list[dict]:
 def watched(strong_store):
     """Run the search; until it ends, read the dashboard's jobs, the job's log, the trial actors and Prometheus.
     Returns what was seen."""
-    seen = {"jobs": [], "log": "", "actors": {}, "alive_unnamed": [], "prometheus": [], "prom_error": None}
+    seen = {"jobs": [], "log": "", "actors": {}, "alive_unnamed": [], "prometheus": [], "prom_error": None,
+            "servers": []}
     with private_workdir() as work:
         env = {**private_env(), "RAY_TMPDIR": str(work), "RAY_metrics_report_interval_ms": "500"}
         name = "watched"
@@ -72,8 +73,12 @@ def watched(strong_store):
             while proc.poll() is None and time.monotonic() - started < 400:
                 time.sleep(0.5)
                 if url is None:
-                    m = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)", (work / "search.log").read_text())
+                    m = re.search(r"dashboard: (http://[\d.]+:\d+)", (work / "search.log").read_text())
                     url = m and m.group(1)
+                    if url:  # the dashboard's own socket, and whether it wants the token
+                        port = int(url.rsplit(":", 1)[1])
+                        seen["dashboard"] = (url, listening_hosts(port), http_get(url + "/api/version", None)[0],
+                                             http_get(url + "/api/version", TOKEN)[0])
                     continue
                 sd = next(work.glob("ray/session_*/prom_metrics_service_discovery.json"), None)
                 if prom is None and sd is not None:
@@ -85,6 +90,8 @@ def watched(strong_store):
                 job = next((j for j in seen["jobs"] if (j.get("metadata") or {}).get("job_name") == name), None)
                 if job and job.get("submission_id"):
                     seen["log"] = (api(url, f"/api/jobs/{job['submission_id']}/logs") or {}).get("logs") or seen["log"]
+                if not seen["servers"] and list((work / "results" / name).glob("*/result.json")):
+                    seen["servers"] = listeners_of(process_tree(proc.pid))  # while trials run
                 actors = api(url, "/api/v0/actors?detail=true&limit=1000")
                 for a in actors["data"]["result"]["result"] if actors else []:
                     if a["class_name"] == "ImplicitFunc" and a["state"] == "ALIVE":
@@ -133,3 +140,15 @@ def test_prometheus_reads_a_running_trials_margin_back(watched):
     trial, value = series["metric"]["trial_id"], float(series["value"][1])
     margins = [r["margin"] for r in watched["results"][trial]]
     assert any(abs(value - m) < 1e-6 for m in margins), (value, margins)
+
+
+def test_the_local_search_listens_on_loopback_only(watched):
+    """Every TCP server of a plain local search's Ray (GCS, raylet, dashboard, agents, trial workers) listens on
+    127.0.0.1 while trials run, and the dashboard wants the token."""
+    assert "dashboard" in watched, watched["output"][-3000:]
+    url, hosts, without_token, with_token = watched["dashboard"]
+    assert url.startswith("http://127.0.0.1:") and hosts == {"127.0.0.1"}, (url, hosts)
+    assert (without_token, with_token) == (401, 200)
+    servers = watched["servers"]
+    assert {"gcs_server", "raylet"} <= {name for _, _, name in servers} and len(servers) >= 8, servers
+    assert {host for host, _, _ in servers} == {"127.0.0.1"}, servers

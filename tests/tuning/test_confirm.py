@@ -42,6 +42,8 @@ def test_strong_direction_confirms_each_of_the_top_k_with_n_new_seeds_and_robust
     assert sorted(rows["source_trial"].unique()) == sorted(ranked["trial_id"][:2])  # the top 2 of the ranking
     assert rows.groupby("source_trial")["seed"].apply(sorted).tolist() == [[1, 2, 3]] * 2  # search used seed 0
     assert (rows["status"] == "completed").all() and (rows["epoch"] == 2).all()
+    pids = {json.loads(f.read_text().splitlines()[0])["pid"] for f in exp.glob("confirm/*/result.json")}
+    assert len(pids) < len(rows) == 6  # --reuse-actors: the six seeds ran in fewer worker processes
     assert {"margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10", "direct_r_at_5", "direct_mrr_at_10",
             "gate", "config/context_length"} <= set(rows.columns)
     # every seed scored on the held-out split; ridge fitted and scored at each configuration's own context length
