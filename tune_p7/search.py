@@ -286,7 +286,7 @@ def main(argv=None) -> int:
                                 opts.max_concurrent, opts.max_failures, opts.reuse_actors)
         unfinished = confirmed is not None and interrupted(confirmed["status"], root, name, "confirmation seeds")
         if confirmed is not None and not unfinished:
-            summarize(exp)  # again, with the Confirmed section
+            summarize(exp, draw=False)  # again, with the Confirmed section
     ray.shutdown()  # its workers' last lines and exits come now, not after the table
     if unfinished:
         print(table)

@@ -14,6 +14,8 @@ from conftest import REPO, make_store, run_cli
 from evaluation.test_evaluate import s3  # noqa: F401  (moto's S3 server fixture)
 from test_report_html import Tags
 from tune_p7.evaluation.selection import choose_candidates
+from tune_p7.report import importance
+from tune_p7.report import summary as summary_module
 from tune_p7.report.summary import summarize, table
 
 SPACE = """
@@ -128,6 +130,24 @@ def test_probe_warnings_oracle_precision_and_retrieval_without_own_context_are_s
     panels = {p["title"]: p["labels"] for p in png_layout(exp / "curves.png")["panels"]}
     assert any("oracle -0.66" in label for label in panels["val cos_anchor"])
     assert any("oracle 0.70" in label for label in panels["val margin"])
+
+
+def test_summarizing_again_without_drawing_writes_the_same_summary_and_draws_nothing(search40, tmp_path,
+                                                                                     monkeypatch):
+    exp = tmp_path / "e"
+    shutil.copytree(search40[0], exp)
+    summarize(str(exp))
+    written = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+    assert {"curves.png", "importance.png", "parallel_coordinates.png"} <= set(written)
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("summarize(draw=False) drew or fitted again")
+
+    for module, name in ((summary_module, "plots"), (importance, "importances"), (importance, "bar_plot"),
+                         (importance, "parallel_plot")):
+        monkeypatch.setattr(module, name, drawn)
+    summarize(str(exp), draw=False)
+    assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == written
 
 
 def test_trials_a_gate_stopped_while_they_passed_the_deployment_check_are_counted_and_marked(search40, tmp_path):

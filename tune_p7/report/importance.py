@@ -287,20 +287,29 @@ def parallel_plot(df: pd.DataFrame, keys: list[str], kinds: dict[str, str]) -> b
     return _png(fig)
 
 
-def section(exp: str, df: pd.DataFrame, record: dict | None = None,
-            evaluator: str = EVALUATORS[0]) -> tuple[list[str], dict[str, bytes]]:
+PLOT_FILES = ("importance.png", "parallel_coordinates.png")
+
+
+def section(exp: str, df: pd.DataFrame, record: dict | None = None, evaluator: str = EVALUATORS[0],
+            draw: bool = True) -> tuple[list[str], dict[str, bytes]]:
     """Write importance.json into experiment ``exp``; return the summary.md section's lines and its PNGs (name ->
-    bytes: the summary writes them beside summary.md and embeds them in summary.html)."""
+    bytes: the summary writes them beside summary.md and embeds them in summary.html). ``draw=False`` takes the
+    report and PNGs written before for the same trials instead of fitting and drawing them again."""
+    path = storage.join(exp, "importance.json")
+    if not draw and storage.exists(path):
+        paths = {n: storage.join(exp, n) for n in PLOT_FILES}
+        files = {n: storage.read_bytes(p) for n, p in paths.items() if storage.exists(p)}
+        return markdown(json.loads(storage.read_bytes(path))) + [f"![{n}]({n})" for n in files] + [""], files
     report = importances(df, record, evaluator)
-    storage.write_bytes(storage.join(exp, "importance.json"), json.dumps(report, indent=2).encode())
+    storage.write_bytes(path, json.dumps(report, indent=2).encode())
     md = markdown(report)
     files = {}
     if report["importance"]:
-        files["importance.png"] = bar_plot(report)
+        files[PLOT_FILES[0]] = bar_plot(report)
     finished = df[df["status"].isin(FINISHED)] if "status" in df else df
     plotted = finished[pd.to_numeric(finished.get("margin"), errors="coerce").map(math.isfinite)] \
         if "margin" in finished else finished.iloc[:0]
     keys = varied_keys(plotted)
     if keys and len(plotted) >= 2:
-        files["parallel_coordinates.png"] = parallel_plot(plotted, keys, report["distributions"])
+        files[PLOT_FILES[1]] = parallel_plot(plotted, keys, report["distributions"])
     return md + [f"![{n}]({n})" for n in files] + [""], files

@@ -251,14 +251,17 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+PLOT_FILES = ("curves.png", "margin_vs_params.png", "r_at_5_vs_params.png")
+
+
 def plots(ranked: pd.DataFrame, results: dict[str, list[dict]], refs: References, varied: list[str],
           samplers: dict[str, str]) -> dict[str, bytes]:
-    """Every PNG of the summary, by file name."""
+    """Every PNG of the summary, by file name (PLOT_FILES, those the trials give)."""
     if ranked.empty:
         return {}
-    out = {"curves.png": curves(ranked, results, refs)}
+    out = {PLOT_FILES[0]: curves(ranked, results, refs)}
     if varied:
-        out["margin_vs_params.png"] = outcome_grid(ranked, varied, samplers, "margin", "final val margin", refs)
+        out[PLOT_FILES[1]] = outcome_grid(ranked, varied, samplers, "margin", "final val margin", refs)
         if "r_at_5" in ranked:
-            out["r_at_5_vs_params.png"] = outcome_grid(ranked, varied, samplers, "r_at_5", "final val R@5", refs)
+            out[PLOT_FILES[2]] = outcome_grid(ranked, varied, samplers, "r_at_5", "final val R@5", refs)
     return out

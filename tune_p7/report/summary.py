@@ -20,7 +20,7 @@ from tune_p7.core.ranking import RANKING, SEARCH_FILE, fmt, ranked_index, varied
 from tune_p7.core.verdicts import deploy_ok, verdict
 from tune_p7.errors import InputError, one_line
 from tune_p7.report import conclusions, importance
-from tune_p7.report.plots import References, hp_label, plots
+from tune_p7.report.plots import PLOT_FILES, References, hp_label, plots
 from tune_p7.report.report_html import to_html
 from tune_p7.space.file import trial_config
 from tune_p7.tuning import confirm
@@ -237,9 +237,10 @@ def _json(exp: str, name: str) -> dict:
     return json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
 
 
-def summarize(exp: str) -> str:
+def summarize(exp: str, draw: bool = True) -> str:
     """Build and write summary.md, summary.html, summary.parquet and the plots of experiment ``exp`` (path or
-    URI); returns the ranked table (its first rows) as text."""
+    URI); returns the ranked table (its first rows) as text. ``draw=False`` takes the plots this search's summary
+    wrote before (summarizing again after the confirmation stage, which adds a section, not a curve)."""
     exp = storage.normalize(exp)
     if not storage.exists(exp):
         raise InputError(exp, "no such experiment")
@@ -247,8 +248,12 @@ def summarize(exp: str) -> str:
     df, curves = collect(exp)
     df = rank(df)
     sampler = samplers(df, search)
-    files = plots(df, curves, references(probe, df, search.get("gates", {})), varied(df), sampler)
-    matters, matters_files = importance.section(exp, df, search)
+    if draw:
+        files = plots(df, curves, references(probe, df, search.get("gates", {})), varied(df), sampler)
+    else:
+        paths = {n: storage.join(exp, n) for n in PLOT_FILES}
+        files = {n: storage.read_bytes(p) for n, p in paths.items() if storage.exists(p)}
+    matters, matters_files = importance.section(exp, df, search, draw=draw)
     confirmed = [conclusions.markdown(exp), ""] if storage.exists(storage.join(exp, confirm.TABLE_FILE)) else []
     md = markdown(exp, df, search, probe, sampler, list(files), confirmed + schedules(df, curves) + matters)
     files.update(matters_files)
