@@ -1,6 +1,7 @@
-"""Watching a local search in the Ray dashboard and in Prometheus, as a user would: the README's first command
-(`python tune_p7/search.py`, no --address: a local Ray of its own, on loopback) run once in the background, with
-its own temp folder and token; while it runs, the dashboard's API (the token as Bearer), a real Prometheus
+"""The README's first command, watched in the Ray dashboard and in Prometheus as a user would watch it:
+`python tune_p7/search.py` (no --address: a local Ray of its own, on loopback; the default space, then its
+confirmation stage) run once in the background on a synthetic store, with its own temp folder and token; while it
+runs, the dashboard's API (the token as Bearer), a real Prometheus
 (Debian's `prometheus`, on 127.0.0.1, scraping the search's Ray node through the service-discovery file Ray writes
 into its session folder) and the TCP servers of its processes are read, then the tests check what was seen."""
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from cluster_harness import TOKEN, http_get, private_env, private_workdir
 from conftest import REPO
 from local_processes import free_port, listeners_of, listening_hosts, process_tree, spawn, stop, tail
+from test_search import assert_clean_console
 
 SEARCH = REPO / "tune_p7" / "search.py"
 PROGRESS = re.compile(r"^trial (\w+_\d{5}) arch=\w+ margin=[\d.]+  epoch (\d)/4  margin [+-]\d\.\d{4}  "
@@ -63,9 +65,11 @@ def watched(strong_store):
     with private_workdir() as work:
         env = {**private_env(), "RAY_TMPDIR": str(work), "RAY_metrics_report_interval_ms": "500"}
         name = "watched"
-        proc = spawn([sys.executable, str(SEARCH), "--num-cpus", "2", "--data", str(strong_store), "--storage",
-                      str(work / "results"), "--name", name, "--confirm-top", "0", "--no-probe"],
-                     env, work / "search.log")
+        log, err = work / "search.log", work / "search.err"
+        with open(log, "wb") as out, open(err, "wb") as errors:  # stdout and stderr apart, as in a terminal
+            proc = subprocess.Popen([sys.executable, str(SEARCH), "--num-cpus", "2", "--data", str(strong_store),
+                                     "--storage", str(work / "results"), "--name", name], env=env, stdout=out,
+                                    stderr=errors, stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
         prom = None
         try:
             started = time.monotonic()
@@ -73,7 +77,7 @@ def watched(strong_store):
             while proc.poll() is None and time.monotonic() - started < 400:
                 time.sleep(0.5)
                 if url is None:
-                    m = re.search(r"dashboard: (http://[\d.]+:\d+)", (work / "search.log").read_text())
+                    m = re.search(r"dashboard: (http://[\d.]+:\d+)", log.read_text())
                     url = m and m.group(1)
                     if url:  # the dashboard's own socket, and whether it wants the token
                         port = int(url.rsplit(":", 1)[1])
@@ -101,10 +105,12 @@ def watched(strong_store):
                     if found:
                         seen["prometheus"].append(found)
             proc.wait(120)
-            seen["output"] = (work / "search.log").read_text()
+            seen["run"] = subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(), err.read_text())
+            seen["output"] = seen["run"].stdout
             seen["code"] = proc.returncode
-            seen["results"] = {}
-            for f in (work / "results" / name).glob("*/result.json"):
+            seen["results"] = {}  # the search's trials and its confirmation's
+            for f in [*(work / "results" / name).glob("*/result.json"),
+                      *(work / "results" / name).glob("confirm/*/result.json")]:
                 rows = [json.loads(x) for x in f.read_text().splitlines()]
                 seen["results"][rows[0]["trial_id"]] = rows
         finally:
@@ -113,6 +119,14 @@ def watched(strong_store):
                 stop(prom[0], grace=5)
                 seen["prometheus_log"] = tail(work / "prometheus.log", 2000)
     return seen
+
+
+def test_the_readme_first_command_confirms_and_ends_with_the_ranked_table_and_no_traceback(watched):
+    """On a local Ray of its own: trials side by side, a worker each under ASHA, then the confirmation stage; Ray's
+    ended workers and late log lines must not reach the console."""
+    assert watched["code"] == 0, watched["output"][-3000:] + watched["run"].stderr[-3000:]
+    assert "## Confirmed" in watched["output"]
+    assert_clean_console(watched["run"])
 
 
 def test_the_local_search_is_a_job_named_as_the_experiment_with_a_plain_log_and_named_trial_actors(watched):

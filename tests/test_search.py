@@ -115,17 +115,6 @@ def test_smoke_search_runs_gates_asha_ranks_pass_first_and_ends_with_the_table(t
     assert "| 1 |" in r.stdout  # the ranked table is printed
 
 
-def test_the_readme_first_command_ends_with_the_ranked_table_and_no_traceback(tmp_path, small_store, shared_ray,
-                                                                               monkeypatch):
-    """The default space as the README runs it, on a local Ray of its own: trials side by side, a worker each
-    under ASHA, then the confirmation stage; Ray's ended workers and late log lines must not reach the console."""
-    for k in shared_ray:
-        monkeypatch.delenv(k)
-    r = search("--data", small_store, "--storage", tmp_path, "--name", "readme")
-    assert "## Confirmed" in r.stdout
-    assert_clean_console(r)
-
-
 def test_drift_gate_stops_trials_and_the_summary_says_when(tmp_path, strong_store):
     sp = space(tmp_path, SMALL + "  epochs: 3\n  margin: {grid: [0.07, 0.1]}\ngates: {drift: 0.99}\n")
     r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "drift", "--verbose",
