@@ -20,13 +20,13 @@ SMALL = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, lstm_layers=1, batch_s
 
 
 # run on the cluster tests' worker, which mostly waits, so that the two workers carry similar loads
-BESIDE_CLUSTER = {"test_pbt.py", "test_confirm.py"}
+BESIDE_CLUSTER = {"test_pbt.py", "test_searchers.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Two groups, one per xdist worker (pyproject's ``-n 2 --dist loadgroup``): the multi-host cluster tests,
-    which mostly wait (health checks, restarts, link cuts), with the PBT and confirmation tests beside them; the
+    which mostly wait (health checks, restarts, link cuts), with the PBT and searcher tests beside them; the
     rest on the other worker. Both then carry similar loads and both cores stay busy. Within a group the tests run
     in their usual order, one at a time, as without xdist."""
     for item in items:
