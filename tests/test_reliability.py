@@ -13,7 +13,6 @@ import torch
 
 from conftest import REPO, run_cli
 from test_search import SEARCH, SMALL, results, space
-from tune_p7.report.summary import summarize
 from tune_p7.tuning import checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
@@ -102,17 +101,3 @@ def test_checkpoints_load_without_executing_code(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "state.pt")
     with pytest.raises(Exception, match="[Ww]eights only"):
         checkpoint.load(tmp_path)
-
-
-def test_summary_survives_a_torn_result_line(tmp_path, small_store):
-    sp = space(tmp_path, SMALL + "  epochs: 2\n  margin: {grid: [0.07, 0.1]}\nscheduler: {name: fifo}\n")
-    r = run_cli(SEARCH, "--num-cpus", 2, "--space", sp, "--data", small_store, "--storage", tmp_path, "--name", "t",
-                "--no-probe")
-    assert r.returncode == 0, r.stderr[-2000:]
-    exp = tmp_path / "t"
-    victim = next(exp.glob("*/result.json"))
-    with open(victim, "a") as f:
-        f.write('{"epoch": 3, "margin": 0.')  # a write cut off by a crash
-    summarize(str(exp))
-    df = pd.read_parquet(exp / "summary.parquet")
-    assert len(df) == 2 and (df["stopped_epoch"] == 2).all()

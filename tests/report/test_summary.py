@@ -132,6 +132,18 @@ def test_probe_warnings_oracle_precision_and_retrieval_without_own_context_are_s
     assert any("oracle 0.70" in label for label in panels["val margin"])
 
 
+def test_summary_survives_a_torn_result_line(search40, tmp_path):
+    exp = tmp_path / "e"
+    shutil.copytree(search40[0], exp)
+    before = pd.read_parquet(exp / "summary.parquet").set_index("trial_id")["stopped_epoch"]
+    victim = next(exp.glob("*/result.json"))
+    with open(victim, "a") as f:
+        f.write('{"epoch": 3, "margin": 0.')  # a write cut off by a crash
+    summarize(str(exp))
+    after = pd.read_parquet(exp / "summary.parquet").set_index("trial_id")["stopped_epoch"]
+    assert len(after) == 40 and after.sort_index().equals(before.sort_index())  # the torn line is skipped
+
+
 def test_summarizing_again_without_drawing_writes_the_same_summary_and_draws_nothing(search40, tmp_path,
                                                                                      monkeypatch):
     exp = tmp_path / "e"

@@ -113,7 +113,7 @@ def test_ctrl_c_during_the_search_stops_before_any_confirmation_and_resume_confi
     import os
     import signal
 
-    sp = space(tmp_path, SMALL + "  epochs: 6\n  margin: {grid: [0.07, 0.1]}\nscheduler: {name: fifo}\n"
+    sp = space(tmp_path, SMALL + "  epochs: 4\n  margin: {grid: [0.07, 0.1]}\nscheduler: {name: fifo}\n"
                          "gates: {margin: -2.0}\nconfirm: {top: 1, seeds: 1}\n")
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
             "--name", "int"]
@@ -131,4 +131,4 @@ def test_ctrl_c_during_the_search_stops_before_any_confirmation_and_resume_confi
     r = search("--resume", "--name", "int", "--storage", tmp_path, timeout=900)
     assert_clean_console(r)
     rows, agg = confirmed(exp)
-    assert len(rows) == 1 and (rows["status"] == "completed").all() and (rows["epoch"] == 6).all()
+    assert len(rows) == 1 and (rows["status"] == "completed").all() and (rows["epoch"] == 4).all()
