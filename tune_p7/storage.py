@@ -59,6 +59,12 @@ def read_bytes(uri_or_path: str) -> bytes:
         return f.read()
 
 
+def read_present(folder: str, names) -> dict[str, bytes]:
+    """The files among ``names`` that exist in ``folder`` (path or URI), by name."""
+    paths = {n: join(folder, n) for n in names}
+    return {n: read_bytes(p) for n, p in paths.items() if exists(p)}
+
+
 def read_parquet(uri_or_path: str):
     """A (small) Parquet file as a DataFrame, read from an Arrow buffer on the calling thread: a Python file object
     (``pd.read_parquet(io.BytesIO(...))``) leaves Arrow threads that need the GIL, and a process that has imported

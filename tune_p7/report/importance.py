@@ -292,13 +292,12 @@ PLOT_FILES = ("importance.png", "parallel_coordinates.png")
 
 def section(exp: str, df: pd.DataFrame, record: dict | None = None, evaluator: str = EVALUATORS[0],
             draw: bool = True) -> tuple[list[str], dict[str, bytes]]:
-    """Write importance.json into experiment ``exp``; return the summary.md section's lines and its PNGs (name ->
-    bytes: the summary writes them beside summary.md and embeds them in summary.html). ``draw=False`` takes the
-    report and PNGs written before for the same trials instead of fitting and drawing them again."""
+    """Write importance.json and its PNGs into experiment ``exp``; return the summary.md section's lines and the
+    PNGs (name -> bytes, for summary.html to embed). ``draw=False`` takes the report and PNGs written before for
+    the same trials instead of fitting and drawing them again."""
     path = storage.join(exp, "importance.json")
     if not draw and storage.exists(path):
-        paths = {n: storage.join(exp, n) for n in PLOT_FILES}
-        files = {n: storage.read_bytes(p) for n, p in paths.items() if storage.exists(p)}
+        files = storage.read_present(exp, PLOT_FILES)
         return markdown(json.loads(storage.read_bytes(path))) + [f"![{n}]({n})" for n in files] + [""], files
     report = importances(df, record, evaluator)
     storage.write_bytes(path, json.dumps(report, indent=2).encode())
@@ -312,4 +311,6 @@ def section(exp: str, df: pd.DataFrame, record: dict | None = None, evaluator: s
     keys = varied_keys(plotted)
     if keys and len(plotted) >= 2:
         files[PLOT_FILES[1]] = parallel_plot(plotted, keys, report["distributions"])
+    for n, data in files.items():
+        storage.write_bytes(storage.join(exp, n), data)
     return md + [f"![{n}]({n})" for n in files] + [""], files

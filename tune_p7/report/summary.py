@@ -250,9 +250,10 @@ def summarize(exp: str, draw: bool = True) -> str:
     sampler = samplers(df, search)
     if draw:
         files = plots(df, curves, references(probe, df, search.get("gates", {})), varied(df), sampler)
+        for n, data in files.items():
+            storage.write_bytes(storage.join(exp, n), data)
     else:
-        paths = {n: storage.join(exp, n) for n in PLOT_FILES}
-        files = {n: storage.read_bytes(p) for n, p in paths.items() if storage.exists(p)}
+        files = storage.read_present(exp, PLOT_FILES)
     matters, matters_files = importance.section(exp, df, search, draw=draw)
     confirmed = [conclusions.markdown(exp), ""] if storage.exists(storage.join(exp, confirm.TABLE_FILE)) else []
     md = markdown(exp, df, search, probe, sampler, list(files), confirmed + schedules(df, curves) + matters)
@@ -260,8 +261,6 @@ def summarize(exp: str, draw: bool = True) -> str:
     buf = io.BytesIO()
     df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(buf, index=False)
     storage.write_bytes(storage.join(exp, "summary.parquet"), buf.getvalue())
-    for n, data in files.items():
-        storage.write_bytes(storage.join(exp, n), data)
     storage.write_bytes(storage.join(exp, "summary.md"), md.encode())
     storage.write_bytes(storage.join(exp, "summary.html"),
                         to_html(md, files, f"tune_p7 summary: {exp.rsplit('/', 1)[-1]}").encode())
