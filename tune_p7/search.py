@@ -167,6 +167,7 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     from ray import tune
 
     from tune_p7.tuning import actors, checkpoint, progress
+    from tune_p7.tuning.ending import WatchSignals
     from tune_p7.tuning.resultlog import KeepLocalResults
     from tune_p7.tuning.trainable import train_trial
 
@@ -196,19 +197,32 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if s.name in ("pbt", "pb2") else space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
-            failure_config=tune.FailureConfig(max_failures=opts.max_failures), callbacks=[KeepLocalResults(), *shown],
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            callbacks=[KeepLocalResults(), WatchSignals(), *shown],
             verbose=verbose),
     )
 
 
 def interrupted(status, root: str, name: str, what: str = "trials") -> str:
-    """The line for a run that ended with unfinished ``what`` (an interrupted Tune run), or "" when all ended."""
+    """The line for a Tune run a signal ended, with how many of its ``what`` are unfinished."""
     n = int((status == "unfinished").sum())
-    if not n:
-        return ""
     where = "" if storage.normalize(root) == storage.normalize(SearchOptions.storage) else f" --storage {root}"
     return (f"interrupted: {n} of {len(status)} {what} unfinished; go on with: python tune_p7/search.py --resume "
             f"--name {name}{where}")
+
+
+def ended(record: dict, stage: str) -> bool:
+    """Whether ``stage`` ("search", "confirm") of the experiment ended by itself (not by a signal)."""
+    return stage in record.get("ended", {})
+
+
+def record_end(exp: str, stage: str) -> None:
+    """Note in the search record that ``stage`` ended by itself: a resume skips it, and the summary knows that a
+    trial stored as PAUSED was ended by its scheduler, not cut short (tune_p7.tuning.ending)."""
+    path = storage.join(exp, SEARCH_FILE)
+    record = json.loads(storage.read_bytes(path))
+    record.setdefault("ended", {})[stage] = time.strftime("%Y-%m-%d %H:%M:%S")
+    storage.write_bytes(path, json.dumps(record, indent=2).encode())
 
 
 def main(argv=None) -> int:
@@ -229,6 +243,11 @@ def main(argv=None) -> int:
         stored = json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE)))
         stored = kept_inputs.surviving(stored, exp)  # a job's uploaded copies are gone after a head restart
         refuse_resume_changes(opts, stored)
+        if ended(stored, "search") and (ended(stored, "confirm") or not confirm.settings(
+                exp, load_space(stored["space"]).confirm, opts.confirm_top, opts.confirm_seeds, True).top):
+            print(f"tune_p7: experiment {name} is finished, nothing to resume (summary: "
+                  f"{storage.join(exp, 'summary.md')})")
+            return 0
     space_path = opts.space or (stored["space"] if stored else str(DEFAULT_SPACE))
     space = load_space(space_path).override(epochs=opts.epochs, seed=opts.seed, scheduler=opts.scheduler)
     if not opts.resume:
@@ -249,6 +268,8 @@ def main(argv=None) -> int:
     if launch and dashboard:
         return job.launch(name, dashboard, sys.argv[1:] if argv is None else list(argv))
     import ray
+
+    from tune_p7.tuning import ending
 
     alive = [n for n in ray.nodes() if n["Alive"]]
     if len(alive) > 1 and not (storage.is_shared(root) or opts.storage_is_shared):
@@ -272,21 +293,26 @@ def main(argv=None) -> int:
           f"  data:      {data_path} (train {len(data.train.chunks)} chunks, val {len(data.val.chunks)}, dim {data.dim})\n"
           f"  space:     {space_path}", flush=True)
     confirm.save(exp, confirming)
-    tuner = build_tuner(space, data, opts, root, name)
-    tuner.fit()
+    if not (stored and ended(stored, "search")):  # a resume after the search ended goes on with the confirmation
+        build_tuner(space, data, opts, root, name).fit()
+        # Ctrl-C ends Tune's run with its state saved and fit() returns: the search is then unfinished, and
+        # neither a confirmation plan nor a conclusion may rest on it
+        if not ending.signalled():
+            record_end(exp, "search")
     from tune_p7.report.summary import summarize
 
     table = summarize(exp)
-    # Ctrl-C ends Tune's run with its state saved and fit() returns: the search is then unfinished, and neither
-    # a confirmation plan nor a conclusion may rest on it
-    unfinished = interrupted(storage.read_parquet(storage.join(exp, "summary.parquet"))["status"], root, name)
+    unfinished = ending.signalled() and interrupted(
+        storage.read_parquet(storage.join(exp, "summary.parquet"))["status"], root, name)
     confirmed = None
     if confirming.top and not unfinished:
         confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
                                 opts.max_concurrent, opts.max_failures, opts.reuse_actors)
-        unfinished = confirmed is not None and interrupted(confirmed["status"], root, name, "confirmation seeds")
+        unfinished = confirmed is not None and ending.signalled() and interrupted(confirmed["status"], root, name, "confirmation seeds")
         if confirmed is not None and not unfinished:
             summarize(exp, draw=False)  # again, with the Confirmed section
+    if not unfinished:
+        record_end(exp, "confirm")
     ray.shutdown()  # its workers' last lines and exits come now, not after the table
     if unfinished:
         print(table)

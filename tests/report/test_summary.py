@@ -242,3 +242,15 @@ def test_trials_rank_like_evaluate_chooses_deployment_check_then_verdict_then_be
                        "verdict": ["PASS", "MARGINAL", "PASS"], "deploy_ok": [False, True, True],
                        "best_margin": [0.4, 0.15, 0.25]})
     assert rank(df)["trial_id"].tolist() == ["pass_deploys", "marginal_deploys", "pass_no_deploy"]
+
+
+@pytest.mark.parametrize("tune_status, epoch, finished, expected", [
+    ("PAUSED", 1, True, "bracket_ended"),  # a search that ended by itself: its scheduler ended the trial
+    ("PAUSED", 3, True, "completed"),
+    ("PAUSED", 1, False, "unfinished"),  # a signal ended the search: the trial was cut short
+    ("RUNNING", 1, False, "unfinished"),
+    ("TERMINATED", 1, True, "asha_stopped"),
+])
+def test_a_trial_stored_paused_is_unfinished_only_when_the_search_did_not_end_by_itself(tune_status, epoch, finished,
+                                                                                      expected):
+    assert summary_module.classify(tune_status, {"epoch": epoch}, 3, finished)[0] == expected

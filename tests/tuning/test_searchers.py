@@ -222,3 +222,55 @@ def test_a_bad_search_section_is_one_line_exit_2_and_nothing_written(tmp_path, s
     assert r.returncode == 2 and err.startswith(f"error: {sp}: ") and "\n" not in err, r.stderr
     assert all(w in err for w in words), err
     assert list(store.iterdir()) == []
+
+
+# The space of issue #36: HyperBandForBOHB leaves the last bracket's trials paused when the searcher runs out of
+# samples; Tune stops them but stores them as PAUSED (tune_p7.tuning.ending)
+BOHB_UNFILLED = """
+num_samples: 6
+metric: margin
+mode: max
+params: {epochs: 3, d_model: 32, n_layers: 1, n_heads: 4, d_ff: 64, lstm_layers: 1, batch_size: 128, warmup_epochs: 1,
+  lambda_min: 0.0, lambda_max: 0.95, seed: 0, lambda_init: {uniform: [0.1, 0.88]}, context_length: {choice: [3, 5]},
+  arch: {choice: [transformer, lstm]}, lr: {loguniform: [1.0e-5, 3.0e-2]}, temperature: {loguniform: [0.01, 10.0]}}
+gates: {drift: 0.05, margin: -2.0, grace_epochs: 1}
+checkpoints: {num_to_keep: 1}
+search: {algorithm: bohb, seed: 0, reduction_factor: 2}
+confirm: {top: 1, seeds: 1}
+"""
+# another shape: five samples over brackets of reduction 3 and four epochs, LSTMs only
+BOHB_OTHER = """
+num_samples: 5
+params: {epochs: 4, d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, lstm_layers: 1, batch_size: 128, arch: lstm,
+  warmup_epochs: 0, lr: {loguniform: [1.0e-4, 1.0e-2]}, margin: {uniform: [0.02, 0.12]}}
+gates: {drift: -1.0, margin: -2.0}
+checkpoints: {num_to_keep: 1}
+search: {algorithm: bohb, seed: 3, reduction_factor: 3}
+confirm: {top: 1, seeds: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def bohb_store(tmp_path_factory):
+    from conftest import make_store
+
+    return make_store(tmp_path_factory.mktemp("bohb") / "s.parquet", articles=150, chunks=20, dim=32, signal=1.0,
+                      seed=4)
+
+
+@pytest.mark.parametrize("text", [BOHB_UNFILLED, BOHB_OTHER], ids=["issue36", "rf3"])
+def test_a_bohb_search_that_ends_by_itself_is_finished_confirmed_and_a_resume_says_so(tmp_path, bohb_store, text):
+    sp = tmp_path / "space.yaml"
+    sp.write_text(text)
+    r = search("--space", sp, "--data", bohb_store, "--storage", tmp_path, "--name", "b", "--no-probe",
+               "--reuse-actors")
+    assert "interrupted" not in r.stderr and "Traceback" not in r.stdout + r.stderr
+    exp = tmp_path / "b"
+    df = summary(exp)
+    assert len(df) == int(text.split("num_samples: ")[1].split()[0])
+    assert "unfinished" not in set(df["status"]), df[["trial_id", "status", "stopped_epoch"]]
+    assert set(df["status"]) <= {"completed", "asha_stopped", "bracket_ended", "gate_stopped"}
+    assert (exp / "confirm.parquet").exists() and "## Confirmed" in r.stdout
+    again = search("--resume", "--name", "b", "--storage", tmp_path, timeout=120)
+    assert again.stdout.strip().splitlines() == [
+        f"tune_p7: experiment b is finished, nothing to resume (summary: {exp / 'summary.md'})"]

@@ -20,10 +20,10 @@ from tune_p7.core.ranking import varied
 from tune_p7.errors import InputError
 
 TARGETS = {"margin": "final val margin", "r_at_5": "val R@5"}
-FINISHED = ("completed", "asha_stopped", "gate_stopped")
-STOPPED = ("asha_stopped", "gate_stopped")
-STOPPED_RULE = ("Stopped trials (ASHA or a gate) count with their last reported val metrics, at the epoch they "
-                "stopped: the value the scheduler judged them on")
+FINISHED = ("completed", "asha_stopped", "bracket_ended", "gate_stopped")
+STOPPED = ("asha_stopped", "bracket_ended", "gate_stopped")
+STOPPED_RULE = ("Stopped trials (ASHA, a HyperBand bracket or a gate) count with their last reported val metrics, "
+                "at the epoch they stopped: the value the scheduler judged them on")
 # fANOVA by default: on searches of 10-40 trials where only lr matters it ranked lr first every time, while
 # PED-ANOVA ranked a no-effect uniform key first in about 1 of 5 when lr was a two-value grid (its top quantile
 # is a few trials of one plateau, told apart by noise). PED-ANOVA compares the top-quantile trials with all of

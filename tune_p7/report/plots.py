@@ -28,8 +28,8 @@ DPI = 100
 PANEL = (3.7, 2.8)  # inches per panel
 PER_ROW = 4
 TRIAL_COLOURS = ["#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79", "#637939"]
-STATUS_COLOURS = {"completed": "#1f77b4", "asha_stopped": "#9a9a9a", "gate_stopped": "#d62728",
-                  "unfinished": "#000000"}
+STATUS_COLOURS = {"completed": "#1f77b4", "asha_stopped": "#9a9a9a", "bracket_ended": "#c7c7c7",
+                  "gate_stopped": "#d62728", "unfinished": "#000000"}
 # reference lines: (colour, line style)
 STYLE = {"PASS": ("#2ca02c", "--"), "margin gate": ("#d62728", "--"), "drift gate": ("#ff7f0e", "--"),
          "escape gate": ("#a0522d", "--"), "deploy": ("#2ca02c", "-."), "DIRECT": ("#000000", "-."),

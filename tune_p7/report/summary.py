@@ -47,8 +47,11 @@ def _error_text(exp: str, trial_dir: str, filename: str | None) -> str:
     return lines[-1].strip()[:300] if lines else "error"
 
 
-def classify(status: str, last: dict, epochs: int) -> tuple[str, str | None, str | None]:
-    """(status, gate, error) of a trial from Tune's status and its last reported result."""
+def classify(status: str, last: dict, epochs: int, finished: bool = False) -> tuple[str, str | None, str | None]:
+    """(status, gate, error) of a trial from Tune's stored status and its last reported result. ``finished``: the
+    search ended by itself (not by a signal), so a trial stored as PAUSED was ended by its scheduler when the
+    search ended (a HyperBand / BOHB bracket that closed before promoting it: tune_p7.tuning.ending), not cut
+    short."""
     if last.get("error"):
         return "errored", None, last["error"]
     if status == "ERROR":
@@ -59,6 +62,8 @@ def classify(status: str, last: dict, epochs: int) -> tuple[str, str | None, str
         return "completed", None, None
     if status == "TERMINATED":
         return "asha_stopped", None, None
+    if status == "PAUSED" and finished:
+        return "bracket_ended", None, None
     return "unfinished", None, None
 
 
@@ -74,8 +79,8 @@ def own_best(results: list[dict]) -> dict:
     return {"best_margin": margin, "best_epoch": int(epoch)}
 
 
-def collect(exp: str) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
-    """One row per trial (unranked) and every trial's per-epoch results."""
+def collect(exp: str, finished: bool = False) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
+    """One row per trial (unranked) and every trial's per-epoch results; ``finished``: as in classify."""
     from ray.tune import ExperimentAnalysis
 
     try:
@@ -89,7 +94,7 @@ def collect(exp: str) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
         curves[t.trial_id] = results
         last = results[-1] if results else {}
         cfg = {**P7Config().to_dict(), **trial_config(t.config)}
-        status, gate, error = classify(t.status, last, cfg["epochs"])
+        status, gate, error = classify(t.status, last, cfg["epochs"], finished)
         if status == "errored" and error is None:
             error = _error_text(exp, trial_dir, t.run_metadata.error_filename)
         row = {"trial_id": t.trial_id, "status": status, "gate": gate, "stopped_epoch": int(last.get("epoch", 0)),
@@ -245,7 +250,7 @@ def summarize(exp: str, draw: bool = True) -> str:
     if not storage.exists(exp):
         raise InputError(exp, "no such experiment")
     search, probe = _json(exp, SEARCH_FILE), _json(exp, "probe.json")
-    df, curves = collect(exp)
+    df, curves = collect(exp, "search" in search.get("ended", {}))
     df = rank(df)
     sampler = samplers(df, search)
     if draw:

@@ -133,6 +133,7 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
     from ray.tune.schedulers import FIFOScheduler
 
     from tune_p7.tuning import actors, checkpoint, progress
+    from tune_p7.tuning.ending import WatchSignals
     from tune_p7.tuning.trainable import train_trial
 
     scheduled = tuple(sorted({k for c in record["configs"] for _, changes in c.get("schedule", []) for k in changes}))
@@ -155,7 +156,8 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
-            failure_config=tune.FailureConfig(max_failures=max_failures), callbacks=shown, verbose=verbose))
+            failure_config=tune.FailureConfig(max_failures=max_failures), callbacks=[WatchSignals(), *shown],
+            verbose=verbose))
 
 
 def _article_rows(tables: dict, **keys) -> list[dict]:
