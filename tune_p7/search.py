@@ -243,11 +243,13 @@ def main(argv=None) -> int:
         stored = json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE)))
         stored = kept_inputs.surviving(stored, exp)  # a job's uploaded copies are gone after a head restart
         refuse_resume_changes(opts, stored)
-        if ended(stored, "search") and (ended(stored, "confirm") or not confirm.settings(
-                exp, load_space(stored["space"]).confirm, opts.confirm_top, opts.confirm_seeds, True).top):
-            print(f"tune_p7: experiment {name} is finished, nothing to resume (summary: "
-                  f"{storage.join(exp, 'summary.md')})")
-            return 0
+        if ended(stored, "search"):  # finished: unless this resume asks for a confirmation not yet made
+            wanted = confirm.settings(exp, load_space(stored["space"]).confirm, opts.confirm_top,
+                                      opts.confirm_seeds, True)
+            if not wanted.top or ended(stored, "confirm"):
+                print(f"tune_p7: experiment {name} is finished, nothing to resume (summary: "
+                      f"{storage.join(exp, 'summary.md')})")
+                return 0
     space_path = opts.space or (stored["space"] if stored else str(DEFAULT_SPACE))
     space = load_space(space_path).override(epochs=opts.epochs, seed=opts.seed, scheduler=opts.scheduler)
     if not opts.resume:
@@ -311,7 +313,7 @@ def main(argv=None) -> int:
         unfinished = confirmed is not None and ending.signalled() and interrupted(confirmed["status"], root, name, "confirmation seeds")
         if confirmed is not None and not unfinished:
             summarize(exp, draw=False)  # again, with the Confirmed section
-    if not unfinished:
+    if confirming.top and not unfinished:
         record_end(exp, "confirm")
     ray.shutdown()  # its workers' last lines and exits come now, not after the table
     if unfinished:

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO, kill_driver, run_cli
 from test_search import SMALL, assert_clean_console, search, space  # the small model's space text, search.py under Ray
+from tune_p7.data import folds
 from tune_p7.data.loading import load
 from tune_p7.report.conclusions import aggregate
 from tune_p7.tuning.confirm import new_seeds
@@ -31,33 +32,41 @@ def confirmed(exp):
     return rows, aggregate(rows, pd.read_parquet(exp / "confirm_articles.parquet"))
 
 
-def test_strong_direction_confirms_each_of_the_top_k_with_n_new_seeds_and_robust_deploy(tmp_path, strong_store):
+def test_strong_direction_confirms_each_of_the_top_k_by_cross_fitting_and_robust_deploy(tmp_path, strong_store):
     sp = space(tmp_path, SMALL + "  epochs: 2\n  context_length: {grid: [3, 5]}\nscheduler: {name: fifo}\n"
-                         "confirm: {top: 2, seeds: 3}\n")
+                         "confirm: {top: 2, seeds: 1, folds: 2}\n")
     r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "strong", "--reuse-actors",
                timeout=900)  # the search's and the confirmation's trials reuse workers
     exp = tmp_path / "strong"
     rows, agg = confirmed(exp)
     ranked = pd.read_parquet(exp / "summary.parquet")
     assert sorted(rows["source_trial"].unique()) == sorted(ranked["trial_id"][:2])  # the top 2 of the ranking
-    assert rows.groupby("source_trial")["seed"].apply(sorted).tolist() == [[1, 2, 3]] * 2  # search used seed 0
+    assert rows.groupby("source_trial")["fold"].apply(sorted).tolist() == [[0, 1]] * 2
+    assert (rows["seed"] == 1).all()  # the search used seed 0
     assert (rows["status"] == "completed").all() and (rows["epoch"] == 2).all()
     pids = {json.loads(f.read_text().splitlines()[0])["pid"] for f in exp.glob("confirm/*/result.json")}
-    assert len(pids) < len(rows) == 6  # --reuse-actors: the six seeds ran in fewer worker processes
+    assert len(pids) < len(rows) == 4  # --reuse-actors: the four runs ran in fewer worker processes
     assert {"margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10", "direct_r_at_5", "direct_mrr_at_10",
             "gate", "config/context_length"} <= set(rows.columns)
-    # every seed scored on the held-out split; ridge fitted and scored at each configuration's own context length
+    # every train and ood article scored once, by the fold that trained without it, on the windows of the
+    # largest context length (5) for both configurations; ridge on the same windows
     articles = pd.read_parquet(exp / "confirm_articles.parquet")
-    ood = load(strong_store).ood
-    for rank, g in articles[articles["split"] == "ood"].groupby("config_rank"):
-        k = int(rows[rows["config_rank"] == rank]["config/context_length"].iloc[0])
-        assert g[g["source"] == "ridge"]["count"].sum() == len(ood.windows(k))
-        assert sorted(g[g["source"] == "model"]["seed"].unique()) == [1, 2, 3]
-        assert (g.groupby("seed")["count"].sum() == len(ood.windows(k))).all()  # the same windows for all
-    assert len(agg) == 2 and agg["robust_deploy"].all() and (agg["n"] == 3).all()
+    data = load(strong_store)
+    pool = folds.pool(data)
+    common = folds.window_mask(pool, 3, 5).sum()
+    assert common == len(pool.windows(5))
+    for rank, g in articles[articles["split"] == folds.HELDOUT].groupby("config_rank"):
+        ridge, model = g[g["source"] == "ridge"], g[g["source"] == "model"]
+        assert sorted(ridge["article"]) == list(range(len(pool.offsets) - 1)) and ridge["count"].sum() == common
+        assert sorted(model["article"]) == sorted(ridge["article"]) and model["count"].sum() == common
+        for fold, part in model.groupby("fold"):
+            _, ids = folds.fold_data(data, int(fold), 2, 0)
+            assert sorted(part["article"]) == sorted(ids)
+    assert len(agg) == 2 and agg["robust_deploy"].all() and (agg["n"] == 2).all()
+    assert (agg["articles"] == len(pool.offsets) - 1).all()
     md = (exp / "summary.md").read_text()
     assert "## Confirmed" in md and "**Recommendation: rank " in md and "## Confirmed" in r.stdout
-    assert "scored on the held-out split (ood" in md
+    assert "scored on every train and held-out article" in md and "at context length 5" in md
     assert len(list(exp.glob("*/result.json"))) == 2  # the confirmation trials live in confirm/, not beside them
 
 
@@ -71,7 +80,7 @@ def test_confirming_a_finished_search_survives_a_killed_driver_and_flat_data_nev
     assert ranked["status"].tolist() == ["gate_stopped"]  # the margin gate stopped the search's trial
 
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--resume", "--name", "flat", "--storage", tmp_path,
-            "--confirm-top", 1, "--confirm-seeds", 2]
+            "--confirm-top", 1, "--confirm-seeds", 1]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
                             start_new_session=True)
     try:
@@ -86,11 +95,12 @@ def test_confirming_a_finished_search_survives_a_killed_driver_and_flat_data_nev
 
     r = run_cli(SEARCH, "--resume", "--name", "flat", "--storage", tmp_path, "--confirm-top", 2, timeout=120)
     assert r.returncode == 2 and "has started" in r.stderr and "\n" not in r.stderr.strip(), r.stderr
-    r = search("--resume", "--name", "flat", "--storage", tmp_path, timeout=900)  # the stored settings: 1 x 2 seeds
+    r = search("--resume", "--name", "flat", "--storage", tmp_path, timeout=900)  # the stored: 1 x 1 seed x 2 folds
     assert_clean_console(r)  # no traceback, no worker line, the ranked table last
     assert "Failed to fetch metrics" not in r.stdout + r.stderr and "Error handling checkpoint" not in r.stderr
     rows, agg = confirmed(exp)
-    assert rows["seed"].tolist() == [1, 2] and (rows["status"] == "completed").all()
+    assert rows["seed"].tolist() == [1, 1] and rows["fold"].tolist() == [0, 1]
+    assert (rows["status"] == "completed").all()
     assert (rows["epoch"] == epochs).all() and (rows["gate"] == "margin").all()  # gates recorded, not enforced
     for f in exp.glob("confirm/*/result.json"):
         lines = [json.loads(line) for line in f.read_text().splitlines()]
@@ -131,4 +141,4 @@ def test_ctrl_c_during_the_search_stops_before_any_confirmation_and_resume_confi
     r = search("--resume", "--name", "int", "--storage", tmp_path, timeout=900)
     assert_clean_console(r)
     rows, agg = confirmed(exp)
-    assert len(rows) == 1 and (rows["status"] == "completed").all() and (rows["epoch"] == 4).all()
+    assert len(rows) == 2 and (rows["status"] == "completed").all() and (rows["epoch"] == 4).all()

@@ -55,58 +55,6 @@ def interval_keys(columns: dict[str, torch.Tensor], article: torch.Tensor, seed:
     return {**{k + "_lo": float(v) for k, v in zip(names, lo)}, **{k + "_hi": float(v) for k, v in zip(names, hi)}}
 
 
-def seed_article_replicates(sums: torch.Tensor, counts: torch.Tensor, replicates: int = REPLICATES,
-                            seed: int = 0) -> torch.Tensor:
-    """Bootstrap replicates of a mean over training seeds and articles, resampling both (seeds x articles crossed).
-
-    sums (S, A, M): for each of S seeds, the per-article sums of M per-window scalars, every seed scored on the same
-    windows; counts (A,): windows per article. The estimate is the mean over seeds of each seed's window mean,
-    theta = (1/S) sum_s (1^T sums_s) / (1^T counts). Replicate b draws S seeds with replacement (counts V (B, S))
-    and, independently, A articles (counts W (B, A)):
-
-        theta_b = (1/S) sum_s V_bs (W_b sums_s) / (W_b counts)
-
-    so an interval from the replicates covers both the seed-to-seed and the article-to-article variation (resampling
-    both ways overstates the seed x article interaction a little: conservative). A paired difference (a model's
-    minus DIRECT's, same windows) is a column of per-article sum differences. Returns (B, M) float64. Seeded.
-    """
-    s, a, m = sums.shape
-    x = sums.double()
-    c = counts.double()
-    g = torch.Generator().manual_seed(seed)
-    step = max(BLOCK_CELLS // max(a * s, 1), 1)
-    out = []
-    for start in range(0, replicates, step):
-        b = min(step, replicates - start)
-        w = _multinomial_counts(b, a, g)
-        v = _multinomial_counts(b, s, g)
-        per_seed = torch.einsum("ba,sam->bsm", w, x) / (w @ c)[:, None, None]  # each seed's mean, b's articles
-        out.append(torch.einsum("bs,bsm->bm", v, per_seed) / s)
-    return torch.cat(out)
-
-
-def _multinomial_counts(b: int, n: int, g: torch.Generator) -> torch.Tensor:
-    """(b, n) float64: how often each of n units is drawn in each of b draws of n with replacement."""
-    draws = torch.randint(n, (b, n), generator=g) + torch.arange(b)[:, None] * n
-    return torch.bincount(draws.reshape(-1), minlength=b * n).view(b, n).double()
-
-
-def percentile_interval(replicates: torch.Tensor, level: float = LEVEL) -> tuple[torch.Tensor, torch.Tensor]:
-    """lo, hi (M,): the (1-level)/2 and (1+level)/2 quantiles of (B, M) bootstrap replicates."""
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    lo, hi = torch.quantile(replicates.double(), q, dim=0)
-    return lo, hi
-
-
-def p_not_above(replicates: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(M,) one-sided bootstrap p-values of H0: theta <= threshold, p = (1 + #{theta_b <= threshold}) / (B + 1).
-
-    p < (1 - LEVEL) / 2 exactly when the two-sided LEVEL percentile interval's lower bound clears ``threshold``
-    (up to the quantile's interpolation), so a single comparison reads as "with 95% confidence"."""
-    b = replicates.shape[0]
-    return (1 + (replicates <= threshold).sum(0).double()) / (b + 1)
-
-
 def holm(pvalues: list[float], alpha: float) -> list[bool]:
     """Holm's step-down test of K hypotheses at family-wise error ``alpha``: with p sorted ascending, reject
     p_(i) while p_(i) <= alpha / (K - i + 1) (i = 1..K), stop at the first that is not. NaN is never rejected.

@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +22,7 @@ from tune_p7.core.fastpath import RETRIEVAL_BLOCK, clip_and_step, release_free_m
 from tune_p7.core.losses import p7_loss
 from tune_p7.core.model import build_model
 from tune_p7.data.batches import Batch, SplitTensors
+from tune_p7.data.folds import window_mask
 from tune_p7.data.loading import P7Data, Split
 
 Report = Callable[[dict[str, Any], dict[str, Any]], None]
@@ -54,11 +56,14 @@ class Evaluator:
     """
 
     def __init__(self, split: Split, cfg: P7Config, max_windows: int | None = None, retrieval: bool = True,
-                 tensors: SplitTensors | None = None):
+                 tensors: SplitTensors | None = None, keep: np.ndarray | None = None):
         self.st = tensors if tensors is not None else SplitTensors(split, cfg.context_length, cfg.device)
         self.cfg = cfg
         n = len(self.st)
         self.index = torch.arange(n, device=cfg.device)
+        if keep is not None:  # (N,) bool over the split's windows: only these are scored (folds.window_mask)
+            self.index = self.index[torch.from_numpy(keep).to(cfg.device)]
+            n = len(self.index)
         if max_windows is not None and n > max_windows:  # a fixed, seeded subset
             g = torch.Generator().manual_seed(cfg.seed)
             self.index = torch.randperm(n, generator=g)[:max_windows].sort().values.to(cfg.device)
@@ -229,13 +234,27 @@ def config_at(cfg: P7Config, schedule: Schedule | None, epoch: int) -> P7Config:
     return cfg
 
 
-def article_tables(cfg: P7Config, data: P7Data, model_state: dict, bf16: bool) -> dict[str, dict[str, torch.Tensor]]:
+def article_tables(cfg: P7Config, data: P7Data, model_state: dict, bf16: bool,
+                   common_context: int | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Evaluator.article_sums of the model in ``model_state`` on val and, where the data has one, on the held-out
-    split ("ood"): what a confirmation seed stores for the intervals over seeds and articles."""
+    split (keyed by its name: "ood", or a cross-fitting fold's): what a confirmation run stores for the intervals
+    over runs and articles. ``common_context``: only the windows that exist at that context length too."""
     model = build_model(cfg, data.dim).to(cfg.device)
     model.load_state_dict(model_state)
-    splits = {"val": data.val, **({"ood": data.ood} if data.ood is not None else {})}
-    return {name: Evaluator(split, cfg).article_sums(model, bf16) for name, split in splits.items()}
+    return model_article_tables(model, cfg, data, bf16, common_context)
+
+
+def model_article_tables(model, cfg: P7Config, data: P7Data, bf16: bool,
+                         common_context: int | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """article_tables of any predictor module (a reference predictor of core/baselines.py too)."""
+    splits = [data.val] + ([data.ood] if data.ood is not None else [])
+    return {split.name: evaluator_on(split, cfg, common_context).article_sums(model, bf16) for split in splits}
+
+
+def evaluator_on(split: Split, cfg: P7Config, common_context: int | None = None) -> "Evaluator":
+    """An Evaluator of ``split`` at cfg's context length, on the windows that also exist at ``common_context``."""
+    keep = None if common_context is None else window_mask(split, cfg.context_length, common_context)
+    return Evaluator(split, cfg, keep=keep)
 
 
 def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict | None = None,

@@ -18,7 +18,8 @@
     gates: {drift: 0.05, margin: 0.10, grace_epochs: 1, escape: null}
     checkpoints: {num_to_keep: 2}
     resources: {cpus_per_trial: 1}
-    confirm: {top: 3, seeds: 5}  # re-run the top 3 configurations with 5 new seeds each (top 0: no confirmation)
+    confirm: {top: 3, seeds: 3, folds: 2}  # re-run the top 3 configurations, 3 new seeds in each of 2 cross-fitting
+    #                                        folds of the train and held-out articles (top 0: no confirmation)
     search: {algorithm: optuna, seed: 0, points_to_evaluate: [{lr: 5.0e-4}]}   # see SearchSettings
 """
 from __future__ import annotations
@@ -43,12 +44,14 @@ TOP_KEYS = {"description", "num_samples", "metric", "mode", "params", "runs", "s
             "resources", "confirm", "search"}
 RUN_KEY = "run"  # the param_space key that holds one explicit run
 SCHEDULE_KEY = "schedule"  # a run's hyperparameter schedule, [[first epoch, {key: value}], ...] (a PBT replay)
+CROSSFIT_KEY = "crossfit"  # a confirmation run's fold: {fold, folds, seed, common_context} (data/folds.py)
 
 
 @dataclass(frozen=True)
 class ConfirmSettings:
     top: int = 3  # configurations of the ranked summary trained again (0: no confirmation stage)
-    seeds: int = 5  # new seeds for each
+    seeds: int = 3  # new seeds for each cross-fitting fold
+    folds: int = 2  # cross-fitting folds of the train and held-out articles: each fold's runs train without it
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class Space:
 
 def trial_config(config: dict[str, Any]) -> dict[str, Any]:
     """A Tune trial's config as flat P7Config keys (an explicit run's keys merged in)."""
-    flat = {k: v for k, v in config.items() if k != RUN_KEY}
+    flat = {k: v for k, v in config.items() if k not in (RUN_KEY, CROSSFIT_KEY)}
     flat.update(config.get(RUN_KEY) or {})
     flat.pop(SCHEDULE_KEY, None)
     return flat
@@ -202,7 +205,7 @@ def load_space(path) -> Space:
     if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
         raise InputError(src, f"key 'resources.cpus_per_trial': expected a number > 0, got {cpus!r}")
     confirm = section(src, raw, "confirm", ConfirmSettings)
-    for key, low in (("top", 0), ("seeds", 1)):
+    for key, low in (("top", 0), ("seeds", 1), ("folds", 2)):
         if getattr(confirm, key) < low:
             raise InputError(src, f"key 'confirm.{key}': expected an integer >= {low}, got {getattr(confirm, key)!r}")
     search = read_search(src, raw, params, num_samples)

@@ -28,10 +28,12 @@ import pandas as pd
 from tune_p7 import storage
 from tune_p7.core.config import P7Config
 from tune_p7.core.ranking import varied
+from tune_p7.data.folds import HELDOUT, fold_data
 from tune_p7.errors import InputError
-from tune_p7.space.file import RUN_KEY, SCHEDULE_KEY, ConfirmSettings, trial_config
+from tune_p7.space.file import CROSSFIT_KEY, RUN_KEY, SCHEDULE_KEY, ConfirmSettings, trial_config
 
 PLAN_FILE, TABLE_FILE, ARTICLES_FILE, FOLDER = "confirm.json", "confirm.parquet", "confirm_articles.parquet", "confirm"
+FOLD_SEED = 0  # the cross-fitting folds' permutation of the articles (data/folds.assign)
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -48,8 +50,8 @@ def settings(exp: str, space: ConfirmSettings, top: int | None, seeds: int | Non
         if value is not None and value < low:
             raise InputError(flag, f"{value} is out of range (must be >= {low})")
     stored = read_plan(exp) if resume else None
-    base = ConfirmSettings(stored["top"], stored["seeds"]) if stored else space
-    want = ConfirmSettings(base.top if top is None else top, base.seeds if seeds is None else seeds)
+    base = ConfirmSettings(stored["top"], stored["seeds"], stored.get("folds", space.folds)) if stored else space
+    want = ConfirmSettings(base.top if top is None else top, base.seeds if seeds is None else seeds, base.folds)
     if stored and stored.get("configs") and want != base:
         raise InputError(storage.join(exp, PLAN_FILE), f"this experiment's confirmation runs top {base.top} x "
                          f"{base.seeds} seeds and has started; resume it without --confirm-top/--confirm-seeds")
@@ -59,8 +61,8 @@ def settings(exp: str, space: ConfirmSettings, top: int | None, seeds: int | Non
 def save(exp: str, conf: ConfirmSettings) -> None:
     """Store the settings with the experiment (a resumed run goes on with them), unless they are stored already."""
     stored = read_plan(exp)
-    if stored is None or (stored["top"], stored["seeds"]) != (conf.top, conf.seeds):
-        _write(exp, {"top": conf.top, "seeds": conf.seeds})
+    if stored is None or (stored["top"], stored["seeds"], stored.get("folds")) != (conf.top, conf.seeds, conf.folds):
+        _write(exp, {"top": conf.top, "seeds": conf.seeds, "folds": conf.folds})
 
 
 def _write(exp: str, record: dict) -> None:
@@ -114,9 +116,17 @@ def plan(exp: str, conf: ConfirmSettings) -> dict:
     if stored.get("configs"):
         return stored
     configs, used = choose(exp, conf.top)
-    record = {"top": conf.top, "seeds": conf.seeds, "seed_values": new_seeds(used, conf.seeds), "configs": configs}
+    record = {"top": conf.top, "seeds": conf.seeds, "folds": conf.folds, "fold_seed": FOLD_SEED,
+              "common_context": max((P7Config.from_dict(c["config"]).context_length for c in configs), default=0),
+              "seed_values": new_seeds(used, conf.seeds), "configs": configs}
     _write(exp, record)
     return record
+
+
+def crossfits(record: dict) -> list[dict]:
+    """The CROSSFIT_KEY value of each fold's runs (none for a plan made before cross-fitting)."""
+    return [{"fold": f, "folds": record["folds"], "seed": record["fold_seed"],
+             "common_context": record["common_context"]} for f in range(record.get("folds") or 0)]
 
 
 def run_config(source: dict) -> dict:
@@ -148,7 +158,8 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
     return tune.Tuner(
         trainable,
         param_space={"seed": tune.grid_search(record["seed_values"]),
-                     RUN_KEY: tune.grid_search([run_config(c) for c in record["configs"]])},
+                     RUN_KEY: tune.grid_search([run_config(c) for c in record["configs"]]),
+                     **({CROSSFIT_KEY: tune.grid_search(crossfits(record))} if record.get("folds") else {})},
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), max_concurrent_trials=max_concurrent or None,
                                     reuse_actors=reuse_actors),
         run_config=tune.RunConfig(
@@ -160,11 +171,14 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
             verbose=verbose))
 
 
-def _article_rows(tables: dict, **keys) -> list[dict]:
-    """Long-format rows (one per split and article) of loop.article_tables' output, tagged with ``keys``."""
+def _article_rows(tables: dict, pool_ids: dict | None = None, **keys) -> list[dict]:
+    """Long-format rows (one per split and article) of loop.article_tables' output, tagged with ``keys``; a
+    cross-fitting fold's held-out articles numbered by their index in the pool (``pool_ids``: split -> ids)."""
     rows = []
     for split, t in tables.items():
         cols = {k: v.tolist() for k, v in t.items()}
+        if pool_ids and split in pool_ids:
+            cols["article"] = [int(pool_ids[split][a]) for a in cols["article"]]
         for i in range(len(cols["article"])):
             rows.append({**keys, "split": split, **{k: v[i] for k, v in cols.items()}})
     return rows
@@ -187,26 +201,39 @@ def _seed_tables(path: str, trial_dir: str) -> dict | None:
     return None
 
 
-def baseline_tables(data, ks) -> dict[int, dict]:
-    """{K: loop.article_tables-like sums of ridge (fitted on train at context length K) with DIRECT beside it}."""
-    from tune_p7.core.baselines import Ridge
-    from tune_p7.core.loop import Evaluator
+def fold_of(data, record: dict, fold: int | None):
+    """(the data a run of ``fold`` sees, {held-out split: its articles' pool indices}); the data itself and no
+    renumbering for a plan made before cross-fitting (``fold`` None)."""
+    if fold is None:
+        return data, None
+    part, ids = fold_data(data, fold, record["folds"], record["fold_seed"])
+    return part, {HELDOUT: ids}
 
-    splits = {"val": data.val, **({"ood": data.ood} if data.ood is not None else {})}
-    out = {}
-    for k in sorted(set(ks)):
-        cfg = P7Config(context_length=k, precision="fp32")
-        ridge = Ridge(data.train, k)
-        out[k] = {name: Evaluator(split, cfg).article_sums(ridge, False) for name, split in splits.items()}
-    return out
+
+def baseline_rows(data, record: dict, ks: dict[int, int]) -> list[dict]:
+    """Per-article rows of ridge (fitted on each fold's training articles at each configuration's context length)
+    with DIRECT beside it, on the windows the runs are scored on, for every configuration rank in ``ks``."""
+    from tune_p7.core.baselines import Ridge
+    from tune_p7.core.loop import model_article_tables
+
+    rows = []
+    for fold in range(record["folds"]) if record.get("folds") else [None]:
+        part, ids = fold_of(data, record, fold)
+        for k in sorted(set(ks.values())):
+            cfg = P7Config(context_length=k, precision="fp32")
+            tables = model_article_tables(Ridge(part.train, k), cfg, part, False, record.get("common_context"))
+            for rank in (r for r, kr in ks.items() if kr == k):
+                rows += _article_rows(tables, ids, config_rank=rank, seed=-1, fold=fold, source="ridge")
+    return rows
 
 
 def collect(exp: str, record: dict, data) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per configuration and seed: the configuration's search rank and trial, the seed, how the trial
-    ended (completed / errored / unfinished), the first gate that fired and its epoch (recorded, not enforced),
-    the final epoch's val metrics (DIRECT's included) and config/<key> for every config key;
-    per-article sums: every seed's (source "model"), and ridge's at the configuration's context length (source
-    "ridge", seed -1), each with DIRECT's on the same windows, on val and the held-out split)."""
+    """(one row per configuration, seed and fold: the configuration's search rank and trial, the seed, the fold,
+    how the trial ended (completed / errored with ``failure`` "nan" or "worker" / unfinished), the first gate that
+    fired and its epoch (recorded, not enforced), the final epoch's val metrics (DIRECT's included) and
+    config/<key> for every config key;
+    per-article sums: every run's (source "model"), and ridge's at the configuration's context length (source
+    "ridge", seed -1), each with DIRECT's on the same windows, on val and the held-out articles)."""
     from ray.tune import ExperimentAnalysis
 
     from tune_p7.tuning.resultlog import read_results  # imports Ray's Tune: only where the trials are read
@@ -215,16 +242,17 @@ def collect(exp: str, record: dict, data) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, articles = [], []
     for t in ExperimentAnalysis(path).trials:
         source = next(c for c in record["configs"] if run_config(c) == t.config[RUN_KEY])
+        fold = (t.config.get(CROSSFIT_KEY) or {}).get("fold")
         cfg = P7Config.from_dict({**source["config"], "seed": t.config["seed"]}).to_dict()
         results = read_results(path, t.storage.trial_dir_name)
         last = max(reversed(results), key=lambda r: r.get("epoch", 0)) if results else {}
         fired = next((r for r in results if r.get("gate")), {})
         tables = _seed_tables(path, t.storage.trial_dir_name) if last.get("epoch", 0) >= cfg["epochs"] else None
-        status = ("errored" if last.get("error") or t.status == "ERROR"
-                  else "completed" if tables is not None else "unfinished")
+        failure = "nan" if last.get("error") else "worker" if t.status == "ERROR" else None
+        status = "errored" if failure else "completed" if tables is not None else "unfinished"
         row = {"config_rank": source["rank"], "source_trial": source["trial_id"], "trial_id": t.trial_id,
-               "seed": cfg["seed"], "status": status, "epoch": int(last.get("epoch", 0)), "gate": fired.get("gate"),
-               "gate_epoch": fired.get("epoch"),
+               "seed": cfg["seed"], "fold": fold, "status": status, "failure": failure,
+               "epoch": int(last.get("epoch", 0)), "gate": fired.get("gate"), "gate_epoch": fired.get("epoch"),
                "error": last.get("error") or (f"trial error, see {FOLDER}/{t.storage.trial_dir_name}"
                                               if t.status == "ERROR" else None)}
         row.update({k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -232,12 +260,11 @@ def collect(exp: str, record: dict, data) -> tuple[pd.DataFrame, pd.DataFrame]:
         row.update({f"config/{k}": v for k, v in cfg.items()})
         rows.append(row)
         if status == "completed":
-            articles += _article_rows(tables, config_rank=source["rank"], seed=cfg["seed"], source="model")
+            articles += _article_rows(tables, fold_of(data, record, fold)[1], config_rank=source["rank"],
+                                      seed=cfg["seed"], fold=fold, source="model")
     ks = {c["rank"]: P7Config.from_dict(c["config"]).context_length for c in record["configs"]}
-    base = baseline_tables(data, ks.values())
-    for rank, k in ks.items():
-        articles += _article_rows(base[k], config_rank=rank, seed=-1, source="ridge")
-    table = pd.DataFrame(rows).sort_values(["config_rank", "seed"]).reset_index(drop=True)
+    articles += baseline_rows(data, record, ks)
+    table = pd.DataFrame(rows).sort_values(["config_rank", "seed", "fold"]).reset_index(drop=True)
     return table, pd.DataFrame(articles)
 
 

@@ -12,8 +12,9 @@ from ray import tune
 from tune_p7.core.config import P7Config
 from tune_p7.core.gates import Gates, gate
 from tune_p7.core.loop import NonFiniteLoss, article_tables, config_at, fit
+from tune_p7.data.folds import fold_data
 from tune_p7.data.loading import P7Data
-from tune_p7.space.file import trial_config, trial_schedule
+from tune_p7.space.file import CROSSFIT_KEY, trial_config, trial_schedule
 from tune_p7.tuning import checkpoint, live_metrics
 ARTICLES = "articles.pt"  # a confirmation seed's per-article sums (loop.article_tables), in its last checkpoint
 
@@ -25,7 +26,8 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
     Reports every epoch's metrics plus ``gate``, ``node``, ``trial_id``, the lineage fields (``restore``) and
     ``hp/<key>`` (the epoch's value of each key in ``mutated``, the keys a PBT scheduler or a replayed schedule
     changes) with a checkpoint. ``articles`` (the confirmation): the last epoch's checkpoint also holds the
-    per-article sums on val and the held-out split (ARTICLES). When Tune restarts it from a checkpoint, see
+    per-article sums on val and the held-out split (ARTICLES); a config's CROSSFIT_KEY makes the run train
+    without its fold and hold it out (data/folds.py). When Tune restarts it from a checkpoint, see
     ``restore``. A NaN/Inf loss ends the trial with its reason in ``error`` (not retried: it would fail the same
     way again).
     """
@@ -33,6 +35,9 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
     cpus = ctx.get_assigned_resources().get("CPU", 1)
     cfg = P7Config.from_dict({**trial_config(config), "threads": max(1, int(cpus))}, source="trial config")
     schedule = trial_schedule(config)
+    crossfit = config.get(CROSSFIT_KEY)
+    if crossfit:
+        data, _ = fold_data(data, crossfit["fold"], crossfit["folds"], crossfit["seed"])
     node = ctx.get_node_id()
     trial_id = tune.get_context().get_trial_id()
     experiment = tune.get_context().get_experiment_name()
@@ -54,7 +59,8 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(d, st, metrics, durable=False)  # Tune copies the folder to storage, then it goes
             if articles and metrics["epoch"] >= cfg.epochs:
-                torch.save(article_tables(cfg, data, st["model"], metrics["bf16"]), f"{d}/{ARTICLES}")
+                torch.save(article_tables(cfg, data, st["model"], metrics["bf16"],
+                                          crossfit and crossfit["common_context"]), f"{d}/{ARTICLES}")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     try:
