@@ -2,10 +2,11 @@
 
 Each article a has a topic centre c_a and an orbit plane (e1_a, e2_a), all orthonormal and random: by default its
 own (every article follows its own trajectory), or with ``topics`` = T those of one of T shared topics drawn at
-random (articles of a topic travel the same orbit the same way, so a direction recurs across articles). Chunk t is
+random (articles of a topic travel the same orbit the same way, so a direction recurs across articles), and
+``identity`` gives each article a fixed random unit offset u_a of its own on top. Chunk t is
 
-    x_t = normalize(c_a + rho * (cos(phi_t) e1_a + sin(phi_t) e2_a) + sigma * eps_t),   eps_t ~ N(0, I/D)
-    phi_{t+1} = phi_t + S + tau * eta_t,                                               eta_t ~ N(0, 1)
+    x_t = normalize(c_a + rho * (cos(phi_t) e1_a + sin(phi_t) e2_a) + identity * u_a + sigma * eps_t)
+    phi_{t+1} = phi_t + S + tau * eta_t,                        eps_t ~ N(0, I/D), eta_t ~ N(0, 1)
 
 S is the forward signal: the mean phase advance per chunk, in radians, always in the same sense inside an
 article. With S = 0 the phase is a symmetric random walk, the sequence is time-reversible and next and prev
@@ -19,7 +20,7 @@ predictable the next chunk is. `tune-p7 probe FILE` measures both (see docs/refe
 can be learned.
 
     tune-p7 synth --out data.parquet --articles 300 --chunks-per-article 24 --dim 64 \
-        --forward-signal 1.0 --seed 0 [--topics 6] [--shuffled]
+        --forward-signal 1.0 --seed 0 [--topics 4 --identity 0.7] [--shuffled]
 """
 from __future__ import annotations
 
@@ -68,13 +69,14 @@ def main(argv=None) -> None:
     p.add_argument("--forward-signal", type=float, default=1.0, help="S: mean phase advance per chunk (radians)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--topics", type=int, help="articles share the orbits of this many topics [default: each its own]")
+    p.add_argument("--identity", type=float, default=0.0, help="weight of each article's own fixed offset")
     p.add_argument("--shuffled", action="store_true", help="permute each article's chunks (no order to learn)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float32")
     a = p.parse_args(argv)
     if a.topics is not None and a.topics < 1:
         raise InputError("--topics", f"expected an integer >= 1, got {a.topics}")
     art, idx, vec = generate(a.articles, a.chunks_per_article, a.dim, a.forward_signal, a.seed, topics=a.topics,
-                             shuffled=a.shuffled)
+                             identity=a.identity, shuffled=a.shuffled)
     write_store(a.out, art, idx, vec, dtype=np.dtype(a.dtype))
     print(f"wrote {a.out}: {a.articles} articles x {a.chunks_per_article} chunks, dim {a.dim}, S={a.forward_signal}"
           + (f", {a.topics} topics" if a.topics else "") + (", shuffled" if a.shuffled else ""))
