@@ -157,5 +157,5 @@ def test_near_duplicates_are_chunks_within_the_threshold_of_a_train_chunk():
     train = torch.eye(3)[:1]
     chunks = F.normalize(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0.1, 0], [1.0, 0.3, 0]]), dim=-1)
     # cosines to the train chunk: 1, 0, 0.995, 0.958
-    assert near_duplicate_share(chunks, train, block=3) == 0.5
-    assert near_duplicate_share(chunks, train, threshold=0.95, block=1) == 0.75
+    assert near_duplicate_share(chunks, train) == 0.5
+    assert near_duplicate_share(chunks, train, threshold=0.95, block_cells=1) == 0.75  # a row a block

@@ -61,12 +61,14 @@ def pair_cosines(split: Split, k: int, block: int = 65536) -> dict[str, float]:
 
 
 def near_duplicate_share(chunks: torch.Tensor, train: torch.Tensor, threshold: float = NEAR_DUPLICATE,
-                         block: int = 4096) -> float:
+                         block_cells: int = 1 << 24) -> float:
     """Share of the rows of ``chunks`` (M, D) whose nearest row of ``train`` (T, D) has cosine >= threshold (unit
-    rows: mean_i [max_j x_i.t_j >= threshold]), in blocks of rows (one (block, T) matmul each); NaN for M = 0."""
+    rows: mean_i [max_j x_i.t_j >= threshold]), in blocks of rows (one (block, T) matmul each, block * T <=
+    block_cells floats); NaN for M = 0."""
     if not len(chunks):
         return float("nan")
     t = train.float()
+    block = max(block_cells // max(len(t), 1), 1)
     hits = sum(int(((chunks[i:i + block].float() @ t.T).amax(1) >= threshold).sum()) if len(t) else 0
                for i in range(0, len(chunks), block))
     return hits / len(chunks)
