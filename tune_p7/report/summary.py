@@ -167,13 +167,15 @@ def versus_ridge(best: pd.Series, probe: dict) -> str:
 
 
 def references(probe: dict, df: pd.DataFrame, gates: dict) -> References:
-    """The plots' reference values: the probe's val baselines and oracle, or DIRECT's from the trials."""
+    """The plots' reference values: the probe's val baselines (ridge and kNN-successor included) and oracle, or
+    DIRECT's from the trials."""
     val = probe.get("splits", {}).get("val", {})
     base = val.get("baselines", {})
     direct = dict(base.get("direct") or {})
     if not direct and not df.empty:
         direct = {k.removeprefix("direct_"): df[k].median() for k in df.columns if k.startswith("direct_")}
-    return References(direct, dict(base.get("ridge") or {}), dict(val.get("oracle") or {}), gates)
+    return References(direct, dict(base.get("ridge") or {}), dict(val.get("oracle") or {}), gates,
+                      dict(base.get("knn") or {}))
 
 
 def header(exp: str, search: dict, probe: dict) -> list[str]:
