@@ -158,7 +158,7 @@ def write_probe(data, space: Space, exp: str) -> None:
     storage.write_bytes(storage.join(exp, "probe.md"), markdown(result).encode())
     val = result["splits"]["val"]
     print(f"  probe:     val Delta {val['delta']:+.4f}; ridge margin {val['baselines']['ridge']['margin']:+.3f}, "
-          f"DIRECT margin {val['baselines']['direct']['margin']:+.3f}", flush=True)
+          f"DIRECT margin {val['baselines']['direct']['margin']:+.3f}. {result['closing']}", flush=True)
     for line in result["warnings"]:
         print(line, file=sys.stderr, flush=True)
 

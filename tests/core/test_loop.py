@@ -102,3 +102,22 @@ def test_every_metric_a_space_may_rank_by_is_reported_every_epoch(small_store):
 
     for m in fit(small_config(epochs=2), load(small_store)):
         assert set(RANKABLE) <= set(m), set(RANKABLE) - set(m)
+
+
+def test_the_evaluator_reports_contrastive_accuracy_and_copy_rate_beside_direct_with_their_intervals(small_store):
+    cfg = small_config()
+    ev = Evaluator(load(small_store).val, cfg)
+    model = build_model(cfg, ev.st.chunks.shape[1])
+    m, w = ev(model, False), ev.per_window(model, False)
+    bank = len(ev.bank)
+    assert m["contrastive_accuracy"] == pytest.approx(float((1 - w["rank"].double() / (bank - 1)).mean()))
+    assert m["copy_rate"] == pytest.approx(float((w["margin"] < 0).double().mean()))
+    for k in ("contrastive_accuracy", "copy_rate", "direct_contrastive_accuracy", "centroid_contrastive_accuracy",
+              "centroid_copy_rate", "r_at_5_xctx_vs_direct", "mrr_at_10_xctx_vs_direct"):
+        assert m[k + "_lo"] <= m[k] <= m[k + "_hi"], k
+    assert m["r_at_5_xctx_vs_direct"] == pytest.approx(m["r_at_5_xctx"] - m["direct_r_at_5_xctx"])
+    assert 0.5 < m["direct_contrastive_accuracy"] <= 1  # ctx[-1] lies nearer the next chunk than most of the bank
+    sums = ev.article_sums(model, False)
+    assert float(sums["copy_rate"].sum()) == pytest.approx(m["copy_rate"] * len(ev.st))
+    direct = float(sums["direct_contrastive_accuracy"].sum()) / len(ev.st)
+    assert direct == pytest.approx(m["direct_contrastive_accuracy"])

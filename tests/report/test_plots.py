@@ -35,7 +35,8 @@ def trials():
 
 REFS = References(direct={"margin": -0.45, "cos_next": 0.5, "r_at_5": 0.2},
                   ridge={"margin": 0.05, "cos_next": 0.55, "cos_anchor": 0.8, "r_at_5": 0.3},
-                  oracle={"margin": 0.4, "cos_next": 1.0, "cos_anchor": 0.6}, gates={"drift": 0.05, "margin": 0.1})
+                  oracle={"margin": 0.4, "cos_next": 1.0, "cos_anchor": 0.6}, gates={"drift": 0.05, "margin": 0.1},
+                  knn={"margin": -0.2, "r_at_5": 0.25})
 
 
 def test_curves_name_the_top_eight_trials_outside_the_axes_with_each_panels_own_references(trials):
@@ -50,6 +51,7 @@ def test_curves_name_the_top_eight_trials_outside_the_axes_with_each_panels_own_
     assert "PASS 0.40" in panels["val cos_anchor"] and "oracle 0.60" in panels["val cos_anchor"]
     assert "oracle 1.00" in panels["val cos_next"] and "DIRECT 0.50" in panels["val cos_next"]
     assert "deploy 0.30 (DIRECT + 0.10)" in panels["val R@5"] and "ridge 0.30" in panels["val R@5"]
+    assert "kNN 0.25" in panels["val R@5"] and "kNN -0.20" in panels["val margin"]
     assert STYLE["drift gate"][0] != STYLE["margin gate"][0]
 
 

@@ -5,13 +5,15 @@ import math
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from tune_p7.core.gates import Gates
 from tune_p7.data.convert import store_to_npz
 from tune_p7.data.loading import load
 from tune_p7.data.store import write_store
 from tune_p7.data.synth import generate
-from tune_p7.report.probe import main, probe
+from tune_p7.report.probe import main, markdown, near_duplicate_share, probe
 
 K = 3
 
@@ -79,9 +81,13 @@ def test_probe_json_has_every_key_the_summary_and_evaluate_read(tmp_path, small_
     val = result["splits"]["val"]
     assert val["bank"] == len(load(small_store).val.chunks)
     retrieval = {f"{m}{x}" for m in ("r_at_1", "r_at_5", "r_at_10", "mrr_at_10") for x in ("", "_xctx")}
-    for name in ("direct", "centroid", "ridge"):
-        assert retrieval <= set(val["baselines"][name]), name
-    assert {"gate", "verdict"} <= set(val["baselines"]["ridge"])
+    for name in ("direct", "centroid", "ridge", "knn"):
+        assert retrieval | {"contrastive_accuracy"} <= set(val["baselines"][name]), name
+    for name in ("ridge", "knn"):
+        assert {"gate", "verdict", "copy_rate", "r_at_5_vs_direct_lo", "mrr_at_10_xctx_vs_direct_lo"} <= set(
+            val["baselines"][name]), name
+    assert val["baselines"]["ridge"]["alpha_scale"] == result["chosen"]["ridge"]["alpha_scale"]
+    assert 0.0 <= val["near_duplicates"] <= 1.0 and isinstance(result["closing"], str)
     assert set(val["oracle"]) == {"cos_next", "cos_prev", "margin", "cos_anchor", "gate", "verdict"}
     assert val["oracle"]["cos_next"] == pytest.approx(1.0, abs=1e-5)
     assert val["oracle"]["margin"] == pytest.approx(1 - val["adjacent_cos"], abs=1e-5)
@@ -116,3 +122,40 @@ def test_the_margin_gate_is_judged_past_warm_up_and_grace(tmp_path):
     orc = result["splits"]["val"]["oracle"]
     assert orc["margin"] < 0.10 and orc["gate"] == "margin" and math.isfinite(orc["cos_anchor"])
     assert any("margin gate" in w and f"oracle margin {orc['margin']:+.2f} < 0.1" in w for w in result["warnings"])
+
+
+def probe_of(folder, k, **kw) -> dict:
+    art, idx, vec = generate(**kw)
+    write_store(folder / "s.parquet", art, idx, vec, dtype="float32")
+    return probe(load(folder / "s.parquet", val_fraction=0.2, ood_fraction=0.2), k)
+
+
+def test_where_topics_recur_the_probe_says_a_direction_is_learnable_and_reports_ood_with_the_val_choice(tmp_path):
+    result = probe_of(tmp_path, 3, articles=100, chunks_per_article=12, dim=16, forward_signal=1.0, topics=4,
+                      identity=0.7, seed=0)
+    closing = result["closing"]
+    assert "kNN-successor" in closing and "beat" in closing and "something is learnable here" in closing
+    assert markdown(result).rstrip().endswith(closing) and closing.count(". ") == 0  # one sentence, last
+    chosen = result["chosen"]["knn"]
+    assert chosen["windows"] == result["splits"]["val"]["windows"]  # chosen on every val window...
+    for split in ("val", "ood"):  # ...and the ood row is that same choice, not one made on ood
+        row = result["splits"][split]["baselines"]["knn"]
+        assert (row["neighbours"], row["temperature"]) == (chosen["neighbours"], chosen["temperature"])
+
+
+def test_where_each_article_follows_its_own_direction_the_probe_does_not_say_nothing_is_learnable(tmp_path):
+    """Every article on an orbit of its own, read two chunks at a time: neither ridge nor the kNN-successor beats
+    DIRECT, and the sentence says only that, not that the data holds nothing to learn."""
+    result = probe_of(tmp_path, 2, articles=100, chunks_per_article=12, dim=32, forward_signal=2.0, seed=0)
+    closing = result["closing"]
+    assert closing.startswith("On val (20 articles), neither ridge nor kNN-successor beats DIRECT with confidence")
+    assert "says only that these references do not" in closing and "a trained model can still learn" in closing
+    assert not any(claim in closing for claim in ("nothing", "not learnable", "no direction", "cannot be learned"))
+
+
+def test_near_duplicates_are_chunks_within_the_threshold_of_a_train_chunk():
+    train = torch.eye(3)[:1]
+    chunks = F.normalize(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0.1, 0], [1.0, 0.3, 0]]), dim=-1)
+    # cosines to the train chunk: 1, 0, 0.995, 0.958
+    assert near_duplicate_share(chunks, train) == 0.5
+    assert near_duplicate_share(chunks, train, threshold=0.95, block_cells=1) == 0.75  # a row a block

@@ -125,6 +125,11 @@ def test_probe_warnings_oracle_precision_and_retrieval_without_own_context_are_s
     assert f"the val bank holds {bank} chunks" in md
     head, *rows = table_rows(md)
     assert head[head.index("R@5 xctx") + 1] == "DIRECT R@5 xctx" and rows[0][head.index("DIRECT R@5 xctx")] == "0.0100"
+    assert head[head.index("contrastive acc") + 1] == "DIRECT contrastive acc" and "copy rate" in head
+    assert all(0 <= float(r[head.index("contrastive acc")]) <= 1 for r in rows)
+    # the probe's references, the kNN-successor among them, and its closing sentence come before the ranked table
+    assert "| kNN-successor |" in md and "kNN-successor: margin" in md
+    assert md.index(probe["closing"]) < md.index("## Trials, ranked")
     page = (exp / "summary.html").read_text()
     assert page.index(probe["warnings"][0]) < page.index("<table>")
     panels = {p["title"]: p["labels"] for p in png_layout(exp / "curves.png")["panels"]}

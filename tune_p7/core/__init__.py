@@ -3,7 +3,7 @@
 - ``config`` (``P7Config``), ``model`` (``build_model``), ``fastpath``, ``losses``, ``metrics``, ``intervals``
 - ``loop``: the training loop and the evaluator (``fit``, ``Evaluator``)
 - ``verdicts`` (PASS / MARGINAL / FAIL, the deployment check), ``gates`` (``Gates``, ``gate``), ``ranking`` (the one
-  ranking key of trials and checkpoints, the tables' number format), ``baselines`` (ridge, the oracle)
+  ranking key of trials and checkpoints, the tables' number format), ``baselines`` (ridge, the kNN-successor, the oracle)
 
 Imports data/ and tune_p7's shared plumbing. Importing the package imports none of its modules (nor torch).
 """

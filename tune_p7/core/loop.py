@@ -103,16 +103,24 @@ class Evaluator:
 
         q = self.gather(queries)
         # per-window scalars kept for the intervals (the model's paired differences with DIRECT, DIRECT's own)
-        self.direct_hits = I.hits(q["direct"])
+        self.direct_hits, self.direct_hits_xctx = I.hits(q["direct"]), I.hits(q["direct_xctx"])
         self.direct_cos, self.direct_cos_anchor = q["cos_direct"], q["cos_centroid_prev"]
+        self.direct_contrastive = M.contrastive_accuracy(q["direct"], len(bank))
         self.centroid_hits = I.hits(q["centroid"])
+        centroid_contrastive = M.contrastive_accuracy(q["centroid"], len(bank))
+        centroid_copy = (q["cos_centroid_prev"] > q["cos_centroid"]).double()  # M.copy_rate from its two cosines
         cols = {"direct_cos_next": q["cos_direct"], **{"direct_" + k: v for k, v in self.direct_hits.items()},
+                "direct_contrastive_accuracy": self.direct_contrastive,
                 "centroid_cos_next": q["cos_centroid"], "centroid_margin": q["cos_centroid"] - q["cos_centroid_prev"],
-                **{"centroid_" + k: v for k, v in self.centroid_hits.items()}}
+                **{"centroid_" + k: v for k, v in self.centroid_hits.items()},
+                "centroid_contrastive_accuracy": centroid_contrastive, "centroid_copy_rate": centroid_copy}
         self.baseline_intervals = I.interval_keys(cols, self.window_article, self.cfg.seed)
         out = {"direct_cos_next": float(q["cos_direct"].mean()), "direct_margin": float(q["cos_direct"].mean() - 1),
+               "direct_contrastive_accuracy": float(self.direct_contrastive.mean()),
                "centroid_cos_next": float(q["cos_centroid"].mean()),
-               "centroid_margin": float((q["cos_centroid"] - q["cos_centroid_prev"]).mean())}
+               "centroid_margin": float((q["cos_centroid"] - q["cos_centroid_prev"]).mean()),
+               "centroid_contrastive_accuracy": float(centroid_contrastive.mean()),
+               "centroid_copy_rate": float(centroid_copy.mean())}
         for name in ("direct", "centroid"):
             out.update(M.retrieval(q[name], name + "_"))
             out.update(M.retrieval(q[name + "_xctx"], name + "_", "_xctx"))
@@ -125,21 +133,25 @@ class Evaluator:
 
     def intervals(self, out: dict[str, torch.Tensor]) -> dict[str, float]:
         """95% article-bootstrap intervals of the model's val metrics and of its paired differences with DIRECT
-        (same windows, same resampled articles), seeded by the config's seed: a replay gives the same numbers."""
-        model = I.hits(out["rank"])
-        cols = {k: out[k] for k in ("margin", "cos_next", "cos_anchor")}
+        (same windows, same resampled articles) in the whole bank (``_vs_direct``) and with each query's context left
+        out of it (``_xctx_vs_direct``), seeded by the config's seed: a replay gives the same numbers."""
+        model, model_xctx = I.hits(out["rank"]), I.hits(out["rank_xctx"])
+        cols = {k: out[k] for k in ("margin", "cos_next", "cos_anchor", "contrastive_accuracy", "copy_rate")}
         cols.update(model)
-        cols["r_at_5_xctx"] = I.hits(out["rank_xctx"])["r_at_5"]
+        cols["r_at_5_xctx"] = model_xctx["r_at_5"]
+        diffs = []
         for k in ("r_at_5", "mrr_at_10"):
             cols[k + "_vs_direct"] = model[k] - self.direct_hits[k]
+            cols[k + "_xctx_vs_direct"] = model_xctx[k] - self.direct_hits_xctx[k]
+            diffs += [k + "_vs_direct", k + "_xctx_vs_direct"]
         res = I.interval_keys(cols, self.window_article, self.cfg.seed)
-        res.update({k + "_vs_direct": float(cols[k + "_vs_direct"].mean()) for k in ("r_at_5", "mrr_at_10")})
+        res.update({k: float(cols[k].mean()) for k in diffs})
         return res
 
     @torch.no_grad()
     def per_window(self, model, bf16: bool) -> dict[str, torch.Tensor]:
-        """(N,) per-window scalars of ``model`` over the evaluated windows: M.cosines' keys and, with retrieval,
-        ``rank`` and ``rank_xctx``."""
+        """(N,) per-window scalars of ``model`` over the evaluated windows: M.cosines' keys, ``copy_rate`` and, with
+        retrieval, ``rank``, ``rank_xctx`` and ``contrastive_accuracy``."""
         was_training = model.training
         model.eval()
         bank = self._bank32() if self.retrieval else None
@@ -148,8 +160,10 @@ class Evaluator:
             with torch.autocast(self.cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 p = model(b.context)
             out = M.cosines(p.q, p.raw, b.context, b.next)
+            out["copy_rate"] = M.copy_rate(p.q.float(), b.prev, b.next)
             if self.retrieval:
                 out.update(self._ranks(p.q, bank, b, targets))
+                out["contrastive_accuracy"] = M.contrastive_accuracy(out["rank"], len(bank))
             return out
 
         out = self.gather(step)
@@ -159,12 +173,14 @@ class Evaluator:
     def article_sums(self, model, bf16: bool) -> dict[str, torch.Tensor]:
         """Per-article sums of the per-window scalars whose means the confirmation reports, for ``model`` and for
         DIRECT on the same windows: {"article": (A,) article ids, "count": (A,) windows, <key>: (A,) sums} for margin,
-        cos_next, cos_anchor, r_at_5, mrr_at_10 and "direct_" + each of them. Needs retrieval."""
+        cos_next, cos_anchor, r_at_5, mrr_at_10, contrastive_accuracy and "direct_" + each of them, and copy_rate.
+        Needs retrieval."""
         out = self.per_window(model, bf16)
-        cols = {k: out[k] for k in ("margin", "cos_next", "cos_anchor")}
+        cols = {k: out[k] for k in ("margin", "cos_next", "cos_anchor", "contrastive_accuracy", "copy_rate")}
         cols.update(I.hits(out["rank"]))
         cols.update({"direct_margin": self.direct_cos - 1, "direct_cos_next": self.direct_cos,
                      "direct_cos_anchor": self.direct_cos_anchor,
+                     "direct_contrastive_accuracy": self.direct_contrastive,
                      **{"direct_" + k: v for k, v in self.direct_hits.items()}})
         article, inv = torch.unique(self.window_article, return_inverse=True)
         sums = {k: torch.zeros(len(article), dtype=torch.float64).index_add_(0, inv, v.double())

@@ -81,6 +81,27 @@ def retrieval(ranks: torch.Tensor, prefix: str = "", suffix: str = "") -> dict[s
     return {prefix + k + suffix: float(v.mean()) for k, v in retrieval_per_window(ranks).items()}
 
 
+def contrastive_accuracy(ranks: torch.Tensor, bank_size: int) -> torch.Tensor:
+    """Per window, the share of the bank's distractors that lie farther from the prediction than the true next chunk.
+
+    acc_i = (M - 1 - rank_i) / (M - 1), rank_i = #{j : q_i.bank_j > q_i.bank[t_i]} (``retrieval_ranks``), M the bank
+    size: each of the M - 1 other bank rows is a distractor, and one tied with the target is not counted closer (as
+    in the rank). 1 = the target is the nearest row, 0.5 = chance (a prediction blind to the target), 0 = the
+    farthest; a NaN prediction (rank M) gets 0. The reported figure is the mean over windows.
+    ranks (N,) int64 -> (N,) float64.
+    """
+    others = max(bank_size - 1, 1)
+    return ((bank_size - 1 - ranks.double()) / others).clamp(min=0.0)
+
+
+def copy_rate(pred: torch.Tensor, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+    """Per window, whether the prediction lies closer to ctx[-1] than to the target: copy_i = [pred_i.prev_i >
+    pred_i.next_i] (1.0 or 0.0; a tie or NaN is 0). Its mean is the copy rate: the share of predictions that stay
+    nearer the chunk they read than the one they should predict (DIRECT, ctx[-1] itself, scores 1).
+    pred, prev, nxt (N, D) unit rows -> (N,) float64."""
+    return ((pred * prev).sum(-1) > (pred * nxt).sum(-1)).double()
+
+
 def infonce_chance(num_candidates: int) -> float:
     """InfoNCE loss of a predictor that cannot tell the candidates apart: ln(C)."""
     return math.log(num_candidates)

@@ -15,7 +15,8 @@ DEPLOY_R5, DEPLOY_MRR = 0.10, 0.05
 # retention rank by it, and a key that is never reported crashes Tune's controller mid-search)
 RANKABLE = ("margin", "cos_next", "cos_prev", "cos_anchor", "cos_raw_anchor", "r_at_1", "r_at_5", "r_at_10",
             "mrr_at_10", "r_at_1_xctx", "r_at_5_xctx", "r_at_10_xctx", "mrr_at_10_xctx", "r_at_5_vs_direct",
-            "mrr_at_10_vs_direct", "train_margin", "train_cos_next", "best_margin", "loss")
+            "mrr_at_10_vs_direct", "contrastive_accuracy", "copy_rate", "train_margin", "train_cos_next", "best_margin",
+            "loss")
 
 
 def _ge(x, threshold) -> bool:

@@ -33,7 +33,7 @@ STATUS_COLOURS = {"completed": "#1f77b4", "asha_stopped": "#9a9a9a", "bracket_en
 # reference lines: (colour, line style)
 STYLE = {"PASS": ("#2ca02c", "--"), "margin gate": ("#d62728", "--"), "drift gate": ("#ff7f0e", "--"),
          "escape gate": ("#a0522d", "--"), "deploy": ("#2ca02c", "-."), "DIRECT": ("#000000", "-."),
-         "ridge": ("#6a3d9a", ":"), "oracle": ("#8c510a", ":")}
+         "ridge": ("#6a3d9a", ":"), "kNN": ("#01665e", ":"), "oracle": ("#8c510a", ":")}
 
 
 @dataclass
@@ -44,11 +44,14 @@ class References:
     ridge: dict = field(default_factory=dict)
     oracle: dict = field(default_factory=dict)
     gates: dict = field(default_factory=dict)
+    knn: dict = field(default_factory=dict)  # the kNN-successor's
 
     def baselines(self, metric: str) -> list[tuple[str, str, float]]:
-        """(style, label, value) of DIRECT's, ridge's and the oracle's val ``metric``, where known."""
+        """(style, label, value) of DIRECT's, ridge's, the kNN-successor's and the oracle's val ``metric``, where
+        known."""
         return [(name, name + " {v}", float(d[metric])) for name, d in
-                (("DIRECT", self.direct), ("ridge", self.ridge), ("oracle", self.oracle)) if _finite(d.get(metric))]
+                (("DIRECT", self.direct), ("ridge", self.ridge), ("kNN", self.knn), ("oracle", self.oracle))
+                if _finite(d.get(metric))]
 
     def thresholds(self, metric: str) -> list[tuple[str, str, float]]:
         """(style, label, value) of the gates and pass lines that apply to ``metric``."""

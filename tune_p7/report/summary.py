@@ -31,11 +31,14 @@ TOP_ROWS = 20  # rows of the ranked table in summary.md and on the console; summ
 # the table's metrics, each followed by DIRECT's value on the same bank (None: DIRECT has no counterpart)
 PAIRS = [("margin", "direct_margin"), ("cos_next", "direct_cos_next"), ("cos_prev", None), ("cos_anchor", None),
          ("r_at_5", "direct_r_at_5"), ("mrr_at_10", "direct_mrr_at_10"), ("r_at_5_xctx", "direct_r_at_5_xctx"),
-         ("mrr_at_10_xctx", "direct_mrr_at_10_xctx")]
+         ("mrr_at_10_xctx", "direct_mrr_at_10_xctx"), ("contrastive_accuracy", "direct_contrastive_accuracy"),
+         ("copy_rate", None)]
 HEADERS = {"margin": "margin", "direct_margin": "DIRECT margin", "direct_cos_next": "DIRECT cos_next",
            "r_at_5": "R@5", "direct_r_at_5": "DIRECT R@5", "mrr_at_10": "MRR@10", "direct_mrr_at_10": "DIRECT MRR@10",
            "r_at_5_xctx": "R@5 xctx", "direct_r_at_5_xctx": "DIRECT R@5 xctx", "mrr_at_10_xctx": "MRR@10 xctx",
-           "direct_mrr_at_10_xctx": "DIRECT MRR@10 xctx", "best_margin": "best margin", "deploy_ok": "deploy",
+           "direct_mrr_at_10_xctx": "DIRECT MRR@10 xctx", "contrastive_accuracy": "contrastive acc",
+           "direct_contrastive_accuracy": "DIRECT contrastive acc", "copy_rate": "copy rate",
+           "best_margin": "best margin", "deploy_ok": "deploy",
            "status": "ended", "stopped_epoch": "epochs"}
 
 
@@ -152,28 +155,32 @@ def table(df: pd.DataFrame, sampler: dict[str, str], limit: int | None = TOP_ROW
 
 
 def versus_ridge(best: pd.Series, probe: dict) -> str:
-    """One line: the top-ranked trial against the probe's ridge and DIRECT baselines on val."""
+    """One line: the top-ranked trial against the probe's ridge, kNN-successor (where the probe has it) and DIRECT
+    baselines on val."""
     base = probe["splits"]["val"]["baselines"]
     ridge, direct = base["ridge"], base["direct"]
     k, mine = probe.get("context_length"), best.get("config/context_length")
-    other = (f" (the probe's ridge reads {k} chunks, this trial {mine}: the Confirmed section compares each "
+    other = (f" (the probe's references read {k} chunks, this trial {mine}: the Confirmed section compares each "
              "configuration with ridge at its own context length)") if k is not None and mine not in (None, k) else ""
+    refs = {"ridge": ridge, **({"kNN-successor": base["knn"]} if "knn" in base else {}), "DIRECT": direct}
     return (f"Top trial {best['trial_id']}{other}: val margin {best.get('margin', math.nan):+.3f}, "
             f"R@5 {best.get('r_at_5', math.nan):.3f}, MRR@10 {best.get('mrr_at_10', math.nan):.3f}; "
-            f"ridge: margin {ridge['margin']:+.3f}, R@5 {ridge['r_at_5']:.3f}, MRR@10 {ridge['mrr_at_10']:.3f}; "
-            f"DIRECT: margin {direct['margin']:+.3f}, R@5 {direct['r_at_5']:.3f}, MRR@10 {direct['mrr_at_10']:.3f}. "
-            f"Top trial minus ridge: margin {best.get('margin', math.nan) - ridge['margin']:+.3f}, "
+            + "; ".join(f"{name}: margin {m['margin']:+.3f}, R@5 {m['r_at_5']:.3f}, MRR@10 {m['mrr_at_10']:.3f}"
+                        for name, m in refs.items())
+            + f". Top trial minus ridge: margin {best.get('margin', math.nan) - ridge['margin']:+.3f}, "
             f"R@5 {best.get('r_at_5', math.nan) - ridge['r_at_5']:+.3f}.")
 
 
 def references(probe: dict, df: pd.DataFrame, gates: dict) -> References:
-    """The plots' reference values: the probe's val baselines and oracle, or DIRECT's from the trials."""
+    """The plots' reference values: the probe's val baselines (ridge and kNN-successor included) and oracle, or
+    DIRECT's from the trials."""
     val = probe.get("splits", {}).get("val", {})
     base = val.get("baselines", {})
     direct = dict(base.get("direct") or {})
     if not direct and not df.empty:
         direct = {k.removeprefix("direct_"): df[k].median() for k in df.columns if k.startswith("direct_")}
-    return References(direct, dict(base.get("ridge") or {}), dict(val.get("oracle") or {}), gates)
+    return References(direct, dict(base.get("ridge") or {}), dict(val.get("oracle") or {}), gates,
+                      dict(base.get("knn") or {}))
 
 
 def header(exp: str, search: dict, probe: dict) -> list[str]:
