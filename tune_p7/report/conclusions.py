@@ -8,8 +8,9 @@ interval is cluster-robust with a small-sample correction (core/clustered.py: CR
 degrees of freedom, plus the run-to-run variation each fold's articles share), which kept its 95% in simulations
 of few, uneven articles down to CONFIDENT_EFFECTIVE_ARTICLES effective ones (docs/statistics.md); below that the
 section says so and claims no confidence. Configurations are compared on the same windows (those every one of
-them can score, data/folds.window_mask). Differences with DIRECT and ridge are per article on those windows (ridge
-fitted on the same training articles at the configuration's own context length). The recommendation tests every
+them can score, data/folds.window_mask). Differences with DIRECT and with the reference predictors (ridge and the
+kNN-successor, fitted on the same training articles at the configuration's own context length and tuned on val)
+are per article on those windows. The recommendation tests every
 configuration and adjusts for comparing K of them at once (Holm); a configuration with an errored run is not
 robust and is not recommended.
 """
@@ -29,7 +30,9 @@ from tune_p7.tuning.confirm import ARTICLES_FILE, TABLE_FILE, read_plan
 
 METRICS = ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10")
 DEPLOY = {"r_at_5": DEPLOY_R5, "mrr_at_10": DEPLOY_MRR}  # metric -> margin over DIRECT the deployment check needs
-DIFFS = tuple(f"{k}_minus_{b}" for b in ("direct", "ridge") for k in DEPLOY)
+REFERENCES = {"ridge": "ridge", "knn": "kNN"}  # reference predictors of the confirmation (source -> label)
+BASE_LABEL = {"direct": "DIRECT", **REFERENCES}
+DIFFS = tuple(f"{k}_minus_{b}" for b in ("direct", *REFERENCES) for k in DEPLOY)
 LABEL = {"margin": "margin", "cos_next": "cos_next", "cos_anchor": "cos_anchor", "r_at_5": "R@5",
          "mrr_at_10": "MRR@10"}
 ALPHA = (1 - LEVEL) / 2  # one-sided family-wise level: with one configuration, "the 95% lower bound clears"
@@ -49,20 +52,23 @@ def heldout_split(articles: pd.DataFrame) -> str:
     return next((s for s in (HELDOUT, "ood") if s in present), "val")
 
 
-def figures(model: pd.DataFrame, ridge: pd.DataFrame) -> dict:
+def figures(model: pd.DataFrame, refs: dict[str, pd.DataFrame]) -> dict:
     """Point estimates, 95% intervals and one-sided p-values of one configuration on one split.
 
     model: per-article rows of its completed runs (seed, fold, article, count, METRICS sums and direct_<metric>
-    sums); ridge: ridge's per-article rows on the same windows (one per article). Returns {<key>, <key>_lo,
-    <key>_hi} for METRICS and DIFFS (<metric>_minus_direct = model - DIRECT per article, paired; likewise ridge),
+    sums); refs: each reference's per-article rows on the same windows (one per article; "ridge" present). Returns
+    {<key>, <key>_lo, <key>_hi} for METRICS and DIFFS (<metric>_minus_direct = model - DIRECT per article, paired;
+    likewise each reference; NaN for a reference an older confirmation did not score),
     articles and eff_articles, and p-values of H0 "not above": p_deploy (R@5 - DIRECT <= 0.10 or MRR@10 -
-    DIRECT <= 0.05), p_direct and p_ridge (either difference <= 0).
+    DIRECT <= 0.05), p_direct and p_<reference> (either difference <= 0).
     """
     out = {k: math.nan for k in (*METRICS, *DIFFS) for k in (k, k + "_lo", k + "_hi")}
-    out.update(p_deploy=math.nan, p_direct=math.nan, p_ridge=math.nan, articles=0, eff_articles=0.0)
+    out.update(p_deploy=math.nan, p_direct=math.nan, **{f"p_{b}": math.nan for b in REFERENCES}, articles=0,
+               eff_articles=0.0)
     if model.empty:
         return out
-    ridge = ridge.set_index("article").sort_index()
+    ridge = refs["ridge"].set_index("article").sort_index()
+    indexed = {b: refs[b].set_index("article").reindex(ridge.index) if b in refs else None for b in REFERENCES}
     model = model.assign(fold=model["fold"].fillna(-1) if "fold" in model else -1)
     runs = list(model.groupby(["seed", "fold"], sort=True))
     names = [*METRICS, *DIFFS]
@@ -72,7 +78,8 @@ def figures(model: pd.DataFrame, ridge: pd.DataFrame) -> dict:
         g = g.set_index("article")
         at = ridge.index.get_indexer(g.index)
         cols = [g[k] for k in METRICS] + [g[k] - g["direct_" + k] for k in DEPLOY] + \
-               [g[k] - ridge[k].reindex(g.index) for k in DEPLOY]
+               [g[k] - (indexed[b][k].reindex(g.index) if indexed[b] is not None else math.nan)
+                for b in REFERENCES for k in DEPLOY]
         sums[r, at] = np.stack([c.to_numpy(dtype=float) for c in cols], 1)
         scored[r, at] = True
     keep = scored.any(0)  # articles a failed fold's runs would have scored are left out
@@ -86,7 +93,7 @@ def figures(model: pd.DataFrame, ridge: pd.DataFrame) -> dict:
                                       if k in ("theta", "var", "df")}, t)) for m, t in threshold.items())
 
     out.update(p_deploy=p(DEPLOY, "direct"), p_direct=p(dict.fromkeys(DEPLOY, 0.0), "direct"),
-               p_ridge=p(dict.fromkeys(DEPLOY, 0.0), "ridge"), articles=est["n_articles"],
+               **{f"p_{b}": p(dict.fromkeys(DEPLOY, 0.0), b) for b in REFERENCES}, articles=est["n_articles"],
                eff_articles=est["eff_articles"])
     return out
 
@@ -106,7 +113,7 @@ def aggregate(rows: pd.DataFrame, articles: pd.DataFrame, split: str | None = No
     means, ``confident`` (claims_confidence of its articles), robust_pass (every PASS metric's lower bound clears
     its threshold), robust_deploy (the lower bounds of R@5 - DIRECT and MRR@10 - DIRECT clear +0.10 and +0.05),
     and Holm's decisions over the confident configurations without an errored run: deploy, beats_direct,
-    beats_ridge."""
+    beats_<reference>."""
     split = split or heldout_split(articles)
     here = articles[articles["split"] == split]
     fold = "fold" if "fold" in rows else None
@@ -125,8 +132,9 @@ def aggregate(rows: pd.DataFrame, articles: pd.DataFrame, split: str | None = No
                "seeds": len(g), "errored_nan": int((failures == "nan").sum()),
                "errored_worker": int((failures == "worker").sum()), "gated": int(done["gate"].notna().sum()),
                "val_margin": float(done["margin"].mean()) if "margin" in done and len(done) else math.nan}
-        ridge = a[a["source"] == "ridge"]
-        row.update(figures(model, ridge.groupby("article", as_index=False).mean(numeric_only=True)))
+        refs = {b: a[a["source"] == b].groupby("article", as_index=False).mean(numeric_only=True)
+                for b in REFERENCES if (a["source"] == b).any()}
+        row.update(figures(model, refs))
         row["verdict"] = verdict({k: row[k] for k in METRICS})
         row["confident"] = claims_confidence(row["articles"], row["eff_articles"])
         row["robust_pass"] = row["confident"] and all(row[k + "_lo"] >= t for k, t in PASS.items())
@@ -135,7 +143,8 @@ def aggregate(rows: pd.DataFrame, articles: pd.DataFrame, split: str | None = No
     agg = pd.DataFrame(out)
     agg["diverged"] = agg["errored_nan"] + agg["errored_worker"]
     eligible = (agg["diverged"] == 0) & (agg["n"] > 0) & agg["confident"]
-    for name, p in (("deploy", "p_deploy"), ("beats_direct", "p_direct"), ("beats_ridge", "p_ridge")):
+    for name, p in (("deploy", "p_deploy"), ("beats_direct", "p_direct"),
+                    *((f"beats_{b}", f"p_{b}") for b in REFERENCES)):
         agg[name] = False
         if eligible.any():
             agg.loc[eligible, name] = holm(agg.loc[eligible, p].tolist(), ALPHA)
@@ -188,7 +197,7 @@ def caveat(agg: pd.DataFrame) -> str:
 
 def table(agg: pd.DataFrame, record: dict) -> list[str]:
     head = ["configuration", "n", "articles (effective)", *[LABEL[k] for k in METRICS],
-            *[f"{LABEL[k.split('_minus_')[0]]} - {k.split('_minus_')[1]}" for k in DIFFS],
+            *[f"{LABEL[k.split('_minus_')[0]]} - {BASE_LABEL[k.split('_minus_')[1]]}" for k in DIFFS],
             "val margin of the confirmation runs", "verdict (mean)", "robust_pass", "robust_deploy", "gated",
             "errored: NaN loss", "errored: worker failure"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -239,10 +248,13 @@ def recommendation(agg: pd.DataFrame, record: dict) -> str:
     else:
         best = done.sort_values("r_at_5_minus_direct", ascending=False)
         text = f"**No configuration beats DIRECT with confidence** ({how}). The figures: {figs(best)}."
-    ridge = done[done["beats_ridge"]]
-    text += (f" **Beat ridge** {how}: {_names(ridge, record)}." if len(ridge) else
-             " **No configuration beats ridge with confidence** (none has both its R@5 and its MRR@10 difference "
-             "with ridge above 0).")
+    for b, label in REFERENCES.items():
+        if done[f"r_at_5_minus_{b}"].isna().all():  # a confirmation made before this reference
+            continue
+        beat = done[done[f"beats_{b}"]]
+        text += (f" **Beat {label}** {how}: {_names(beat, record)}." if len(beat) else
+                 f" **No configuration beats {label} with confidence** (none has both its R@5 and its MRR@10 "
+                 f"difference with {label} above 0).")
     return text + tail
 
 
@@ -267,8 +279,8 @@ def markdown(exp: str) -> str:
              "that scored it [95% cluster-robust t interval: CR2 over articles with Bell-McCaffrey degrees of "
              "freedom, plus the run-to-run variation a fold's articles share; docs/statistics.md]; n: completed "
              "runs; articles (effective): held-out articles with a window and Kish's effective number. Differences "
-             "with DIRECT and with ridge (fitted on the same training articles at the configuration's own context "
-             "length) are per article on the same windows. robust_pass: every PASS metric's lower bound clears its "
+             "with DIRECT, with ridge and with the kNN-successor (fitted on the same training articles at the "
+             "configuration's own context length, tuned on val) are per article on the same windows. robust_pass: every PASS metric's lower bound clears its "
              f"threshold ({', '.join(f'{k} {v:.2f}' for k, v in PASS.items())}); robust_deploy: the lower bounds of "
              f"R@5 - DIRECT and MRR@10 - DIRECT clear +{DEPLOY_R5:.2f} and +{DEPLOY_MRR:.2f}; gated: runs a gate "
              "would have stopped (recorded, not enforced). The val margin of the confirmation runs (their last "

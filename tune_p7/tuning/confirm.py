@@ -211,9 +211,11 @@ def fold_of(data, record: dict, fold: int | None):
 
 
 def baseline_rows(data, record: dict, ks: dict[int, int]) -> list[dict]:
-    """Per-article rows of ridge (fitted on each fold's training articles at each configuration's context length)
-    with DIRECT beside it, on the windows the runs are scored on, for every configuration rank in ``ks``."""
-    from tune_p7.core.baselines import Ridge
+    """Per-article rows of the reference predictors (core/baselines.references: ridge and the kNN-successor, fitted
+    on each fold's training articles at each configuration's context length, chosen on val) with DIRECT beside
+    them, on the windows the runs are scored on, for every configuration rank in ``ks``; ``source`` names the
+    reference."""
+    from tune_p7.core.baselines import references
     from tune_p7.core.loop import model_article_tables
 
     rows = []
@@ -221,9 +223,10 @@ def baseline_rows(data, record: dict, ks: dict[int, int]) -> list[dict]:
         part, ids = fold_of(data, record, fold)
         for k in sorted(set(ks.values())):
             cfg = P7Config(context_length=k, precision="fp32")
-            tables = model_article_tables(Ridge(part.train, k), cfg, part, False, record.get("common_context"))
-            for rank in (r for r, kr in ks.items() if kr == k):
-                rows += _article_rows(tables, ids, config_rank=rank, seed=-1, fold=fold, source="ridge")
+            for name, model in references(part.train, part.val, k).items():
+                tables = model_article_tables(model, cfg, part, False, record.get("common_context"))
+                for rank in (r for r, kr in ks.items() if kr == k):
+                    rows += _article_rows(tables, ids, config_rank=rank, seed=-1, fold=fold, source=name)
     return rows
 
 
@@ -232,8 +235,8 @@ def collect(exp: str, record: dict, data) -> tuple[pd.DataFrame, pd.DataFrame]:
     how the trial ended (completed / errored with ``failure`` "nan" or "worker" / unfinished), the first gate that
     fired and its epoch (recorded, not enforced), the final epoch's val metrics (DIRECT's included) and
     config/<key> for every config key;
-    per-article sums: every run's (source "model"), and ridge's at the configuration's context length (source
-    "ridge", seed -1), each with DIRECT's on the same windows, on val and the held-out articles)."""
+    per-article sums: every run's (source "model"), and each reference's at the configuration's context length
+    (source "ridge" / "knn", seed -1), each with DIRECT's on the same windows, on val and the held-out articles)."""
     from ray.tune import ExperimentAnalysis
 
     from tune_p7.tuning.resultlog import read_results  # imports Ray's Tune: only where the trials are read
