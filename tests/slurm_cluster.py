@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from conftest import REPO
 from local_processes import spawn, stop, tail, wait_for
 
 SBATCH = REPO / "deploy" / "slurm" / "tune_p7.sbatch"
-TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "unshare")
+TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo", "unshare")
 NODES = ("p7-head", "p7-worker")
 # PID 1 of a host's PID namespace: runs slurmd and reaps every orphan (Ray's daemonized servers end up its
 # children); with slurmd as PID 1 they stayed zombies and the job's `ray stop` waited its whole grace period for them

@@ -26,11 +26,13 @@ RAY_PROGRAMS = (b"raylet", b"gcs_server", b"ray::", b"ray/dashboard", b"symmetri
 
 
 def space(epochs: int) -> str:
-    """Two trials (one per node: each has 1 CPU) of a tiny model; gates off, so every trial runs its epochs."""
+    """Two trials (one per node: each has 1 CPU) of a small model; gates off, so every trial runs its epochs. With
+    600 articles an epoch takes about a second on 2 cores: long enough that a cancel after a trial's second epoch
+    lands mid-search."""
     return f"""num_samples: 1
 metric: margin
 mode: max
-params: {{d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64, lstm_layers: 1, epochs: {epochs}, warmup_epochs: 1,
+params: {{d_model: 64, n_layers: 1, n_heads: 4, d_ff: 128, lstm_layers: 1, epochs: {epochs}, warmup_epochs: 1,
          batch_size: 128, lr: 2.0e-3, arch: {{grid: [transformer, lstm]}}}}
 scheduler: {{name: fifo}}
 gates: {{drift: -1.0, margin: -1.0}}
@@ -43,7 +45,7 @@ confirm: {{top: 0}}
 @pytest.fixture
 def lab(tmp_path):
     with slurm(tmp_path) as cluster:
-        data = synth(cluster.shared / "data.parquet", articles=200)
+        data = synth(cluster.shared / "data.parquet", articles=600)
         (cluster.shared / "space.yaml").write_text(space(EPOCHS))
         env = {"P7_CHECKOUT": str(REPO), "P7_PYTHON": sys.executable, "P7_STORAGE": str(cluster.shared / "results"),
                "P7_DATA": str(data), "P7_SEARCH_ARGS": "--storage-is-shared --no-probe",  # a bind mount: not NFS
@@ -98,9 +100,9 @@ def test_a_job_cancelled_mid_search_and_submitted_again_finishes_the_search_on_b
     cluster, env = lab
     job, log = run_job(cluster, env, "again")
     exp = cluster.shared / "results" / "again"
-    # cancelled as soon as one trial has trained 2 epochs (a trial's last epochs take about a second)
+    # cancelled once a trial has trained 2 epochs, and Tune's experiment state names that trial's checkpoint
     wait_for(lambda: max(map(len, trial_rows(exp).values()), default=0) >= 2, 240, "a trial's second epoch")
-    time.sleep(1)  # Tune's experiment state names the trial's checkpoint
+    time.sleep(0.5)
     assert cluster.run("scancel", job).returncode == 0
     assert cluster.wait(job, ENDED, 60)["JobState"] == "CANCELLED"
     first = open(log, errors="replace").read()
