@@ -144,14 +144,16 @@ def anchor(root: Path, hide: list[str], keep: list[str]) -> subprocess.Popen:
     return proc
 
 
-def make_pair(workdir: Path, hide_on_worker: list[str], keep_on_head: list[str]) -> tuple[Host, Host]:
+def make_pair(workdir: Path, hide_on_worker: list[str], keep_on_head: list[str],
+              keep_on_worker: list[str] = ()) -> tuple[Host, Host]:
     """Two namespace hosts, head and worker, joined by a veth pair on a random /30 in TEST_NET; the head keeps
-    seeing ``keep_on_head``, the worker sees none of ``hide_on_worker``."""
+    seeing ``keep_on_head``, the worker ``keep_on_worker`` (a shared filesystem) and none of ``hide_on_worker``."""
     subnet = ipaddress.ip_network(f"198.{random.choice((18, 19))}.{random.randrange(256)}.{4 * random.randrange(64)}/30")
     head_ip, worker_ip = (str(a) for a in list(subnet.hosts())[:2])
     hosts = []
     try:
-        for name, ip, hide, keep in (("head", head_ip, [], keep_on_head), ("worker", worker_ip, hide_on_worker, [])):
+        for name, ip, hide, keep in (("head", head_ip, [], keep_on_head),
+                                       ("worker", worker_ip, hide_on_worker, list(keep_on_worker))):
             hosts.append(Host(name, ip, workdir / f"{name}-host", anchor(workdir / f"{name}-host", hide, keep)))
         head, worker = hosts
         # made inside the head's namespace, the peer moved straight into the worker's: never in ours
