@@ -46,14 +46,18 @@ def test_wide_and_smoke_load():
     assert smoke.scheduler.name == "asha"
 
 
-def test_confirm_defaults_to_top_3_by_5_seeds_and_top_0_turns_it_off(tmp_path):
+def test_confirm_defaults_to_top_3_by_3_seeds_in_2_folds_and_top_0_turns_it_off(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text("params: {epochs: 2}\n")
-    assert (load_space(path).confirm.top, load_space(path).confirm.seeds) == (3, 5)
+    c = load_space(path).confirm
+    assert (c.top, c.seeds, c.folds) == (3, 3, 2)
     path.write_text("confirm: {top: 0}\n")
     assert load_space(path).confirm.top == 0
+    path.write_text("confirm: {folds: 1}\n")
+    with pytest.raises(InputError, match="confirm.folds.*>= 2"):
+        load_space(path)
     smoke = load_space(SPACES / "smoke.yaml").confirm
-    assert smoke.top * smoke.seeds <= 3  # the README's first command stays quick
+    assert smoke.top * smoke.seeds * smoke.folds <= 4  # the README's first command stays quick
 
 
 def test_override_fixes_epochs_everywhere():
