@@ -147,7 +147,7 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
     from tune_p7.tuning.trainable import train_trial
 
     scheduled = tuple(sorted({k for c in record["configs"] for _, changes in c.get("schedule", []) for k in changes}))
-    varied = ("seed", *(k for k, v in space.params.items() if isinstance(v, dict)))  # for the dashboard and log
+    varied = ("seed", "fold", *(k for k, v in space.params.items() if isinstance(v, dict)))  # dashboard and log
     trainable = tune.with_resources(actors.describe(tune.with_parameters(train_trial, data=data, gates=space.gates,
                                                                          mutated=scheduled, articles=True), varied),
                                     {"cpu": cpus})

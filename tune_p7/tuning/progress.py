@@ -12,7 +12,7 @@ from typing import IO, Iterable
 
 from ray.tune import Callback
 
-from tune_p7.space.file import trial_config
+from tune_p7.space.file import CROSSFIT_KEY, trial_config
 
 
 def _value(v) -> str:
@@ -24,8 +24,9 @@ def _metric(v) -> str:
 
 
 def trial_label(trial_id: str, config: dict, varied: Iterable[str]) -> str:
-    """``trial ID key=value ...`` with the values of the keys the space varies (an explicit run's keys count)."""
-    flat = trial_config(config)
+    """``trial ID key=value ...`` with the values of the keys the space varies (an explicit run's keys count, and
+    a confirmation run's cross-fitting ``fold``)."""
+    flat = {**trial_config(config), **({"fold": config[CROSSFIT_KEY]["fold"]} if config.get(CROSSFIT_KEY) else {})}
     return " ".join([f"trial {trial_id}"] + [f"{k}={_value(flat[k])}" for k in varied if k in flat])
 
 
