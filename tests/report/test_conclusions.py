@@ -1,5 +1,6 @@
 """What a confirmation concludes: intervals over seeds and articles that cover the truth, and a recommendation
 that judges every confirmed configuration (on hand-made per-article tables: no training)."""
+import json
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from scipy import stats
 
 from tune_p7.core.intervals import holm
-from tune_p7.report.conclusions import aggregate, caveat, heldout_split, recommendation, where
+from tune_p7.report.conclusions import aggregate, caveat, heldout_split, markdown, recommendation, where
 
 KEYS = ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10")
 
@@ -97,9 +98,15 @@ def test_without_a_held_out_split_the_figures_are_said_to_be_on_val_and_biased_u
     assert aggregate(rows, on_val)["n"].tolist() == [5]
 
 
-def test_four_held_out_articles_give_the_caveat_and_no_claim_of_confidence():
+def test_four_held_out_articles_give_the_caveat_and_no_claim_of_confidence(tmp_path):
     rows, articles = confirmed(np.random.default_rng(5), [(1, 0.5, 0)])
     few = articles[articles["article"] < 4]
+    rows.to_parquet(tmp_path / "confirm.parquet")  # the stored confirmation, as the summary reads it
+    few.to_parquet(tmp_path / "confirm_articles.parquet")
+    (tmp_path / "confirm.json").write_text(json.dumps({**record([1]), "seed_values": [1, 2, 3, 4, 5]}))
+    section = markdown(str(tmp_path))
+    assert "**Too few held-out articles for confidence:** 4 articles" in section
+    assert "95% confidence" not in section
     agg = aggregate(rows, few)
     assert agg["articles"].tolist() == [4] and not agg["confident"].any() and not agg["deploy"].any()
     line, text = caveat(agg), recommendation(agg, record([1]))
