@@ -310,7 +310,8 @@ def main(argv=None) -> int:
     if confirming.top and not unfinished:
         confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
                                 opts.max_concurrent, opts.max_failures, opts.reuse_actors)
-        unfinished = confirmed is not None and ending.signalled() and interrupted(confirmed["status"], root, name, "confirmation seeds")
+        unfinished = confirmed is not None and ending.signalled() and interrupted(confirmed["status"], root, name,
+                                                                                  "confirmation runs")
         if confirmed is not None and not unfinished:
             summarize(exp, draw=False)  # again, with the Confirmed section
     if confirming.top and not unfinished:
