@@ -30,7 +30,20 @@ def keep(exp: str, space_path: str, data_path: str) -> dict:
     text = Path(space_path).read_bytes()
     storage.write_bytes(storage.join(exp, SPACE_COPY), text)
     return {"space_rel": _rel(space_path), "data_rel": _rel(data_path), "space_copy": SPACE_COPY,
-            "space_sha256": hashlib.sha256(text).hexdigest()}
+            "space_sha256": hashlib.sha256(text).hexdigest(), "data_sha256": data_sha256(data_path)}
+
+
+def data_sha256(path: str) -> str:
+    """SHA-256 over the data's bytes (a folder: each file's path relative to it, then its bytes, in sorted order):
+    what a continued search checks and a tracker shows as the data's fingerprint."""
+    p = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]:
+        h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
+        with f.open("rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def surviving(stored: dict, exp: str) -> dict:
