@@ -12,7 +12,7 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_cli
 from local_processes import free_port
 from test_search import SEARCH, refused, search
 
@@ -76,7 +76,7 @@ def first(tmp_path_factory, small_store, shared_ray):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **shared_ray}  # module-scoped: before ray_cluster sets them
     proc = subprocess.Popen([sys.executable, str(SEARCH), "--num-cpus", "2", "--space", str(space), "--data",
                              str(small_store), "--storage", str(root), "--name", "a", "--no-probe", "--reuse-actors",
-                             "--max-concurrent", "1", "--track", "mlflow"], cwd=REPO, env=env,
+                             "--track", "mlflow"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     port, seen, dashboard = free_port(), [], None
     try:
@@ -241,3 +241,33 @@ def test_a_continue_that_cannot_learn_from_the_first_is_refused_in_one_line(firs
                timeout=120)
     refused(r, words)
     assert not (tmp_path / "c").exists()
+
+
+# a search in-process with the tracking extra hidden (as if not installed: importing it raises ImportError), then
+# which of tune_p7's tracking modules it imported. With the extra installed, Ray Tune's fit() imports mlflow itself
+# (its usage telemetry imports ray.air.integrations.mlflow, which imports mlflow when present): docs/tracking.md.
+HIDDEN = """
+import sys
+sys.modules.update(mlflow=None, optuna_dashboard=None)
+from tune_p7 import search
+code = search.main(sys.argv[1:])
+print("code", code, "imported", sorted(m for m in sys.modules if m.startswith("tune_p7") and "track" in m
+                                       or m.endswith("mlflow_trials")))
+"""
+
+
+def test_a_search_without_the_extra_and_without_track_runs_and_imports_no_tracking_code(tmp_path, small_store):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("num_samples: 8", "num_samples: 1").replace("epochs: 2", "epochs: 1")
+                     .replace("confirm: {top: 1, seeds: 1}", "confirm: {top: 0}").split("search:")[0])
+    r = run_cli("-c", HIDDEN, "--space", space, "--data", small_store, "--storage", tmp_path, "--name", "n",
+                "--no-probe", timeout=300)
+    assert "code 0 imported ['tune_p7.space.tracking_settings']" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_track_without_mlflow_installed_is_one_line_exit_2_before_anything_starts(tmp_path, small_store):
+    hide = "import sys; sys.modules['mlflow'] = None  # as if not installed: import mlflow raises ImportError\n"
+    r = run_cli("-c", hide + "from tune_p7 import cli, search; cli.run(search.main)", "--data", small_store,
+                "--storage", tmp_path, "--name", "t", "--track", "mlflow", timeout=120)
+    refused(r, ["--track mlflow", "mlflow is not installed", "requirements-tracking.txt"])
+    assert not (tmp_path / "t").exists()
