@@ -230,7 +230,7 @@ def main(argv=None) -> int:
         stored = json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE)))
         stored = kept_inputs.surviving(stored, exp)  # a job's uploaded copies are gone after a head restart
         refuse_resume_changes(opts, stored)
-    before = continuation.resolve(opts, root)  # --continue: the finished search this one continues
+    before = kept_inputs.continued(opts, root)  # --continue: the finished search this one continues
     if opts.resume and opts.num_samples is not None:
         raise InputError("--num-samples", "cannot change a stored experiment: --resume goes on with its trials")
     space_path = before["space"] if before else opts.space or (stored["space"] if stored else str(DEFAULT_SPACE))

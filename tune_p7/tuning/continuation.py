@@ -20,16 +20,13 @@ earlier trials keep their folders, reached as ``../EXP/trial``), and so does its
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import posixpath
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from tune_p7 import kept_inputs, storage
+from tune_p7 import storage
 from tune_p7.core.ranking import SEARCH_FILE
 from tune_p7.errors import InputError
 from tune_p7.space.file import Space
@@ -64,50 +61,6 @@ def relative_dir(exp: str, path: str, trial_dir: str) -> str:
         return trial_dir
     strip = (lambda p: p.split("://", 1)[-1])
     return posixpath.join(posixpath.relpath(strip(path), strip(exp)), trial_dir)
-
-
-def resolve(opts, root: str) -> dict | None:
-    """The experiment ``--continue`` names, checked before anything starts: {path, record (with paths that exist
-    now), space (the experiment's copy of its space file)}; None without --continue."""
-    given = opts.continue_from
-    if not given:
-        return None
-    flag = "--continue " + given
-    if opts.resume:
-        raise InputError(flag, "not with --resume (--resume goes on with an interrupted search in its own folder)")
-    for name in ("epochs", "seed", "scheduler"):
-        if getattr(opts, name) is not None:
-            raise InputError("--" + name, "a continued search runs the first's space as it ran (drop --" + name + ")")
-    path = storage.normalize(given) if "/" in given or Path(given).exists() else storage.join(root, given)
-    if not storage.exists(storage.join(path, SEARCH_FILE)):
-        raise InputError(flag, f"no tune_p7 search at {path}")
-    record = kept_inputs.surviving(record_of(path), path)
-    summary = storage.join(path, "summary.parquet")
-    if not storage.exists(summary):
-        raise InputError(flag, f"the search has not finished (no summary): finish it with --resume --name "
-                               f"{path.rsplit('/', 1)[-1]}")
-    status = storage.read_parquet(summary)["status"]
-    if (status == "unfinished").any():
-        raise InputError(flag, f"the search has not finished ({int((status == 'unfinished').sum())} of "
-                               f"{len(status)} trials unfinished): finish it with --resume --name "
-                               f"{path.rsplit('/', 1)[-1]}")
-    if opts.space is not None and _sha(opts.space) != record["space_sha256"]:
-        raise InputError("--space " + opts.space, f"differs from the space of {path} (a continued search runs the "
-                                                  "first's space: drop --space)")
-    data = opts.data or record["data"]
-    if record.get("data_sha256") and kept_inputs.data_sha256(data) != record["data_sha256"]:
-        what = f"--data {opts.data}" if opts.data else record["data"]
-        raise InputError(what, f"differs from the data {path} ran on (its SHA-256 changed): a continued search "
-                               "runs on the first's data")
-    space = record["space"]
-    if _sha(space) != record["space_sha256"]:  # edited since: the experiment's own copy is the space it ran
-        space = str(Path(tempfile.mkdtemp(prefix="tune_p7_space_")) / Path(space).name)
-        Path(space).write_bytes(storage.read_bytes(storage.join(path, record["space_copy"])))
-    return {"path": path, "record": record, "data": data, "space": space}
-
-
-def _sha(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_space(space: Space, flag: str) -> None:
