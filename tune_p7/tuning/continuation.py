@@ -31,7 +31,7 @@ from tune_p7.core.ranking import SEARCH_FILE
 from tune_p7.errors import InputError
 from tune_p7.space.file import Space
 
-MAX_DRAWS = 100  # draws of the whole space per new random configuration before the space counts as exhausted
+MAX_DRAWS = 20  # draws of the whole space per new random configuration before the space counts as exhausted
 
 
 def record_of(exp: str) -> dict:

@@ -151,7 +151,30 @@ class PruningOptunaSearch(_BestEpoch, OptunaSearch):
 
 class PruningHyperOptSearch(_BestEpoch, HyperOptSearch):
     """HyperOptSearch that tells a trial stopped before its last epoch as done without a loss, and a finished one
-    its best epoch's value."""
+    its best epoch's value; ``prior``: the trials of the search it continues, added to HyperOpt's Trials as done
+    (the same way) before the first suggestion."""
+
+    def __init__(self, *args, prior=(), **kwargs):
+        self._prior = list(prior)
+        super().__init__(*args, **kwargs)
+
+    def _setup_hyperopt(self) -> None:
+        super()._setup_hyperopt()
+        if not self._prior:  # set up once (set_search_properties); a restored searcher is unpickled, not set up
+            return
+        import hyperopt
+        from hyperopt.fmin import generate_trial
+
+        docs = []
+        for tid, prior in zip(self._hpopt_trials.new_trial_ids(len(self._prior)), self._prior):
+            config = {k: prior["config"][k] for k in self._space}
+            self._convert_categories_to_indices(config)  # HyperOpt stores a choice as its index
+            state, value = told_state(prior, self.metric, self.mode)
+            docs.append({**generate_trial(tid, config), "state": hyperopt.JOB_STATE_DONE,
+                         "result": {"loss": self.metric_op * value, "status": hyperopt.STATUS_OK}
+                         if state == "complete" else {"status": hyperopt.STATUS_FAIL}})
+        self._hpopt_trials.insert_trial_docs(docs)
+        self._hpopt_trials.refresh()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._note(trial_id, result)
@@ -206,6 +229,7 @@ def search_alg(space: Space, journal: str | None = None, prior=()):
         return PruningOptunaSearch(sampler=sampler, prior=prior, **common)
     if s.algorithm == "hyperopt":
         return PruningHyperOptSearch(n_initial_points=s.n_initial_points, gamma=s.gamma, random_state_seed=s.seed,
+                                     prior=prior,
                                      **common)
     if s.algorithm != "bohb":
         raise ValueError(f"not a model-based search algorithm: {s.algorithm!r}")
