@@ -35,7 +35,9 @@ MAX_DRAWS = 20  # draws of the whole space per new random configuration before t
 
 
 def record_of(exp: str) -> dict:
-    return json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE)))
+    """The search record of ``exp``; {} for a Tune experiment without one."""
+    path = storage.join(exp, SEARCH_FILE)
+    return json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
 
 
 def chain(exp: str) -> list[str]:
