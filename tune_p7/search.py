@@ -197,7 +197,8 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str, p
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if s.name in ("pbt", "pb2") else space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
-            failure_config=tune.FailureConfig(max_failures=opts.max_failures), callbacks=[KeepLocalResults(), *shown, *callbacks],
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            callbacks=[KeepLocalResults(), *shown, *callbacks],
             verbose=verbose),
     )
 
@@ -239,7 +240,9 @@ def main(argv=None) -> int:
     if before:
         continuation.check_space(space, "--continue " + opts.continue_from)
     inherit = bool(before) and storage.exists(storage.join(before["path"], "tracking.json"))  # its MLflow store
-    track = resolve_tracking(space.tracking, opts.track, opts.track_uri, storage.is_uri(root), inherit)
+    tracked = opts.resume and storage.exists(storage.join(exp, "tracking.json"))  # a resume goes on logging there
+    track = resolve_tracking(space.tracking, opts.track or ("mlflow" if tracked else None), opts.track_uri,
+                             storage.is_uri(root), inherit or tracked)
     if not opts.resume:
         for line in search_warnings(space.search, space.num_samples):
             print(line, file=sys.stderr, flush=True)
@@ -286,7 +289,8 @@ def main(argv=None) -> int:
     if track.backend:
         from tune_p7.report import tracking
 
-        handle = tracking.start(exp, name, track, space, json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE))))
+        handle = tracking.start(exp, name, track, space,
+                                json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE))))
     prior = continuation.prior_trials(before["path"]) if before else ()
     tuner = build_tuner(space, data, opts, root, name, prior, tracking.callbacks(handle) if handle else ())
     tuner.fit()
