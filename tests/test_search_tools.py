@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -84,11 +85,10 @@ def first(tmp_path_factory, small_store, shared_ray):
         while time.time() < deadline and proc.poll() is None and not (exp / "optuna_journal.log").exists():
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[0][-4000:]
-        dashboard = subprocess.Popen(["optuna-dashboard", str(exp / "optuna_journal.log"), "--host", "127.0.0.1",
-                                      "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"),
+                                      str(exp / "optuna_journal.log"), "--host", "127.0.0.1", "--port", str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_http(f"http://127.0.0.1:{port}/api/studies", dashboard)
-        started = time.time()
         while proc.poll() is None and time.time() < deadline:
             studies = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
             if studies:
@@ -105,7 +105,6 @@ def first(tmp_path_factory, small_store, shared_ray):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
-    print(f"first search: {time.time() - started:.1f} s after the dashboard answered")
     return {"root": root, "exp": exp, "space": space, "seen": seen, "store": small_store}
 
 
@@ -113,10 +112,11 @@ def first(tmp_path_factory, small_store, shared_ray):
 def server(first):
     """A real `mlflow server` on a loopback port, on the first search's SQLite store (its tables exist already)."""
     port = free_port()
-    proc = subprocess.Popen(["mlflow", "server", "--backend-store-uri", f"sqlite:///{first['exp']}/mlflow.db",
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server",
+                             "--backend-store-uri", f"sqlite:///{first['exp']}/mlflow.db",
                              "--artifacts-destination", str(first["root"] / "served"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                             "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         yield f"http://127.0.0.1:{port}"
