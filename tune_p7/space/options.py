@@ -19,8 +19,8 @@ DEFAULT_SPACE = REPO / "search_spaces" / "smoke.yaml"
 DEFAULT_DATA = REPO / "data" / "pydocs.parquet"
 
 
-def opt(default, help: str, choices=None, flag: str | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+def opt(default, help: str, choices=None, flag: str | None = None, metavar: str | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "metavar": metavar})
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class SearchOptions:
     resume: bool = opt(False, "resume an interrupted experiment from its checkpoints")
     continue_from: str | None = opt(None, "continue the finished experiment EXP (a name in --storage or a path) with "
                                           "--num-samples more trials of its space and data, as a new experiment that "
-                                          "learns from its trials", flag="--continue")
+                                          "learns from its trials", flag="--continue", metavar="EXP")
     num_samples: int | None = opt(None, "trials to run (with --continue: new trials) [default: the space's "
                                         "num_samples]")
     track: str | None = opt(None, "log the search to a tracker too [default: the space's tracking.backend]",
@@ -88,7 +88,7 @@ def parser(cls=SearchOptions, **kw) -> argparse.ArgumentParser:
         shown = "" if f.default is None else f" [default: {f.default}]"
         kind = next(t for t in (int, float, str) if t == hint or t in getattr(hint, "__args__", ()))
         p.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=meta["choices"],
-                       help=meta["help"] + shown)
+                       metavar=meta["metavar"], help=meta["help"] + shown)
     return p
 
 
