@@ -21,7 +21,8 @@ from tune_p7.errors import InputError, one_line
 from tune_p7.space.file import Space, load_space
 from tune_p7.space.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
 from tune_p7.space.search_settings import search_warnings
-from tune_p7.tuning import confirm
+from tune_p7.space.tracking_settings import resolve as resolve_tracking
+from tune_p7.tuning import confirm, continuation
 from tune_p7.tuning.algorithms import make_scheduler, search_algorithm
 
 
@@ -163,7 +164,7 @@ def write_probe(data, space: Space, exp: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
+def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str, prior=(), callbacks=()):
     from ray import tune
 
     from tune_p7.tuning import actors, checkpoint, progress
@@ -181,12 +182,12 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
     if opts.resume:
         if not tune.Tuner.can_restore(exp):
             raise InputError(exp, "no experiment to resume here (no Tune state found)")
-        return checkpoint.restore_tuner(exp, trainable, "resume")
+        return checkpoint.restore_tuner(exp, trainable, "resume")  # with its searcher and callbacks
     s = space.scheduler
     return tune.Tuner(
         trainable,
         param_space=space.param_space(),
-        tune_config=tune.TuneConfig(scheduler=make_scheduler(space), search_alg=search_algorithm(space),
+        tune_config=tune.TuneConfig(scheduler=make_scheduler(space), search_alg=search_algorithm(space, exp, prior),
                                     num_samples=space.num_samples,
                                     max_concurrent_trials=opts.max_concurrent or None,
                                     reuse_actors=opts.reuse_actors),
@@ -198,7 +199,7 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str):
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            callbacks=[KeepLocalResults(), WatchSignals(), *shown],
+            callbacks=[KeepLocalResults(), WatchSignals(), *shown, *callbacks],
             verbose=verbose),
     )
 
@@ -250,13 +251,23 @@ def main(argv=None) -> int:
                 print(f"tune_p7: experiment {name} is finished, nothing to resume (summary: "
                       f"{storage.join(exp, 'summary.md')})")
                 return 0
-    space_path = opts.space or (stored["space"] if stored else str(DEFAULT_SPACE))
-    space = load_space(space_path).override(epochs=opts.epochs, seed=opts.seed, scheduler=opts.scheduler)
+    before = kept_inputs.continued(opts, root)  # --continue: the finished search this one continues
+    if opts.resume and opts.num_samples is not None:
+        raise InputError("--num-samples", "cannot change a stored experiment: --resume goes on with its trials")
+    space_path = before["space"] if before else opts.space or (stored["space"] if stored else str(DEFAULT_SPACE))
+    space = load_space(space_path).override(epochs=opts.epochs, seed=opts.seed, scheduler=opts.scheduler,
+                                            num_samples=opts.num_samples)
+    if before:
+        continuation.check_space(space, "--continue " + opts.continue_from)
+    inherit = bool(before) and storage.exists(storage.join(before["path"], "tracking.json"))  # its MLflow store
+    tracked = opts.resume and storage.exists(storage.join(exp, "tracking.json"))  # a resume goes on logging there
+    track = resolve_tracking(space.tracking, opts.track or ("mlflow" if tracked else None), opts.track_uri,
+                             storage.is_uri(root), inherit or tracked)
     if not opts.resume:
         for line in search_warnings(space.search, space.num_samples):
             print(line, file=sys.stderr, flush=True)
     confirming = confirm.settings(exp, space.confirm, opts.confirm_top, opts.confirm_seeds, opts.resume)
-    data_path = opts.data or (stored["data"] if stored else str(DEFAULT_DATA))
+    data_path = before["data"] if before else opts.data or (stored["data"] if stored else str(DEFAULT_DATA))
     data = load(data_path)
     for k in sorted(set(space.values_of("context_length"))):
         data.check_context(k)
@@ -287,7 +298,8 @@ def main(argv=None) -> int:
                   "metric": space.metric, "mode": space.mode, "gates": vars(space.gates), "samplers": samplers(space),
                   "max_epochs": max(space.values_of("epochs")), "argv": sys.argv[1:] if argv is None else list(argv),
                   "precision": precision,
-                  "created": time.strftime("%Y-%m-%d %H:%M:%S"), **kept_inputs.keep(exp, space_path, data_path)}
+                  "created": time.strftime("%Y-%m-%d %H:%M:%S"), **kept_inputs.keep(exp, space_path, data_path),
+                  **({"continues": before["path"]} if before else {})}
         storage.write_bytes(storage.join(exp, SEARCH_FILE), json.dumps(record, indent=2).encode())
         if not opts.no_probe:
             write_probe(data, space, exp)
@@ -295,8 +307,15 @@ def main(argv=None) -> int:
           f"  data:      {data_path} (train {len(data.train.chunks)} chunks, val {len(data.val.chunks)}, dim {data.dim})\n"
           f"  space:     {space_path}", flush=True)
     confirm.save(exp, confirming)
+    handle = None
+    if track.backend:
+        from tune_p7.report import tracking
+
+        handle = tracking.start(exp, name, track, space,
+                                json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE))))
     if not (stored and ended(stored, "search")):  # a resume after the search ended goes on with the confirmation
-        build_tuner(space, data, opts, root, name).fit()
+        prior = continuation.prior_trials(before["path"]) if before else ()
+        build_tuner(space, data, opts, root, name, prior, tracking.callbacks(handle) if handle else ()).fit()
         # Ctrl-C ends Tune's run with its state saved and fit() returns: the search is then unfinished, and
         # neither a confirmation plan nor a conclusion may rest on it
         if not ending.signalled():
@@ -316,6 +335,8 @@ def main(argv=None) -> int:
             summarize(exp, draw=False)  # again, with the Confirmed section
     if confirming.top and not unfinished:
         record_end(exp, "confirm")
+    if handle:
+        tracking.finish(exp, handle, finished=not unfinished)
     ray.shutdown()  # its workers' last lines and exits come now, not after the table
     if unfinished:
         print(table)

@@ -6,6 +6,7 @@ AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION).
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import uuid
 from pathlib import Path
@@ -38,7 +39,13 @@ def filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
 
 
 def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
+    """``base/part/...``; a ``..`` segment (a continued search reaching an earlier one's trials) is resolved, which
+    an object store's keys would not do themselves."""
+    out = "/".join([base.rstrip("/"), *parts])
+    if "/../" not in out + "/":
+        return out
+    scheme, sep, path = out.rpartition("://")
+    return scheme + sep + posixpath.normpath(path)
 
 
 def exists(uri_or_path: str) -> bool:

@@ -274,3 +274,34 @@ def test_a_bohb_search_that_ends_by_itself_is_finished_confirmed_and_a_resume_sa
     again = search("--resume", "--name", "b", "--storage", tmp_path, timeout=120)
     assert again.stdout.strip().splitlines() == [
         f"tune_p7: experiment b is finished, nothing to resume (summary: {exp / 'summary.md'})"]
+
+
+def earlier(lr: float, margin: float, epochs_run: int, error: bool = False) -> dict:
+    """An earlier search's trial as tune_p7.tuning.continuation.prior_trials gives it (3-epoch trials)."""
+    results = [{"epoch": e, "margin": -0.1 + 0.01 * e, "config": {}} for e in range(1, epochs_run + 1)]
+    return {"trial_id": f"t{lr}", "config": {"lr": lr, "margin": margin, "epochs": 3}, "results": results,
+            "error": error}
+
+
+PRIOR = [earlier(1e-3, 0.05, 3), earlier(2e-3, 0.07, 1), earlier(3e-3, 0.05, 2, error=True)]
+
+
+@pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
+def test_a_continued_searcher_is_told_the_earlier_trials_before_its_first_suggestion(tmp_path, algorithm):
+    path = tmp_path / "space.yaml"
+    path.write_text("params: {epochs: 3, lr: {loguniform: [1.0e-4, 1.0e-2]}, margin: {choice: [0.05, 0.07]}}\n"
+                    f"search: {{algorithm: {algorithm}, seed: 0}}\n")
+    space = load_space(path)
+    searcher = search_algorithm(space, prior=PRIOR)
+    started(searcher, space, ["new"])
+    if algorithm == "optuna":
+        trials = searcher._ot_study.trials
+        assert [t.state.name for t in trials[:3]] == ["COMPLETE", "PRUNED", "FAIL"]
+        assert trials[0].value == pytest.approx(-0.07) and trials[0].params == {"lr": 1e-3, "margin": 0.05}
+        assert trials[1].intermediate_values == {1: pytest.approx(-0.09)}
+        assert len(trials) == 4  # and the new suggestion after them
+    else:
+        docs = [d for d in searcher._hpopt_trials.trials if d["state"] == 2]  # JOB_STATE_DONE
+        assert [d["result"]["status"] for d in docs] == ["ok", "fail", "fail"], searcher._hpopt_trials.trials
+        assert docs[0]["result"]["loss"] == pytest.approx(0.07) and docs[0]["misc"]["vals"]["margin"] == [0]
+        assert len(searcher._hpopt_trials.trials) == 4

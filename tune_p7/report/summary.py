@@ -24,6 +24,7 @@ from tune_p7.report.plots import PLOT_FILES, References, hp_label, plots
 from tune_p7.report.report_html import to_html
 from tune_p7.space.file import trial_config
 from tune_p7.tuning import confirm
+from tune_p7.tuning.continuation import chain_trials, relative_dir
 from tune_p7.tuning.pbt_history import schedules
 from tune_p7.tuning.resultlog import read_results
 
@@ -83,26 +84,27 @@ def own_best(results: list[dict]) -> dict:
 
 
 def collect(exp: str, finished: bool = False) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
-    """One row per trial (unranked) and every trial's per-epoch results; ``finished``: as in classify."""
-    from ray.tune import ExperimentAnalysis
-
+    """One row per trial (unranked) and every trial's per-epoch results; a continued search's rows hold the trials
+    of the searches it continues too (``experiment``: the folder name of each trial's search; ``trial_dir``
+    relative to ``exp``); ``finished``: as in classify (the searches it continues ended by themselves)."""
     try:
-        analysis = ExperimentAnalysis(exp)
+        trials = chain_trials(exp)
     except Exception as exc:  # Ray raises several types for a missing/unreadable experiment
         raise InputError(exp, f"not a readable Tune experiment ({one_line(exc)})") from None
     rows, curves = [], {}
-    for t in analysis.trials:
-        trial_dir = t.storage.trial_dir_name
+    for path, t in trials:
+        trial_dir = relative_dir(exp, path, t.storage.trial_dir_name)
         results = read_results(exp, trial_dir)
         curves[t.trial_id] = results
         last = results[-1] if results else {}
         cfg = {**P7Config().to_dict(), **trial_config(t.config)}
-        status, gate, error = classify(t.status, last, cfg["epochs"], finished)
+        status, gate, error = classify(t.status, last, cfg["epochs"], finished or path != exp)
         if status == "errored" and error is None:
             error = _error_text(exp, trial_dir, t.run_metadata.error_filename)
         row = {"trial_id": t.trial_id, "status": status, "gate": gate, "stopped_epoch": int(last.get("epoch", 0)),
                "verdict": verdict(last), "deploy_ok": deploy_ok(last), "node": last.get("node"), "error": error,
-               "trial_dir": trial_dir, "stopped_learning": status == "gate_stopped" and deploy_ok(last)}
+               "trial_dir": trial_dir, "stopped_learning": status == "gate_stopped" and deploy_ok(last),
+               "experiment": path.rsplit("/", 1)[-1]}
         row.update({f"config/{k}": v for k, v in cfg.items()})
         row.update({k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         row.update(own_best(results))
@@ -218,6 +220,17 @@ def stopped_line(learning: int, gated: int) -> str:
             + (": the gate may be wrong for this data, see the probe's oracle." if learning else "."))
 
 
+def continued_line(exp: str, df: pd.DataFrame) -> list[str]:
+    """For a continued search, which searches the table ranks together (none for a search of its own)."""
+    if df.empty or df["experiment"].nunique() < 2:
+        return []
+    own = exp.rsplit("/", 1)[-1]
+    counts = df["experiment"].value_counts()
+    earlier = ", ".join(f"{n} ({counts[n]} trials)" for n in counts.index if n != own)
+    return [f"This search continues {earlier}: the table ranks their trials and its own {counts.get(own, 0)} "
+            "together (column `experiment` of summary.parquet).", ""]
+
+
 def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dict, images: list[str],
              sections: list[str] = ()) -> str:
     md = header(exp, search, probe)
@@ -229,7 +242,7 @@ def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dic
         md += [versus_ridge(df.iloc[0], probe), ""]
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
     learning = int(df["stopped_learning"].sum()) if not df.empty else 0
-    md += ["## Trials, ranked", "",
+    md += ["## Trials, ranked", ""] + continued_line(exp, df) + [
            f"Ranked by {RANKING} (verdict and deployment check from the final val metrics, margin: the best val "
            "margin of any epoch). Ended: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", "",
            stopped_line(learning, counts.get("gate_stopped", 0)), ""]

@@ -21,6 +21,7 @@
     confirm: {top: 3, seeds: 3, folds: 2}  # re-run the top 3 configurations, 3 new seeds in each of 2 cross-fitting
     #                                        folds of the train and held-out articles (top 0: no confirmation)
     search: {algorithm: optuna, seed: 0, points_to_evaluate: [{lr: 5.0e-4}]}   # see SearchSettings
+    tracking: {backend: mlflow}  # log the search to MLflow too (see TrackingSettings)
 """
 from __future__ import annotations
 
@@ -38,10 +39,11 @@ from tune_p7.core.verdicts import RANKABLE
 from tune_p7.errors import InputError
 from tune_p7.space.scheduler_settings import POPULATION, SchedulerSettings, check_mutations, read_scheduler
 from tune_p7.space.search_settings import SearchSettings, read_search
+from tune_p7.space.tracking_settings import TrackingSettings, read_tracking
 from tune_p7.space.values import param, section
 
 TOP_KEYS = {"description", "num_samples", "metric", "mode", "params", "runs", "scheduler", "gates", "checkpoints",
-            "resources", "confirm", "search"}
+            "resources", "confirm", "search", "tracking"}
 RUN_KEY = "run"  # the param_space key that holds one explicit run
 SCHEDULE_KEY = "schedule"  # a run's hyperparameter schedule, [[first epoch, {key: value}], ...] (a PBT replay)
 CROSSFIT_KEY = "crossfit"  # a confirmation run's fold: {fold, folds, seed, common_context} (data/folds.py)
@@ -69,6 +71,7 @@ class Space:
     cpus_per_trial: float = 1.0
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def param_space(self) -> dict[str, Any]:
         """The Ray Tune param_space: samplers become tune.grid_search / choice / uniform / loguniform (a grid is a
@@ -99,9 +102,13 @@ class Space:
         """Every value ``key`` can take in this space (ranges: their two ends), once per explicit run."""
         return [v for run in self.runs or [{}] for v in self.run_values(run, key)]
 
-    def override(self, epochs: int | None = None, seed: int | None = None, scheduler: str | None = None) -> "Space":
-        """The same space with the CLI's --epochs / --seed / --scheduler applied, checked again against the
-        scheduler (a flag can make a valid file unrunnable: it is named then)."""
+    def override(self, epochs: int | None = None, seed: int | None = None, scheduler: str | None = None,
+                 num_samples: int | None = None) -> "Space":
+        """The same space with the CLI's --epochs / --seed / --scheduler / --num-samples applied, checked again
+        against the scheduler (a flag can make a valid file unrunnable: it is named then)."""
+        if num_samples is not None and num_samples < len(self.search.points_to_evaluate):
+            raise InputError(f"--num-samples {num_samples}", f"{self.source} has {len(self.search.points_to_evaluate)}"
+                                                             " search.points_to_evaluate to run")
         if scheduler and self.search.algorithm == "bohb":
             raise InputError("--scheduler " + scheduler, f"{self.source} searches with bohb, which runs under its "
                                                          "own scheduler (HyperBandForBOHB)")
@@ -110,7 +117,8 @@ class Space:
         points = tuple({k: v for k, v in p.items() if k not in fixed} for p in self.search.points_to_evaluate)
         sched = dataclasses.replace(self.scheduler, name=scheduler or self.scheduler.name)
         space = dataclasses.replace(self, params={**self.params, **fixed}, runs=runs, scheduler=sched,
-                                    search=replace(self.search, points_to_evaluate=points))
+                                    search=replace(self.search, points_to_evaluate=points),
+                                    num_samples=num_samples or self.num_samples)
         flags = " ".join(f"--{k} {v}" for k, v in (("epochs", epochs), ("scheduler", scheduler)) if v is not None)
         space.check_scheduler(f" (with {flags})" if flags else "")
         return space
@@ -210,7 +218,7 @@ def load_space(path) -> Space:
             raise InputError(src, f"key 'confirm.{key}': expected an integer >= {low}, got {getattr(confirm, key)!r}")
     search = read_search(src, raw, params, num_samples)
     space = Space(src, params, runs, num_samples, metric, mode, str(raw.get("description", "")), sched, gates, keep,
-                  float(cpus), confirm, search)
+                  float(cpus), confirm, search, read_tracking(src, raw))
     _check_combinations(space)
     space.check_scheduler()
     if sched.name in POPULATION:

@@ -19,8 +19,8 @@ DEFAULT_SPACE = REPO / "search_spaces" / "smoke.yaml"
 DEFAULT_DATA = REPO / "data" / "pydocs.parquet"
 
 
-def opt(default, help: str, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+def opt(default, help: str, choices=None, flag: str | None = None, metavar: str | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "metavar": metavar})
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,15 @@ class SearchOptions:
     seed: int | None = opt(None, "override every trial's seed (not with --resume)")
     scheduler: str | None = opt(None, "override the space's scheduler (not with --resume)", ("asha", "fifo"))
     resume: bool = opt(False, "resume an interrupted experiment from its checkpoints")
+    continue_from: str | None = opt(None, "continue the finished experiment EXP (a name in --storage or a path) with "
+                                          "--num-samples more trials of its space and data, as a new experiment that "
+                                          "learns from its trials", flag="--continue", metavar="EXP")
+    num_samples: int | None = opt(None, "trials to run (with --continue: new trials) [default: the space's "
+                                        "num_samples]")
+    track: str | None = opt(None, "log the search to a tracker too [default: the space's tracking.backend]",
+                            ("mlflow",))
+    track_uri: str | None = opt(None, "tracking store: an MLflow server (http://HOST:PORT) or a database URI "
+                                      "[default: the space's tracking.uri, else sqlite:///EXPERIMENT/mlflow.db]")
     max_failures: int = opt(2, "retries of a trial after a worker/node failure")
     num_cpus: int | None = opt(None, "CPUs of the local Ray (no --address) [default: all]")
     dashboard_host: str = opt("127.0.0.1", "address the local dashboard listens on; anything but 127.0.0.1 "
@@ -57,7 +66,8 @@ class SearchOptions:
     verbose: bool = opt(False, "show Ray's and Tune's detail (worker logs, checkpoint and sync messages)")
 
     def __post_init__(self):
-        for flag, low in (("epochs", 1), ("num_cpus", 1), ("max_concurrent", 0), ("max_failures", 0)):
+        for flag, low in (("epochs", 1), ("num_cpus", 1), ("max_concurrent", 0), ("max_failures", 0),
+                          ("num_samples", 1)):
             v = getattr(self, flag)
             if v is not None and v < low:
                 raise InputError("--" + flag.replace("_", "-"), f"{v} is out of range")
@@ -70,13 +80,15 @@ def parser(cls=SearchOptions, **kw) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(**kw)
     types = get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag, hint, meta = "--" + f.name.replace("_", "-"), types[f.name], f.metadata
+        hint, meta = types[f.name], f.metadata
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         if hint is bool:
-            p.add_argument(flag, action="store_true", help=meta["help"])
+            p.add_argument(flag, dest=f.name, action="store_true", help=meta["help"])
             continue
         shown = "" if f.default is None else f" [default: {f.default}]"
         kind = next(t for t in (int, float, str) if t == hint or t in getattr(hint, "__args__", ()))
-        p.add_argument(flag, type=kind, default=f.default, choices=meta["choices"], help=meta["help"] + shown)
+        p.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=meta["choices"],
+                       metavar=meta["metavar"], help=meta["help"] + shown)
     return p
 
 

@@ -5,18 +5,26 @@ Both import what they build only when it is asked for: Ray's schedulers, and the
 """
 from __future__ import annotations
 
+from tune_p7 import storage
 from tune_p7.space.file import Space
 
 
-def search_algorithm(space: Space):
+def search_algorithm(space: Space, exp: str | None = None, prior=()):
     """The Tune searcher of the space's ``search:`` section: None (Tune's default) for an unseeded ``random`` (the
     default without a section), Tune's BasicVariantGenerator for a seeded one, else the model-based one of
-    tune_p7.tuning.searchers, imported only then (the Optuna, HyperOpt and BOHB packages take 1-2 s to import)."""
+    tune_p7.tuning.searchers, imported only then (the Optuna, HyperOpt and BOHB packages take 1-2 s to import).
+    ``exp``: the experiment folder (a local one holds an Optuna search's study journal); ``prior``: the trials of
+    the search it continues (tune_p7/tuning/continuation.py)."""
     s = space.search
     if s.model_based:
-        from tune_p7.tuning.searchers import search_alg
+        from tune_p7.tuning.searchers import JOURNAL_FILE, search_alg
 
-        return search_alg(space)
+        local = exp is not None and not storage.is_uri(exp)
+        return search_alg(space, storage.join(exp, JOURNAL_FILE) if local else None, prior)
+    if prior:
+        from tune_p7.tuning.continuation import random_searcher
+
+        return random_searcher(space, prior)
     if s.seed is None:
         return None
     from ray.tune.search import BasicVariantGenerator

@@ -76,13 +76,12 @@ def choose(exp: str, top: int) -> tuple[list[dict], set[int]]:
     config: its non-default keys but the seed, varied: the search's varied keys, schedule: for a population
     search, the hyperparameters the trial's final model was trained with, epoch by epoch}; and every seed the
     search used."""
-    from ray.tune import ExperimentAnalysis
-
+    from tune_p7.tuning.continuation import chain_trials
     from tune_p7.tuning.pbt_history import HP, replay_schedule
     from tune_p7.tuning.resultlog import read_results
 
     ranked = storage.read_parquet(storage.join(exp, "summary.parquet"))
-    trials = ExperimentAnalysis(exp).trials
+    trials = [t for _, t in chain_trials(exp)]  # a continued search confirms among the trials of its whole chain
     full = {t.trial_id: P7Config.from_dict(trial_config(t.config), source="trial config").to_dict() for t in trials}
     population = any(c.startswith(HP) for c in ranked.columns)
     curves = {t.trial_id: read_results(exp, t.storage.trial_dir_name) for t in trials} if population else {}

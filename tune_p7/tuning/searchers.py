@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 from ray.tune.schedulers import HyperBandForBOHB
@@ -42,6 +43,9 @@ from ray.tune.search.optuna import OptunaSearch
 from tune_p7.core.config import P7Config
 from tune_p7.space.file import Space
 from tune_p7.tuning.schedulers import _Gated
+
+
+JOURNAL_FILE = "optuna_journal.log"  # an Optuna search's study in its experiment folder: optuna-dashboard FILE
 
 
 class GatedHyperBandForBOHB(_Gated, HyperBandForBOHB):
@@ -72,9 +76,46 @@ class _BestEpoch:
         return {**result, self.metric: best[trial_id]}
 
 
+def told_state(prior: dict, metric: str, mode: str) -> tuple[str, float | None]:
+    """What this module tells a searcher of an earlier trial ({config, results, error}: tune_p7/tuning/
+    continuation.py): ("fail", None) when it errored or has no finite value, ("complete", its best epoch's value)
+    when it ran its full epochs without a gate, else ("pruned", its last epoch's value)."""
+    from tune_p7.tuning.continuation import best_value
+
+    results = prior["results"]
+    value = best_value(results, metric, mode)
+    if prior["error"] or value is None:
+        return "fail", None
+    last = {**results[-1], "config/epochs": prior["config"].get("epochs", P7Config().epochs)}
+    return ("complete", value) if reached_budget(last) else ("pruned", last.get(metric))
+
+
 class PruningOptunaSearch(_BestEpoch, OptunaSearch):
     """OptunaSearch that reports each epoch's value at step = epoch, tells a trial stopped before its last
-    epoch PRUNED and a finished one its best epoch's value (see the module docstring)."""
+    epoch PRUNED and a finished one its best epoch's value (see the module docstring); ``prior``: the trials of
+    the search it continues, added to its study before the first suggestion."""
+
+    def __init__(self, *args, prior=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prior = list(prior)
+
+    def _setup_study(self, mode) -> None:
+        super()._setup_study(mode)
+        if self._prior and not self._ot_study.trials:  # a study reloaded from its journal has them already
+            self._ot_study.add_trials([self._frozen(p) for p in self._prior])
+
+    def _frozen(self, prior: dict):
+        """An earlier trial as an Optuna trial in the state on_trial_complete would have told it."""
+        import optuna
+        from optuna.trial import TrialState
+
+        state, value = told_state(prior, self.metric, self.mode)
+        steps = {int(r["epoch"]): r[self.metric] for r in prior["results"]
+                 if isinstance(r.get(self.metric), (int, float)) and math.isfinite(r[self.metric])}
+        return optuna.trial.create_trial(
+            state={"fail": TrialState.FAIL, "complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}[state],
+            value=value if state == "complete" else None, params={k: prior["config"][k] for k in self._space},
+            distributions=self._space, intermediate_values=steps, user_attrs={"continued_from": prior["trial_id"]})
 
     def _report(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
@@ -110,7 +151,30 @@ class PruningOptunaSearch(_BestEpoch, OptunaSearch):
 
 class PruningHyperOptSearch(_BestEpoch, HyperOptSearch):
     """HyperOptSearch that tells a trial stopped before its last epoch as done without a loss, and a finished one
-    its best epoch's value."""
+    its best epoch's value; ``prior``: the trials of the search it continues, added to HyperOpt's Trials as done
+    (the same way) before the first suggestion."""
+
+    def __init__(self, *args, prior=(), **kwargs):
+        self._prior = list(prior)
+        super().__init__(*args, **kwargs)
+
+    def _setup_hyperopt(self) -> None:
+        super()._setup_hyperopt()
+        if not self._prior:  # set up once (set_search_properties); a restored searcher is unpickled, not set up
+            return
+        import hyperopt
+        from hyperopt.fmin import generate_trial
+
+        docs = []
+        for tid, prior in zip(self._hpopt_trials.new_trial_ids(len(self._prior)), self._prior):
+            config = {k: prior["config"][k] for k in self._space}
+            self._convert_categories_to_indices(config)  # HyperOpt stores a choice as its index
+            state, value = told_state(prior, self.metric, self.mode)
+            docs.append({**generate_trial(tid, config), "state": hyperopt.JOB_STATE_DONE,
+                         "result": {"loss": self.metric_op * value, "status": hyperopt.STATUS_OK}
+                         if state == "complete" else {"status": hyperopt.STATUS_FAIL}})
+        self._hpopt_trials.insert_trial_docs(docs)
+        self._hpopt_trials.refresh()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._note(trial_id, result)
@@ -139,13 +203,20 @@ class PlainTuneBOHB(TuneBOHB):
         return config and {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}
 
 
-def search_alg(space: Space):
-    """The model-based Tune searcher of ``space.search`` (optuna, hyperopt or bohb)."""
+def search_alg(space: Space, journal: str | None = None, prior=()):
+    """The model-based Tune searcher of ``space.search`` (optuna, hyperopt or bohb). ``journal``: a local file for
+    Optuna's study (``JournalStorage``: optuna-dashboard reads it while trials run; the study is named after the
+    experiment folder that holds it); ``prior``: the trials of the search it continues (continuation.py)."""
     s = space.search
     points = [dict(p) for p in s.points_to_evaluate] or None  # the searchers mutate them
     common = dict(metric=space.metric, mode=space.mode, points_to_evaluate=points)
     if s.algorithm == "optuna":
         import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        if journal:
+            common.update(storage=JournalStorage(JournalFileBackend(journal)), study_name=Path(journal).parent.name)
 
         if s.sampler == "gp":
             sampler = optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
@@ -155,9 +226,10 @@ def search_alg(space: Space):
                 sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
                                                      multivariate=s.multivariate, group=s.group,
                                                      constant_liar=s.constant_liar)
-        return PruningOptunaSearch(sampler=sampler, **common)
+        return PruningOptunaSearch(sampler=sampler, prior=prior, **common)
     if s.algorithm == "hyperopt":
         return PruningHyperOptSearch(n_initial_points=s.n_initial_points, gamma=s.gamma, random_state_seed=s.seed,
+                                     prior=prior,
                                      **common)
     if s.algorithm != "bohb":
         raise ValueError(f"not a model-based search algorithm: {s.algorithm!r}")
