@@ -11,11 +11,13 @@ the run, exited ones included (the launcher, Ray's servers, the job's driver, ea
 (cpu(MANY) - cpu(FEW)) / (MANY - FEW), so the fixed cost of a search (Ray's start, the job, the driver) cancels; the
 same for wall time. A trial's own training CPU (``fit`` of the same configuration run bare in this process, after a
 warm-up) is subtracted: what remains is the start cost (a worker's start and imports, or a reused worker's reset)
-and Tune's per-trial bookkeeping. Runs alternate (every mode with FEW, then with MANY, round after round); figures
+and Tune's per-trial bookkeeping. Beside it, where a new worker's CPU goes (worker_phases: imports, the first epoch
+against the second, in a fresh process). Runs alternate (every mode with FEW, then with MANY, round after round); figures
 are medians over rounds. CPU seconds barely depend on the machine's load; the wall times do.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,6 +102,37 @@ def search(folder: Path, store: Path, trials: int, flags: list[str], tag: str) -
     return cpu, wall
 
 
+PHASES = """
+import json, sys, time
+t = [time.process_time()]
+import ray
+from ray import tune
+t.append(time.process_time())
+import torch
+t.append(time.process_time())
+import tune_p7.tuning.trainable
+t.append(time.process_time())
+from tune_p7.core.config import P7Config
+from tune_p7.core.loop import fit
+from tune_p7.data.loading import load
+data, cfg = load(sys.argv[1]), P7Config.from_dict(json.loads(sys.argv[2]))
+t.append(time.process_time())
+fit(cfg, data, report=lambda m, s: t.append(time.process_time()))
+names = ["ray, ray.tune", "torch", "the trainable's module", "data, config", "epoch 1", "epoch 2"]
+print(json.dumps({**dict(zip(names, [b - a for a, b in zip(t, t[1:])])), "torch._dynamo": "torch._dynamo" in sys.modules}))
+"""
+
+
+def worker_phases(store: Path) -> dict:
+    """CPU seconds of what a new trial worker does before its first epoch ends, phase by phase, in a new process
+    (outside Ray: the worker's own start and Ray's actor creation come on top). Epoch 1 against epoch 2 shows the
+    first optimizer's ``import torch._dynamo`` (torch.optim's ``_disable_dynamo`` wrappers)."""
+    cfg = json.dumps({**TINY, "epochs": 2})
+    r = subprocess.run([sys.executable, "-c", PHASES, str(store), cfg], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def training_cpu(store: Path) -> float:
     """CPU seconds of one trial's training (``fit``: the model, one epoch, its evaluation), bare, warmed up."""
     from tune_p7.core.config import P7Config
@@ -130,6 +163,7 @@ def main(argv=None):
         folder = Path(tmp)
         store = make_store(folder / "small.parquet", articles=80, chunks=12, dim=32)
         train = training_cpu(store)
+        phases = [worker_phases(store) for _ in range(rounds)]
         for r in range(rounds):
             for n in (few, many):
                 for i, (name, flags) in enumerate(modes.items()):
@@ -147,9 +181,12 @@ def main(argv=None):
     rows = [{"mode": k, "CPU s/trial": v["cpu_per_trial_s"], "start CPU s/trial": v["start_cpu_per_trial_s"],
              "rounds": spread(v["cpu_per_trial_rounds"], ".2f"), "wall s/trial": v["wall_per_trial_s"]}
             for k, v in out.items()]
+    phase = {k: median([p[k] for p in phases]) for k in phases[0] if k != "torch._dynamo"}
+    print("a new worker's path, CPU s: " + ", ".join(f"{k} {v:.2f}" for k, v in phase.items()))
     print(f"training CPU of one trial, bare: {train:.2f} s\n" + table(rows))
     first = next(iter(modes))
     write_result("start_cost", {"few": few, "many": many, "rounds": rounds, "training_cpu_s": train,
+                                "new_worker_phases_cpu_s": phase, "phase_rounds": phases,
                                 "modes": out, "trial_start_cpu_s": out[first]["start_cpu_per_trial_s"],
                                 "trial_start_cpu_s_by_mode": {k: v["start_cpu_per_trial_s"] for k, v in out.items()}},
                  quick=a.quick)

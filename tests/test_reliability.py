@@ -82,7 +82,7 @@ def test_a_killed_driver_resumed_leaves_no_trial_folder_that_tunes_state_does_no
             saved = [json.loads(f.read_text()) for f in exp.glob("experiment_state-*.json")]
         except (OSError, ValueError):
             return set()
-        listed = json.dumps(saved)
+        listed = {json.loads(t[0])["trial_id"] for state in saved for t in state["trial_data"]}
         return {d.name for d in exp.glob("train_trial_*") if saved and d.name.split("_")[2] not in listed}
 
     unknown, seen = set(), set()
