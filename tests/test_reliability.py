@@ -62,14 +62,13 @@ def test_a_killed_driver_resumed_leaves_no_trial_folder_that_tunes_state_does_no
     """A searcher that suggests each trial when a worker is free (Optuna, 2 at a time): a trial's folder appears in
     the storage with its first checkpoint, and Tune's state there lists the trial only from its next save (forced
     after num_to_keep checkpoints of a trial, else every 10 s or more). The driver is SIGKILLed while such a folder
-    exists; the resumed search
-    removes it (the searcher suggests a trial in its place) and ends with every trial complete and no folder that
-    Tune's state does not list. By default the trials run on reused workers."""
-    trials = 8
+    exists; the resumed search removes it (the searcher suggests a trial in its place) and ends with every trial
+    complete and no folder that Tune's state does not list. By default the trials run on reused workers."""
+    trials = 5
     sp = space(tmp_path, SMALL.replace("  lr: 2.0e-3\n", "  lr: {loguniform: [1.0e-3, 3.0e-3]}\n") +
-               f"  epochs: 3\nnum_samples: {trials}\nsearch: {{algorithm: optuna, seed: 0, n_startup_trials: 2}}\n"
+               f"  epochs: 2\nnum_samples: {trials}\nsearch: {{algorithm: optuna, seed: 0, n_startup_trials: 2}}\n"
                "scheduler: {name: fifo}\ngates: {margin: -2.0}\n"
-               "checkpoints: {num_to_keep: 4}\n")  # no save forced by a trial's checkpoints: one every 10 s
+               "checkpoints: {num_to_keep: 3}\n")  # no save forced by a trial's checkpoints: one every 10 s
     exp = tmp_path / "orphan"
     proc = subprocess.Popen([sys.executable, SEARCH, "--num-cpus", "2", "--space", sp, "--data", strong_store,
                              "--storage", tmp_path, "--name", "orphan", "--no-probe", "--max-concurrent", "2"],
@@ -89,7 +88,8 @@ def test_a_killed_driver_resumed_leaves_no_trial_folder_that_tunes_state_does_no
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not unknown and proc.poll() is None:
-            unknown, seen = seen & unlisted(), unlisted()  # unlisted at two looks 0.1 s apart: no save in between
+            now = unlisted()
+            unknown, seen = seen & now, now  # unlisted at two looks 0.1 s apart: no save in between
             time.sleep(0.1)
     finally:
         if proc.poll() is None:
