@@ -132,7 +132,7 @@ def test_the_readme_first_command_confirms_and_ends_with_the_ranked_table_and_no
     assert_clean_console(watched["run"])
 
 
-def test_the_local_search_is_a_job_named_as_the_experiment_with_a_plain_log_and_named_trial_actors(watched):
+def test_the_local_search_is_a_job_named_as_the_experiment_with_a_plain_log(watched):
     assert watched["code"] == 0, watched["output"][-3000:]
     submitted = [j for j in watched["jobs"] if j["type"] == "SUBMISSION"]
     assert [(j["metadata"] or {}).get("job_name") for j in submitted] == ["watched"], watched["jobs"]

@@ -54,7 +54,7 @@ class SearchOptions:
     reuse_actors: bool = opt(True, "run trials one after another in the same worker process, the confirmation's "
                                    "too; each worker's actor on the dashboard names its worker, the job's log each "
                                    "trial with the worker's pid. --no-reuse-actors: a new worker per trial, its actor "
-                                   "named for the trial (about 4 CPU-s more per trial: docs/performance.md)")
+                                   "named for the trial (several CPU-s more per trial: docs/performance.md)")
     verbose: bool = opt(False, "show Ray's and Tune's detail (worker logs, checkpoint and sync messages)")
 
     def __post_init__(self):

@@ -3,7 +3,7 @@
 
 ``describe(trainable, varied, reuse)`` gives the trainable a mixin (Tune's ``__mixins__`` hook of ``wrap_function``)
 that sets that Repr. A worker that runs one trial (``reuse=False``) is named for it, ``trial <id> key=value ...``.
-A reused worker runs trials one after another (the default: a new worker costs about 4 CPU-s before its trial's
+A reused worker runs trials one after another (the default: a new worker costs several CPU-s before its trial's
 first epoch, docs/performance.md) and a fixed Repr cannot follow them, so it is named for what it is,
 ``tune_p7 worker`` (REUSED), beside its PID on the Actors page; the trial it runs now is in the job's log, each
 epoch's line ending with that pid (tune_p7.tuning.progress), and in the gauges' ``trial_id`` label
