@@ -23,16 +23,8 @@ mlflow = pytest.importorskip("mlflow")  # the tracking extra (requirements-track
 # 8 Optuna trials of 2 epochs, 2 random before TPE; the margin gate stops some at epoch 1 (PRUNED in Optuna)
 SPACE = """
 num_samples: 8
-params:
-  d_model: 16
-  n_layers: 1
-  n_heads: 2
-  d_ff: 32
-  batch_size: 128
-  epochs: 2
-  warmup_epochs: {choice: [0, 2]}
-  lr: {loguniform: [5.0e-4, 3.0e-3]}
-  margin: {choice: [0.05, 0.07]}
+params: {d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, batch_size: 128, epochs: 2, warmup_epochs: {choice: [0, 2]},
+         lr: {loguniform: [5.0e-4, 3.0e-3]}, margin: {choice: [0.05, 0.07]}}
 gates: {drift: -1.0, margin: 2.0, grace_epochs: 0}
 scheduler: {name: fifo}
 confirm: {top: 1, seeds: 1}
