@@ -101,7 +101,7 @@ def continued(opts, root: str) -> dict | None:
         raise InputError(flag, f"the search has not finished (no summary): finish it with --resume --name "
                                f"{path.rsplit('/', 1)[-1]}")
     status = storage.read_parquet(summary)["status"]
-    if "search" not in record.get("ended", {}) and (status == "unfinished").any():  # older records say no end
+    if (status == "unfinished").any():
         raise InputError(flag, f"the search has not finished ({int((status == 'unfinished').sum())} of "
                                f"{len(status)} trials unfinished): finish it with --resume --name "
                                f"{path.rsplit('/', 1)[-1]}")

@@ -118,11 +118,16 @@ class PruningOptunaSearch(_BestEpoch, OptunaSearch):
             distributions=self._space, intermediate_values=steps, user_attrs={"continued_from": prior["trial_id"]})
 
     def _report(self, trial_id: str, result: dict) -> None:
+        import optuna
+
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             with warnings.catch_warnings():  # a resumed trial reports stored epochs again: Optuna keeps the first
                 warnings.simplefilter("ignore")
-                self._ot_trials[trial_id].report(value, int(result.get("epoch", 0)))
+                try:
+                    self._ot_trials[trial_id].report(value, int(result.get("epoch", 0)))
+                except optuna.exceptions.UpdateFinishedTrialError:  # the journal outlived a killed driver: told
+                    pass
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._completed_trials:
@@ -141,11 +146,11 @@ class PruningOptunaSearch(_BestEpoch, OptunaSearch):
         value = (result or {}).get(self.metric)
         if error or not result or result.get("error") or not (isinstance(value, (int, float))
                                                                and math.isfinite(value)):
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL, skip_if_finished=True)
         elif reached_budget(result):
-            self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
+            self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE, skip_if_finished=True)
         else:
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
 
