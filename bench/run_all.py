@@ -20,8 +20,8 @@ from pathlib import Path
 from common import dump_json, results_dir
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["store_size", "precision", "step", "throughput", "eval", "seed_grid", "ray_overhead", "memory", "asha",
-           "search_efficiency"]  # search_efficiency is long (12 searches): --skip search_efficiency
+BENCHES = ["store_size", "precision", "step", "throughput", "eval", "seed_grid", "ray_overhead", "start_cost", "memory",
+           "asha", "search_efficiency"]  # search_efficiency is long (12 searches): --skip search_efficiency
 
 # key: (bench, how to read it from that bench's JSON, target text, check)
 HEADLINES = {
@@ -40,6 +40,7 @@ HEADLINES = {
     "pbt_best_minus_random_best": ("search_efficiency", lambda r: r["pbt_best_minus_random_best"]["median"],
                                    "reported", lambda v: None),
     "eval_seconds_11k": ("eval", lambda r: r["eval_seconds_11k"], "reported", lambda v: None),
+    "trial_start_cpu_s": ("start_cost", lambda r: r["trial_start_cpu_s"], "reported", lambda v: None),
 }
 
 
@@ -69,6 +70,8 @@ def summarize(quick: bool, ran: dict[str, dict]) -> dict:
                                                                                           "per_seed")}
                                         for k in ("tpe_epochs_to_random_best", "bohb_epochs_to_random_best",
                                                   "pbt_best_minus_random_best")}
+    if "start_cost" in res:  # the default's figure is the headline; a new worker per trial beside it
+        summary["trial_start_cpu_s_by_mode"] = res["start_cost"]["trial_start_cpu_s_by_mode"]
     if "precision" in res:
         summary["bf16_vs_fp32_train_step"] = res["precision"]["train"].get("64", {}).get("bf16_vs_fp32")
     summary["targets"] = checks

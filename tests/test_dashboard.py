@@ -24,7 +24,8 @@ from test_search import assert_clean_console
 
 SEARCH = REPO / "tune_p7" / "search.py"
 PROGRESS = re.compile(r"^trial (\w+_\d{5}) arch=\w+ margin=[\d.]+  epoch (\d)/4  margin [+-]\d\.\d{4}  "
-                      r"cos_next [+-]\d\.\d{4}  R@5 [+-]\d\.\d{4}$", re.M)
+                      r"cos_next [+-]\d\.\d{4}  R@5 [+-]\d\.\d{4}  pid (\d+)$", re.M)
+NAMED = re.compile(r"trial (\w+_\d{5}) ")  # a Repr naming a trial (a worker that runs only that one)
 BOX = re.compile("[\u2500-\u257f]")  # box drawing
 
 
@@ -99,7 +100,7 @@ def watched(strong_store):
                 actors = api(url, "/api/v0/actors?detail=true&limit=1000")
                 for a in actors["data"]["result"]["result"] if actors else []:
                     if a["class_name"] == "ImplicitFunc" and a["state"] == "ALIVE":
-                        seen["actors"][a["actor_id"]] = a.get("repr_name") or a.get("name") or ""
+                        seen["actors"][a["actor_id"]] = (a.get("repr_name") or a.get("name") or "", a.get("pid"))
                 if prom is not None:
                     found = promql(prom[1], f'ray_tune_p7_val_margin{{experiment="{name}"}}')
                     if found:
@@ -108,11 +109,13 @@ def watched(strong_store):
             seen["run"] = subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(), err.read_text())
             seen["output"] = seen["run"].stdout
             seen["code"] = proc.returncode
-            seen["results"] = {}  # the search's trials and its confirmation's
+            seen["results"], seen["search"] = {}, set()  # the search's trials and its confirmation's
             for f in [*(work / "results" / name).glob("*/result.json"),
                       *(work / "results" / name).glob("confirm/*/result.json")]:
                 rows = [json.loads(x) for x in f.read_text().splitlines()]
                 seen["results"][rows[0]["trial_id"]] = rows
+                if f.parent.parent.name == name:
+                    seen["search"].add(rows[0]["trial_id"])
         finally:
             stop(proc, grace=20)
             if prom is not None:
@@ -129,21 +132,37 @@ def test_the_readme_first_command_confirms_and_ends_with_the_ranked_table_and_no
     assert_clean_console(watched["run"])
 
 
-def test_the_local_search_is_a_job_named_as_the_experiment_with_a_plain_log_and_named_trial_actors(watched):
+def test_the_local_search_is_a_job_named_as_the_experiment_with_a_plain_log(watched):
     assert watched["code"] == 0, watched["output"][-3000:]
     submitted = [j for j in watched["jobs"] if j["type"] == "SUBMISSION"]
     assert [(j["metadata"] or {}).get("job_name") for j in submitted] == ["watched"], watched["jobs"]
     # the job's log, as the dashboard shows it: one plain line per trial and epoch, no box drawing
     lines = PROGRESS.findall(watched["log"])
     assert len(lines) >= 4 and not BOX.search(watched["log"]), watched["log"][-3000:]
-    assert {t for t, _ in lines} <= set(watched["results"]), (lines, list(watched["results"]))
-    # every trial actor seen alive named its trial (Repr), and the names are this search's trials
-    named = {re.match(r"trial (\w+_\d{5}) ", r).group(1) if re.match(r"trial (\w+_\d{5}) ", r) else r
-             for r in watched["actors"].values()}
-    assert len(watched["actors"]) >= 2 and named <= set(watched["results"]), watched["actors"]
+    assert {t for t, _, _ in lines} <= set(watched["results"]), (lines, list(watched["results"]))
     # the console is the command's own: the same lines, the ranked table last
     assert PROGRESS.search(watched["output"]) and "Traceback" not in watched["output"]
     assert watched["output"].rstrip().splitlines()[-1].startswith("| 4 |"), watched["output"][-2000:]
+
+
+def test_no_actor_names_a_trial_it_does_not_run_and_each_trial_is_found_by_its_workers_pid(watched):
+    """4 trials and then 3 confirmation seeds on 2 CPUs (more trials than workers): by default a worker runs trials
+    one after another, and the Actors page, read every half second, never shows a trial's name on an actor that
+    runs another one. Each trial's line in the job's log ends with the pid of the worker that ran it, an actor seen
+    alive on the Actors page: one step from a trial to its actor, and back."""
+    assert watched["code"] == 0, watched["output"][-3000:]
+    pids = {t: {r["pid"] for r in rows} for t, rows in watched["results"].items()}
+    assert len(set().union(*pids.values())) < len(pids), pids  # workers were reused
+    alive = {pid: name for name, pid in watched["actors"].values()}
+    for name, pid in watched["actors"].values():
+        named = NAMED.match(name)
+        ran = {t for t, p in pids.items() if pid in p}
+        assert (ran == {named.group(1)}) if named else name == "tune_p7 worker", (name, pid, ran)
+    logged = {(t, int(e), int(p)) for t, e, p in PROGRESS.findall(watched["log"])}
+    assert {t for t, _, _ in logged} >= watched["search"], (logged, watched["search"])  # each search trial's lines
+    for trial, epoch, pid in logged:
+        assert any(r["epoch"] == epoch and r["pid"] == pid for r in watched["results"][trial]), (trial, epoch, pid)
+        assert pid in alive, (trial, pid, alive)
 
 
 def test_prometheus_reads_a_running_trials_margin_back(watched):

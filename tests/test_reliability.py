@@ -10,9 +10,10 @@ import time
 import pandas as pd
 import pytest
 import torch
+from ray import tune
 
-from conftest import REPO, run_cli
-from test_search import SEARCH, SMALL, results, space
+from conftest import REPO, kill_driver, run_cli
+from test_search import SEARCH, SMALL, results, search, space
 from tune_p7.tuning import checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
@@ -55,6 +56,52 @@ def test_killed_trial_worker_resumes_and_ends_where_an_uninterrupted_run_ends(tm
     replay = [json.loads(line) for line in r.stdout.splitlines()]
     for key in ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10", "loss"):
         assert replay[-1][key] == rows[-1][key], key
+
+
+def test_a_killed_driver_resumed_leaves_no_trial_folder_that_tunes_state_does_not_know(tmp_path, strong_store):
+    """A searcher that suggests each trial when a worker is free (Optuna, 2 at a time): a trial's folder appears in
+    the storage with its first checkpoint, and Tune's state there lists the trial only from its next save (forced
+    after num_to_keep checkpoints of a trial, else every 10 s or more). The driver is SIGKILLed while such a folder
+    exists; the resumed search removes it (the searcher suggests a trial in its place) and ends with every trial
+    complete and no folder that Tune's state does not list. By default the trials run on reused workers."""
+    trials = 5
+    sp = space(tmp_path, SMALL.replace("  lr: 2.0e-3\n", "  lr: {loguniform: [1.0e-3, 3.0e-3]}\n") +
+               f"  epochs: 2\nnum_samples: {trials}\nsearch: {{algorithm: optuna, seed: 0, n_startup_trials: 2}}\n"
+               "scheduler: {name: fifo}\ngates: {margin: -2.0}\n"
+               "checkpoints: {num_to_keep: 3}\n")  # no save forced by a trial's checkpoints: one every 10 s
+    exp = tmp_path / "orphan"
+    proc = subprocess.Popen([sys.executable, SEARCH, "--num-cpus", "2", "--space", sp, "--data", strong_store,
+                             "--storage", tmp_path, "--name", "orphan", "--no-probe", "--max-concurrent", "2"],
+                            stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "err", "wb"), cwd=REPO, start_new_session=True)
+
+    def unlisted() -> set[str]:
+        """Trial folders whose trial Tune's saved state does not list (none while the state is being rewritten)."""
+        try:
+            saved = [json.loads(f.read_text()) for f in exp.glob("experiment_state-*.json")]
+        except (OSError, ValueError):
+            return set()
+        listed = {json.loads(t[0])["trial_id"] for state in saved for t in state["trial_data"]}
+        return {d.name for d in exp.glob("train_trial_*") if saved and d.name.split("_")[2] not in listed}
+
+    unknown, seen = set(), set()
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not unknown and proc.poll() is None:
+            now = unlisted()
+            unknown, seen = seen & now, now  # unlisted at two looks 0.1 s apart: no save in between
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            kill_driver(proc, exp)
+    unknown = unlisted()
+    assert unknown, "no trial ran that Tune's state did not list: " + (tmp_path / "err").read_text()[-2000:]
+    r = search("--resume", "--name", "orphan", "--storage", tmp_path)
+    assert all(f"removed {name}" in r.stdout for name in unknown), r.stdout[-2000:]
+    known = {os.path.basename(t.path) for t in tune.ExperimentAnalysis(str(exp)).trials}
+    assert {d.name for d in exp.glob("train_trial_*")} == known and len(known) == trials, known
+    df = pd.read_parquet(exp / "summary.parquet")
+    assert len(df) == trials and (df["status"] == "completed").all(), df[["trial_id", "status"]]
 
 
 def test_a_crash_mid_checkpoint_write_never_leaves_a_partial_state(tmp_path):

@@ -175,8 +175,9 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str, p
     cpus = opts.cpus_per_trial or space.cpus_per_trial
     mutated = tuple(space.scheduler.mutations)
     trainable = tune.with_resources(actors.describe(tune.with_parameters(train_trial, data=data, gates=space.gates,
-                                                                         mutated=mutated), samplers(space)),
-                                    {"cpu": cpus})
+                                                                         mutated=mutated), samplers(space),
+                                                    # resumed: the stored run's reuse_actors holds
+                                                    opts.reuse_actors or opts.resume), {"cpu": cpus})
     verbose, shown = progress.tune_output(samplers(space), max(space.values_of("epochs")))
     exp = storage.join(root, name)
     if opts.resume:

@@ -11,6 +11,14 @@ def test_defaults_are_the_dataclass_fields(monkeypatch):
     assert o.address is None and o.storage == "./ray_results" and o.max_failures == 2 and not o.verbose
 
 
+@pytest.mark.parametrize("argv, reuse", [([], True), (["--reuse-actors"], True), (["--no-reuse-actors"], False)])
+def test_trials_reuse_workers_unless_told_not_to(argv, reuse):
+    """A flag that is on by default has its --no- form; an off one (--verbose) has none."""
+    assert parse(argv).reuse_actors is reuse
+    with pytest.raises(SystemExit):
+        parse(["--no-verbose"])
+
+
 @pytest.mark.parametrize("env, given, expected", [
     ("127.0.0.2:6379", None, "127.0.0.2:6379"),  # inside a `ray job submit` job: join the cluster it runs on
     ("auto", None, "auto"),

@@ -172,13 +172,12 @@ def test_killed_optuna_search_resumes_without_repeats(tmp_path, strong_store):
                   .replace("d_model: 32", "d_model: 64").replace("margin: 2.0", "margin: -2.0")
                   + "scheduler: {name: fifo}\nsearch: {algorithm: optuna, seed: 3, n_startup_trials: 2}\n")
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
-            "--name", "res", "--no-probe", "--max-concurrent", 2]  # no --reuse-actors: see the note below
+            "--name", "res", "--no-probe", "--max-concurrent", 2]
     exp = tmp_path / "res"
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
                             start_new_session=True)
-    # A reused actor starts the next trial at once, so the kill can come after that trial wrote results but before
-    # Tune's state recorded it: resume then ignores its folder (seen with --reuse-actors). A fresh worker's start
-    # keeps the next trial's first result after the kill, which the folder count below relies on.
+    # A trial started after Tune's last state save leaves a folder that state does not know; --resume removes it
+    # (checkpoint.remove_unknown_trials), so the folder count below holds on reused workers (the default) too.
     try:  # kill once two trials have finished and a third has checkpoints: mid-search, searcher state saved
         deadline = time.time() + 300
         while time.time() < deadline:

@@ -60,9 +60,10 @@ class SearchOptions:
                                         "[default: the space's confirm.top]")
     confirm_seeds: int | None = opt(None, "new seeds per confirmed configuration [default: the space's "
                                           "confirm.seeds]")
-    reuse_actors: bool = opt(False, "run trials one after another in the same worker, the confirmation's too (faster "
-                                    "for many short trials and for PBT's restarts; the dashboard's Actors page "
-                                    "then names only each actor's first trial)")
+    reuse_actors: bool = opt(True, "run trials one after another in the same worker process, the confirmation's "
+                                   "too; each worker's actor on the dashboard names its worker, the job's log each "
+                                   "trial with the worker's pid. --no-reuse-actors: a new worker per trial, its actor "
+                                   "named for the trial (several CPU-s more per trial: docs/performance.md)")
     verbose: bool = opt(False, "show Ray's and Tune's detail (worker logs, checkpoint and sync messages)")
 
     def __post_init__(self):
@@ -82,8 +83,9 @@ def parser(cls=SearchOptions, **kw) -> argparse.ArgumentParser:
     for f in dataclasses.fields(cls):
         hint, meta = types[f.name], f.metadata
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        if hint is bool:
-            p.add_argument(flag, dest=f.name, action="store_true", help=meta["help"])
+        if hint is bool:  # a flag; one that is on by default gets its --no- form
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction if f.default else "store_true",
+                           default=f.default, help=meta["help"])
             continue
         shown = "" if f.default is None else f" [default: {f.default}]"
         kind = next(t for t in (int, float, str) if t == hint or t in getattr(hint, "__args__", ()))

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tune_p7 import storage
+
 STATE, METRICS = "state.pt", "metrics.json"
 
 
@@ -159,11 +161,42 @@ def _stand_in_for_older(trial, latest) -> None:
             ck.filesystem.create_dir(ck.path)
 
 
+def remove_unknown_trials(exp: str) -> list[str]:
+    """Delete every trial folder of ``exp`` that Tune's experiment state does not list; returns their names.
+
+    Tune makes a trial's folder when it starts the trial, but lists the trial in its experiment state only at its
+    next save (forced when a trial's checkpoint registers, else every 10 s or more): a driver killed in between
+    leaves a folder that the resumed run never reads (its searcher, restored from that same save, suggests a trial in
+    its place). It happens with fresh and reused workers alike; a reused one starts its next trial at once. On a
+    Ray that outlived the killed driver, that driver's staging folder (in the Ray session's folder, on this node)
+    still holds the trial's copy, which the resumed driver would upload again: it goes too.
+    """
+    import shutil
+
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    trials = tune.ExperimentAnalysis(exp).trials
+    known = {t.storage.trial_dir_name for t in trials}
+    prefixes = tuple({f"{t.trainable_name}_" for t in trials})  # Tune's folder names: <trainable>_<trial id>_...
+    staged = {t.storage.experiment_driver_staging_path for t in trials}  # restored trials keep their driver's
+    fs, root = storage.filesystem(exp)
+    unknown = [i for i in fs.get_file_info(pafs.FileSelector(root)) if i.type == pafs.FileType.Directory
+               and prefixes and i.base_name.startswith(prefixes) and i.base_name not in known]
+    for info in unknown:
+        fs.delete_dir(info.path)
+        for folder in staged:
+            shutil.rmtree(Path(folder, info.base_name), ignore_errors=True)
+    return [i.base_name for i in unknown]
+
+
 def restore_tuner(exp: str, trainable, label: str):
-    """``Tuner.restore`` of the interrupted experiment ``exp`` (resuming errored trials), after restore_deleted;
-    prints one line per repaired trial, prefixed by ``label``."""
+    """``Tuner.restore`` of the interrupted experiment ``exp`` (resuming errored trials), after restore_deleted and
+    remove_unknown_trials; prints one line per repaired or removed trial, prefixed by ``label``."""
     from ray import tune
 
     for trial_id, source in restore_deleted(exp):
         print(f"  {label + ':':<10} trial {trial_id}: Tune's state named a deleted checkpoint, resuming from {source}")
+    for name in remove_unknown_trials(exp):
+        print(f"  {label + ':':<10} removed {name}: started after Tune's last saved state, which does not know it")
     return tune.Tuner.restore(exp, trainable, resume_errored=True)

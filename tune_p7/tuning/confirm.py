@@ -147,12 +147,13 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
 
     scheduled = tuple(sorted({k for c in record["configs"] for _, changes in c.get("schedule", []) for k in changes}))
     varied = ("seed", "fold", *(k for k, v in space.params.items() if isinstance(v, dict)))  # dashboard and log
-    trainable = tune.with_resources(actors.describe(tune.with_parameters(train_trial, data=data, gates=space.gates,
-                                                                         mutated=scheduled, articles=True), varied),
-                                    {"cpu": cpus})
-    verbose, shown = progress.tune_output(varied, max(space.values_of("epochs")))
     path = storage.join(exp, FOLDER)
-    if tune.Tuner.can_restore(path):
+    restoring = tune.Tuner.can_restore(path)  # then the stored run's reuse_actors holds: name workers as reused
+    trainable = tune.with_resources(actors.describe(tune.with_parameters(train_trial, data=data, gates=space.gates,
+                                                                         mutated=scheduled, articles=True), varied,
+                                                    reuse_actors or restoring), {"cpu": cpus})
+    verbose, shown = progress.tune_output(varied, max(space.values_of("epochs")))
+    if restoring:
         return checkpoint.restore_tuner(path, trainable, "confirm")
     return tune.Tuner(
         trainable,

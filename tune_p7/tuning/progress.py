@@ -1,8 +1,10 @@
 """The search's progress on a console that is not a terminal (a job's log in the Ray dashboard, a file, a pipe):
 one plain line per trial and epoch instead of Tune's box-drawn tables, which a log viewer that collapses runs of
-spaces (the dashboard's) turns into misaligned noise. A terminal keeps Tune's tables.
+spaces (the dashboard's) turns into misaligned noise. A terminal keeps Tune's tables. Each line ends with the pid of
+the worker that ran the epoch: the PID column of the dashboard's Actors page, where a reused worker's actor is named
+``tune_p7 worker`` (tune_p7.tuning.actors).
 
-    trial 3f2a1_00001 arch=lstm margin=0.1  epoch 2/4  margin -0.1234  cos_next 0.2345  R@5 0.1500
+    trial 3f2a1_00001 arch=lstm margin=0.1  epoch 2/4  margin -0.1234  cos_next 0.2345  R@5 0.1500  pid 4242
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ class ProgressLines(Callback):
         again = "  (resumed: reported again)" if result.get("resumed") else ""
         self._print(f"{trial_label(trial.trial_id, trial.config, self.varied)}  epoch {epoch}/{self.max_epochs}  "
                     f"margin {_metric(result.get('margin'))}  cos_next {_metric(result.get('cos_next'))}  "
-                    f"R@5 {_metric(result.get('r_at_5'))}{again}")
+                    f"R@5 {_metric(result.get('r_at_5'))}  pid {result.get('pid', '?')}{again}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
