@@ -168,8 +168,9 @@ def remove_unknown_trials(exp: str) -> list[str]:
     next save (forced when a trial's checkpoint registers, else every 10 s or more): a driver killed in between
     leaves a folder that the resumed run never reads (its searcher, restored from that same save, suggests a trial in
     its place). It happens with fresh and reused workers alike; a reused one starts its next trial at once. On a
-    Ray that outlived the killed driver, that driver's staging folder (in the Ray session's folder, on this node)
-    still holds the trial's copy, which the resumed driver would upload again: it goes too.
+    Ray that outlived the killed driver, the resumed driver reuses that driver's staging folder (in the Ray session's
+    folder, on this node) and uploads what it holds: a copy of such a trial, or one the killed driver had not yet
+    synced to the storage at all; those go too.
     """
     import shutil
 
@@ -179,15 +180,20 @@ def remove_unknown_trials(exp: str) -> list[str]:
     trials = tune.ExperimentAnalysis(exp).trials
     known = {t.storage.trial_dir_name for t in trials}
     prefixes = tuple({f"{t.trainable_name}_" for t in trials})  # Tune's folder names: <trainable>_<trial id>_...
-    staged = {t.storage.experiment_driver_staging_path for t in trials}  # restored trials keep their driver's
+    staged = {Path(t.storage.experiment_driver_staging_path) for t in trials}  # restored trials keep their driver's
+
+    def unknown(names) -> set[str]:
+        return {n for n in names if prefixes and n.startswith(prefixes) and n not in known}
+
     fs, root = storage.filesystem(exp)
-    unknown = [i for i in fs.get_file_info(pafs.FileSelector(root)) if i.type == pafs.FileType.Directory
-               and prefixes and i.base_name.startswith(prefixes) and i.base_name not in known]
-    for info in unknown:
-        fs.delete_dir(info.path)
-        for folder in staged:
-            shutil.rmtree(Path(folder, info.base_name), ignore_errors=True)
-    return [i.base_name for i in unknown]
+    stored = unknown(i.base_name for i in fs.get_file_info(pafs.FileSelector(root)) if i.type == pafs.FileType.Directory)
+    # a trial the killed driver made in its staging folder but had not synced yet is uploaded by the resumed driver
+    local = {n: folder for folder in staged if folder.is_dir() for n in unknown(d.name for d in folder.iterdir())}
+    for name in stored:
+        fs.delete_dir(f"{root}/{name}")
+    for name, folder in local.items():
+        shutil.rmtree(folder / name, ignore_errors=True)
+    return sorted(stored | set(local))
 
 
 def restore_tuner(exp: str, trainable, label: str):
