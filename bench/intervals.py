@@ -1,10 +1,10 @@
-"""Milliseconds per evaluation of the article-bootstrap intervals at the seed scale (11k val windows).
+"""Milliseconds per evaluation of the intervals over articles at the seed scale (11k val windows).
 
     python bench/intervals.py [--quick]
 
-Times ``Evaluator.intervals`` (the bootstrap of every epoch's val metrics and paired differences) and the whole
-validation pass that contains it (forward, cosines, retrieval ranks, intervals), alternated round by round in one
-run, with the default model (768-d, ctx 5) on a synthetic split of 24-chunk articles. Prints their ratio.
+Times ``Evaluator.intervals`` (the cluster-robust intervals of every epoch's val metrics and paired differences)
+and the whole validation pass that contains it (forward, cosines, retrieval ranks, intervals), alternated round by
+round in one run, with the default model (768-d, ctx 5) on a synthetic split of 24-chunk articles. Prints their ratio.
 --quick: 2,000 windows, one timed round.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main(argv=None):
     rounds = alternate({"intervals": intervals, "evaluation": evaluation}, rounds=1 if a.quick else 5)
     ms = {k: [1e3 / r for r in v] for k, v in rounds.items()}
     articles = int(ev.window_article.unique().numel())
-    out = {"windows": len(ev.st), "articles": articles, "replicates": 1000, "bf16": bf16, "threads": a.threads,
+    out = {"windows": len(ev.st), "articles": articles, "bf16": bf16, "threads": a.threads,
            "intervals_ms": median(ms["intervals"]), "evaluation_ms": median(ms["evaluation"]),
            "intervals_share_of_evaluation": median([i / e for i, e in zip(ms["intervals"], ms["evaluation"])]),
            "rounds_ms": ms}

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tune_p7.core.clustered import (LEVEL, bell_mccaffrey_df, cluster_estimate, effective_articles, p_not_above,
-                                    t_interval)
-from tune_p7.report.conclusions import claims_confidence
+from tune_p7.core.clustered import (LEVEL, bell_mccaffrey_df, claims_confidence, cluster_estimate, effective_articles,
+                                    p_not_above, t_interval)
 
 REPS = 400
 SHIPPED = [38, 23, 8, 7, 4, 2, 2]  # windows of the ood split's articles at K = 5 on the shipped store
@@ -142,7 +141,40 @@ def test_cluster_estimate_is_the_window_mean_and_its_p_value_matches_the_interva
         cluster_estimate(sums, scored & np.array([True, True, False]), counts)
 
 
+def test_bell_mccaffrey_df_is_the_eigenvalue_formula_in_closed_form():
+    """(sum lambda)^2 / sum lambda^2 over the eigenvalues of G^T G, G's columns p_a (1 - p_a)^-1/2 (delta_a - p)."""
+    for counts in (SHIPPED, SKEWED_40, [60, 2, 2, 2], [5, 5]):
+        p = np.asarray(counts, float) / sum(counts)
+        g = (p / np.sqrt(1 - p))[None, :] * (np.eye(len(p)) - p[:, None])
+        lam = np.linalg.eigvalsh(g.T @ g)
+        assert bell_mccaffrey_df(p) == pytest.approx(lam.sum() ** 2 / (lam ** 2).sum(), rel=1e-9), counts
+
+
 def test_bell_mccaffrey_df_is_a_minus_1_for_equal_articles_and_smaller_when_one_dominates():
     assert bell_mccaffrey_df(np.full(8, 1 / 8)) == pytest.approx(7)
     skewed = np.array(SHIPPED, float) / sum(SHIPPED)
     assert bell_mccaffrey_df(skewed) < 4
+
+
+# one fixed model scoring every article (a trial's val epoch, the probe's references): no run noise to estimate
+FIXED = [("shipped, tau 1", SHIPPED, 1.0), ("shipped, tau 2", SHIPPED, 2.0),
+         ("5 articles, tau 2", [30, 12, 5, 3, 2], 2.0), ("20 skewed, tau 2", SKEWED_20, 2.0),
+         ("4 articles, one dominant", [60, 2, 2, 2], 2.0)]
+
+
+@pytest.mark.parametrize("name, counts, tau", FIXED, ids=[r[0] for r in FIXED])
+def test_one_fixed_models_interval_keeps_95_percent_wherever_confidence_is_claimed(name, counts, tau):
+    """tune_p7.core.intervals: the same estimator with one run, which every epoch's and the probe's bounds use."""
+    two_sided, one_sided_miss = coverage(ours, counts, tau, 0.0, crossfit=False, runs_per_fold=1)
+    claimed = claims_confidence(len(counts), effective_articles(counts))
+    print(f"\none fixed model, {name}: coverage {two_sided:.3f}, one-sided miss {one_sided_miss:.3f}; "
+          f"claims confidence: {claimed}")
+    if claimed:
+        assert two_sided >= 0.93 and one_sided_miss <= 0.04, (two_sided, one_sided_miss)
+
+
+def test_the_percentile_bootstrap_over_articles_under_covers_one_fixed_model_at_7_articles():
+    """What every epoch's and the probe's bounds were before: one run, articles resampled, percentile bounds."""
+    boot, miss = coverage(percentile_bootstrap, SHIPPED, 1.0, 0.0, crossfit=False, runs_per_fold=1)
+    print(f"\none fixed model, shipped: percentile bootstrap coverage {boot:.3f}, one-sided miss {miss:.3f}")
+    assert boot < 0.93

@@ -1,5 +1,7 @@
-"""Bootstrap intervals resampled by article: what every evaluation reports as <key>_lo / <key>_hi."""
+"""Cluster-robust intervals over articles: what every evaluation reports as <key>_lo / <key>_hi (their coverage with
+few, uneven articles: tests/core/test_clustered.py)."""
 import torch
+from scipy import stats
 
 from conftest import small_config
 from tune_p7.core.intervals import article_intervals, interval_keys
@@ -26,14 +28,14 @@ def test_the_interval_contains_the_mean_and_shrinks_with_more_articles():
     assert widths[0] > widths[1] > widths[2] and widths[0] / widths[2] > 2.5  # ~1/sqrt(n): 4x over 16x articles
 
 
-def test_resampling_is_by_article_not_by_window():
-    """Ten identical windows per article carry no more information than one: the interval must not narrow, as a
-    per-window bootstrap would make it (by ~sqrt(10))."""
+def test_the_clusters_are_articles_not_windows():
+    """Ten identical windows per article carry no more information than one: the interval must not narrow, as one
+    that took windows as independent would (by ~sqrt(10))."""
     values, article = windows(60, 1)
-    lo1, hi1 = article_intervals(values, article, seed=3)
-    lo10, hi10 = article_intervals(values.repeat_interleave(10, 0), article.repeat_interleave(10), seed=3)
+    lo1, hi1 = article_intervals(values, article)
+    lo10, hi10 = article_intervals(values.repeat_interleave(10, 0), article.repeat_interleave(10))
     assert torch.allclose(lo1, lo10) and torch.allclose(hi1, hi10)
-    per_window_lo, per_window_hi = article_intervals(values.repeat_interleave(10, 0), torch.arange(600), seed=3)
+    per_window_lo, per_window_hi = article_intervals(values.repeat_interleave(10, 0), torch.arange(600))
     assert float((per_window_hi - per_window_lo).mean()) < 0.5 * float((hi1 - lo1).mean())
 
 
@@ -47,10 +49,15 @@ def test_a_paired_difference_is_narrower_than_its_parts_when_they_move_together(
     assert out["diff_hi"] - out["diff_lo"] < 0.3 * (out["model_hi"] - out["model_lo"])
 
 
-def test_seeded_replay_gives_the_same_numbers_and_another_seed_others():
-    values, article = windows(50, 3)
-    a, b, c = (article_intervals(values, article, seed=s) for s in (1, 1, 2))
-    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], c[0])
+def test_it_is_the_t_interval_of_the_article_means_for_equal_articles_and_nan_for_one_article():
+    """Equal window counts: CR2 is the classic t interval over the A article means with A - 1 df."""
+    values, article = windows(6, 4)
+    means = values.double().view(6, 4, 2).mean(1)
+    half = stats.t.ppf(0.975, 5) * means.std(0) / 6 ** 0.5
+    lo, hi = article_intervals(values, article)
+    assert torch.allclose(lo, means.mean(0) - half) and torch.allclose(hi, means.mean(0) + half)
+    lo, hi = article_intervals(values[:4], article[:4])
+    assert torch.isnan(lo).all() and torch.isnan(hi).all()
 
 
 def test_every_epoch_and_the_probe_carry_the_intervals(small_store):

@@ -148,9 +148,22 @@ def test_where_each_article_follows_its_own_direction_the_probe_does_not_say_not
     DIRECT, and the sentence says only that, not that the data holds nothing to learn."""
     result = probe_of(tmp_path, 2, articles=100, chunks_per_article=12, dim=32, forward_signal=2.0, seed=0)
     closing = result["closing"]
-    assert closing.startswith("On val (20 articles), neither ridge nor kNN-successor beats DIRECT with confidence")
+    assert closing.startswith("On val (20 articles, 20.0 effective), neither ridge nor kNN-successor beats DIRECT "
+                              "with confidence")
     assert "says only that these references do not" in closing and "a trained model can still learn" in closing
     assert not any(claim in closing for claim in ("nothing", "not learnable", "no direction", "cannot be learned"))
+
+
+def test_with_too_few_val_articles_the_probe_claims_nothing_either_way(tmp_path):
+    """4 val articles: below what the simulated intervals need for 95% (tune_p7.core.clustered.claims_confidence),
+    so the sentence neither says a reference beats DIRECT nor that none does, even where topics recur."""
+    result = probe_of(tmp_path, 3, articles=20, chunks_per_article=12, dim=16, forward_signal=1.0, topics=4,
+                      identity=0.7, seed=0)
+    val = result["splits"]["val"]
+    assert val["articles"] == 4 and val["eff_articles"] == pytest.approx(4.0)
+    closing = result["closing"]
+    assert closing.startswith("On val (4 articles, 4.0 effective) no claim is made either way")
+    assert "with confidence" not in closing and "learnable here" not in closing and closing.count(". ") == 0
 
 
 def test_near_duplicates_are_chunks_within_the_threshold_of_a_train_chunk():

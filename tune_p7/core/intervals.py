@@ -1,45 +1,35 @@
-"""95% percentile-bootstrap intervals over articles for means of per-window scalars: one matmul for all metrics.
+"""95% intervals over articles for the window means of per-window scalars, as every evaluation reports them
+(<key>_lo / <key>_hi): one fixed model's figures on a split, uncertain only in which articles the split drew.
 
-Windows of one article share chunks, so they are not independent samples: the bootstrap resamples whole articles.
+Windows of one article share chunks, so they are not independent samples: the interval is cluster-robust over
+articles, the CR2 / Bell-McCaffrey t interval of tune_p7.core.clustered with one run (no run component), which
+keeps its 95% with few articles of unequal size where a percentile bootstrap does not (tests/core/test_clustered.py).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from tune_p7.core.clustered import cluster_estimate, t_interval
 from tune_p7.core.metrics import retrieval_per_window
 
-LEVEL = 0.95
-REPLICATES = 1000  # percentile tails of 25 replicates each: the 2.5% quantile moves by ~0.1 SE between seeds
-BLOCK_CELLS = 1 << 20  # (replicates, articles) cells per block: bounds memory for any number of articles
 
-
-def article_intervals(values: torch.Tensor, article: torch.Tensor, replicates: int = REPLICATES, seed: int = 0,
-                      level: float = LEVEL) -> tuple[torch.Tensor, torch.Tensor]:
-    """Percentile interval of each column's window mean, resampling articles with replacement.
+def article_intervals(values: torch.Tensor, article: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 95% cluster-robust interval of each column's window mean, clustered by article.
 
     values (N, M): M per-window scalars; article (N,): each window's article id. With S (A, M) the per-article
-    sums and c (A,) the per-article window counts, each replicate b draws A articles with replacement (counts
-    W (B, A), each row multinomial(A, 1/A)) and estimates W_b S / W_b c: one (B, A) @ (A, M) matmul. Returns
-    lo, hi (M,): the (1-level)/2 and (1+level)/2 quantiles over the B replicates. A paired difference is a column
-    of per-window differences: both terms see the same resampled articles. Seeded: the same inputs and seed give
-    the same numbers.
+    sums and c (A,) the per-article window counts, theta = sum_a S_a / sum_a c_a and the interval is
+    theta -+ t_df sqrt(V) with V and df those of tune_p7.core.clustered (CR2 over articles, Bell-McCaffrey df).
+    Returns lo, hi (M,); NaN with one article (no spread between articles to measure). A paired difference is a
+    column of per-window differences: both terms share the articles. Deterministic.
     """
     _, inv = torch.unique(article, return_inverse=True)
     a = int(inv.max()) + 1
     x = values.double()
     sums = torch.zeros(a, x.shape[1], dtype=torch.float64).index_add_(0, inv, x)
     counts = torch.bincount(inv, minlength=a).double()
-    g = torch.Generator().manual_seed(seed)
-    step = max(BLOCK_CELLS // a, 1)
-    est = []
-    for start in range(0, replicates, step):
-        b = min(step, replicates - start)
-        draws = torch.randint(a, (b, a), generator=g) + torch.arange(b)[:, None] * a
-        w = torch.bincount(draws.reshape(-1), minlength=b * a).view(b, a).double()
-        est.append((w @ sums) / (w @ counts)[:, None])
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    lo, hi = torch.quantile(torch.cat(est), q, dim=0)
-    return lo, hi
+    lo, hi = t_interval(cluster_estimate(sums.numpy()[None], np.ones((1, a), bool), counts.numpy()))
+    return torch.from_numpy(np.asarray(lo, np.float64)), torch.from_numpy(np.asarray(hi, np.float64))
 
 
 def hits(ranks: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -48,10 +38,10 @@ def hits(ranks: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: per_window[k] for k in ("r_at_5", "mrr_at_10")}
 
 
-def interval_keys(columns: dict[str, torch.Tensor], article: torch.Tensor, seed: int = 0) -> dict[str, float]:
+def interval_keys(columns: dict[str, torch.Tensor], article: torch.Tensor) -> dict[str, float]:
     """``<key>_lo`` / ``<key>_hi`` (article_intervals) for every per-window column (N,) of ``columns``."""
     names = list(columns)
-    lo, hi = article_intervals(torch.stack([columns[k].double() for k in names], 1), article, seed=seed)
+    lo, hi = article_intervals(torch.stack([columns[k].double() for k in names], 1), article)
     return {**{k + "_lo": float(v) for k, v in zip(names, lo)}, **{k + "_hi": float(v) for k, v in zip(names, hi)}}
 
 

@@ -114,7 +114,7 @@ class Evaluator:
                 "centroid_cos_next": q["cos_centroid"], "centroid_margin": q["cos_centroid"] - q["cos_centroid_prev"],
                 **{"centroid_" + k: v for k, v in self.centroid_hits.items()},
                 "centroid_contrastive_accuracy": centroid_contrastive, "centroid_copy_rate": centroid_copy}
-        self.baseline_intervals = I.interval_keys(cols, self.window_article, self.cfg.seed)
+        self.baseline_intervals = I.interval_keys(cols, self.window_article)
         out = {"direct_cos_next": float(q["cos_direct"].mean()), "direct_margin": float(q["cos_direct"].mean() - 1),
                "direct_contrastive_accuracy": float(self.direct_contrastive.mean()),
                "centroid_cos_next": float(q["cos_centroid"].mean()),
@@ -128,13 +128,13 @@ class Evaluator:
 
     @property
     def window_article(self) -> torch.Tensor:
-        """(N,) the article of each evaluated window: what the bootstrap resamples."""
+        """(N,) the article of each evaluated window: the intervals' clusters."""
         return self.st.window_article[self.index]
 
     def intervals(self, out: dict[str, torch.Tensor]) -> dict[str, float]:
-        """95% article-bootstrap intervals of the model's val metrics and of its paired differences with DIRECT
-        (same windows, same resampled articles) in the whole bank (``_vs_direct``) and with each query's context left
-        out of it (``_xctx_vs_direct``), seeded by the config's seed: a replay gives the same numbers."""
+        """95% cluster-robust intervals over articles (tune_p7.core.intervals) of the model's val metrics and of its
+        paired differences with DIRECT (same windows, same articles) in the whole bank (``_vs_direct``) and with each
+        query's context left out of it (``_xctx_vs_direct``)."""
         model, model_xctx = I.hits(out["rank"]), I.hits(out["rank_xctx"])
         cols = {k: out[k] for k in ("margin", "cos_next", "cos_anchor", "contrastive_accuracy", "copy_rate")}
         cols.update(model)
@@ -144,7 +144,7 @@ class Evaluator:
             cols[k + "_vs_direct"] = model[k] - self.direct_hits[k]
             cols[k + "_xctx_vs_direct"] = model_xctx[k] - self.direct_hits_xctx[k]
             diffs += [k + "_vs_direct", k + "_xctx_vs_direct"]
-        res = I.interval_keys(cols, self.window_article, self.cfg.seed)
+        res = I.interval_keys(cols, self.window_article)
         res.update({k: float(cols[k].mean()) for k in diffs})
         return res
 

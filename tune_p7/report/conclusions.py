@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from tune_p7 import storage
-from tune_p7.core.clustered import LEVEL, cluster_estimate, p_not_above, t_interval
+from tune_p7.core.clustered import (CONFIDENT_ARTICLES, CONFIDENT_EFFECTIVE_ARTICLES, LEVEL, claims_confidence,
+                                    cluster_estimate, p_not_above, t_interval)
 from tune_p7.core.intervals import holm
 from tune_p7.core.verdicts import DEPLOY_MRR, DEPLOY_R5, PASS, verdict
 from tune_p7.data.folds import HELDOUT
@@ -36,14 +37,6 @@ DIFFS = tuple(f"{k}_minus_{b}" for b in ("direct", *REFERENCES) for k in DEPLOY)
 LABEL = {"margin": "margin", "cos_next": "cos_next", "cos_anchor": "cos_anchor", "r_at_5": "R@5",
          "mrr_at_10": "MRR@10"}
 ALPHA = (1 - LEVEL) / 2  # one-sided family-wise level: with one configuration, "the 95% lower bound clears"
-# below these, some simulated regime's interval missed 95% (docs/statistics.md): no confidence is claimed
-CONFIDENT_ARTICLES, CONFIDENT_EFFECTIVE_ARTICLES = 5, 3.0
-
-
-def claims_confidence(articles: int, effective: float) -> bool:
-    """Whether a held-out mean over ``articles`` articles (``effective`` of them by Kish) may be stated with 95%
-    confidence: where the simulations showed the interval keeps it."""
-    return articles >= CONFIDENT_ARTICLES and effective >= CONFIDENT_EFFECTIVE_ARTICLES
 
 
 def heldout_split(articles: pd.DataFrame) -> str:

@@ -22,6 +22,8 @@ import torch
 
 from tune_p7 import cli
 from tune_p7.core.baselines import judge, oracle, oracle_warnings, references
+from tune_p7.core.clustered import (CONFIDENT_ARTICLES, CONFIDENT_EFFECTIVE_ARTICLES, claims_confidence,
+                                    effective_articles)
 from tune_p7.core.config import P7Config
 from tune_p7.core.gates import Gates
 from tune_p7.core.loop import Evaluator
@@ -111,12 +113,13 @@ def probe(data: P7Data, k: int = 5, gates: Gates = Gates(), warmup_epochs: int =
         base = ev.baselines
         bounds = {b: {k2.removeprefix(b + "_"): v for k2, v in ev.baseline_intervals.items() if k2.startswith(b)}
                   for b in BASES}
+        counts = torch.unique(ev.window_article, return_counts=True)[1].numpy()
         orc = oracle(ev)
         orc.update(judge(orc, gates, warmup_epochs))
         out["warnings"] += oracle_warnings(name, orc, gates, gated=name == "val")
         out["splits"][name] = {
             **pair_cosines(split, k), "windows": len(ev.st), "bank": len(ev.bank),
-            "articles": len(torch.unique(ev.window_article)),
+            "articles": len(counts), "eff_articles": effective_articles(counts),
             "near_duplicates": near_duplicate_share(torch.from_numpy(split.chunks), train_chunks),
             "baselines": {
                 "direct": {"cos_next": base["direct_cos_next"], "cos_prev": 1.0, "margin": base["direct_margin"],
@@ -136,24 +139,31 @@ BEATS = ("r_at_5_vs_direct", "mrr_at_10_vs_direct", "r_at_5_xctx_vs_direct", "mr
 
 def closing_sentence(result: dict) -> str:
     """One sentence on what the fitted references show on val. A reference beats DIRECT with confidence when the
-    95% intervals (over val articles) of R@5 - DIRECT and MRR@10 - DIRECT all lie above 0, in the whole bank and
-    with the query's context left out of it (in the whole bank ctx[-1] always outranks DIRECT's target, a handicap
-    that alone would let a predictor no better than DIRECT "beat" it); one that does shows that something is
-    learnable here (a direction of travel, or merely the topic an article stays in: with each article's chunks
-    shuffled, a kNN that averages its neighbours' next chunks can still beat copying the last one), none doing so
-    shows only that these references cannot beat DIRECT, not that nothing can be learned."""
+    95% intervals (over val articles, cluster-robust: tune_p7.core.intervals) of R@5 - DIRECT and MRR@10 - DIRECT
+    all lie above 0, in the whole bank and with the query's context left out of it (in the whole bank ctx[-1]
+    always outranks DIRECT's target, a handicap that alone would let a predictor no better than DIRECT "beat" it);
+    one that does shows that something is learnable here (a direction of travel, or merely the topic an article
+    stays in: with each article's chunks shuffled, a kNN that averages its neighbours' next chunks can still beat
+    copying the last one), none doing so shows only that these references cannot beat DIRECT, not that nothing can
+    be learned. Where val has too few articles for a 95% claim (claims_confidence), the sentence says so instead."""
     val = result["splits"]["val"]
     refs = {name: m for name, m in val["baselines"].items() if name not in BASES}
+    size = f"{val['articles']} articles, {val['eff_articles']:.1f} effective"
+    if not claims_confidence(val["articles"], val["eff_articles"]):
+        return (f"On val ({size}) no claim is made either way: below {CONFIDENT_ARTICLES} articles or "
+                f"{CONFIDENT_EFFECTIVE_ARTICLES:g} effective, simulated 95% intervals missed their 95% "
+                "(docs/statistics.md), so whether anything here beats DIRECT is left open; a trained model can still "
+                "learn what these references cannot.")
     beat = [name for name, m in refs.items() if all(m.get(k + "_lo", math.nan) > 0 for k in BEATS)]
     if beat:
         bounds = "; ".join(f"{LABELS.get(n, n)} R@5 - DIRECT >= {refs[n]['r_at_5_vs_direct_lo']:+.3f}, "
                            f"MRR@10 - DIRECT >= {refs[n]['mrr_at_10_vs_direct_lo']:+.3f}" for n in beat)
-        return (f"On val ({val['articles']} articles), {_names(beat)} "
+        return (f"On val ({size}), {_names(beat)} "
                 f"{'beats' if len(beat) == 1 else 'beat'} DIRECT with confidence, in the whole bank and with the "
                 f"query's context left out (lower bounds of the 95% intervals in the whole bank: {bounds}), so "
                 "something is learnable here that predicts the next chunk better than copying the last one (a "
                 "direction of travel, or the topic an article stays in: these references do not tell which).")
-    return (f"On val ({val['articles']} articles), {'neither ' if len(refs) == 2 else 'none of '}"
+    return (f"On val ({size}), {'neither ' if len(refs) == 2 else 'none of '}"
             f"{_names(list(refs), 'nor' if len(refs) == 2 else 'and')} beats DIRECT with confidence, which says only "
             "that these references do not: a trained model can still learn what they cannot (for example where each "
             "article follows its own trajectory).")
