@@ -32,6 +32,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         first = item.get_closest_marker("cluster") or item.path.name in BESIDE_CLUSTER
         item.add_marker(pytest.mark.xdist_group("first" if first else "second"))
+        if item.get_closest_marker("cluster") or "shared_ray" in item.fixturenames:  # the fast tier leaves these out
+            item.add_marker(pytest.mark.ray)
 
 
 def small_config(**changes) -> P7Config:

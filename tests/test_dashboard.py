@@ -22,6 +22,8 @@ from conftest import REPO
 from local_processes import free_port, listeners_of, listening_hosts, process_tree, spawn, stop, tail
 from test_search import assert_clean_console
 
+pytestmark = pytest.mark.ray  # the README's first command, on a local Ray of its own
+
 SEARCH = REPO / "tune_p7" / "search.py"
 PROGRESS = re.compile(r"^trial (\w+_\d{5}) arch=\w+ margin=[\d.]+  epoch (\d)/4  margin [+-]\d\.\d{4}  "
                       r"cos_next [+-]\d\.\d{4}  R@5 [+-]\d\.\d{4}  pid (\d+)$", re.M)
