@@ -108,7 +108,7 @@ def _heads_rule(c: "P7Config") -> None:
 
 
 # The rules that tie keys together, with the keys each reads: a search space checks every combination of these
-# keys' values that can occur (space.py), every other key one value at a time.
+# keys' values that can occur (tune_p7.space.file), every other key one value at a time.
 RULES = ((("lambda_init", "lambda_min", "lambda_max"), _lambda_rule), (("arch", "d_model", "n_heads"), _heads_rule))
 
 

@@ -6,7 +6,7 @@ Every checkpoint is checked against the data first (split present, vector dimens
 evaluated on a held-out split with the metrics the trials report, beside the DIRECT (copy ctx[-1]) and centroid
 baselines on the same bank and the probe's ridge baseline (from ``probe.json``, when it was computed on the same
 data), and timed: p50/p95 latency per query at batch 1 and throughput at batch 1024. The model is chosen on val,
-never on the held-out split: the best candidate by the summary's ranking key (``reporting.ranking_key``) applied
+never on the held-out split: the best candidate by the summary's ranking key (``tune_p7.core.ranking.ranking_key``) applied
 to its checkpoint's val metrics; the held-out split is only reported. Writes ``evaluation.parquet`` (one row a
 model) and ``evaluation.md`` into the experiment folder and refreshes ``summary.md``, which embeds ``evaluation.md``.
 

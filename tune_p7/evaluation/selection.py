@@ -2,7 +2,7 @@
 
 The top K trials of the summary by rank, each at its best checkpoint (the highest finite val margin among the
 checkpoints Tune kept), loaded and checked against the data. The chosen model is the best candidate by the summary's
-ranking key (``reporting.ranking_key``) on its checkpoint's val metrics: never on the held-out split.
+ranking key (``tune_p7.core.ranking.ranking_key``) on its checkpoint's val metrics: never on the held-out split.
 """
 from __future__ import annotations
 

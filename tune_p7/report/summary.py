@@ -113,7 +113,7 @@ def collect(exp: str, finished: bool = False) -> tuple[pd.DataFrame, dict[str, l
 
 
 def rank(df: pd.DataFrame) -> pd.DataFrame:
-    """Order by the shared ranking key (reporting.RANKING) on the final val metrics and the best val margin."""
+    """Order by the shared ranking key (tune_p7.core.ranking.RANKING) on the final val metrics and the best val margin."""
     if df.empty:
         return df.assign(rank=[])
     df = df.loc[ranked_index(df, margin="best_margin" if "best_margin" in df else "margin")].reset_index(drop=True)

@@ -78,8 +78,9 @@ def read_scheduler(src, raw) -> SchedulerSettings:
 
 
 def check_mutations(space) -> None:
-    """Of a ``space.Space`` (this module does not import space.py): the start values of every mutated key (params) lie in its mutation's range; no run sets one; a population
-    of >= 2 trials; perturbations happen before the last epoch; checkpoints live long enough to be exploited."""
+    """Of a ``tune_p7.space.file.Space`` (not imported here: that module imports this one): the start values of every
+    mutated key (params) lie in its mutation's range; no run sets one; a population of >= 2 trials; perturbations
+    happen before the last epoch; checkpoints live long enough to be exploited."""
     sched, src = space.scheduler, space.source
     for key, spec in sched.mutations.items():
         (kind, arg), = spec.items()

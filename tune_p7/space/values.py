@@ -1,5 +1,5 @@
-"""One value, sampler or settings section of a search-space file, validated (used by space.py and the section
-modules)."""
+"""One value, sampler or settings section of a search-space file, validated (used by tune_p7.space.file and
+the section modules)."""
 from __future__ import annotations
 
 from dataclasses import fields

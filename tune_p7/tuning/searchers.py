@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from ray.tune.schedulers import HyperBandForBOHB
-# Ray's wrappers import without their optional packages (space.py refuses a search whose package is missing)
+# Ray's wrappers import without their optional packages (tune_p7.space.search_settings refuses a search whose package
+# is missing)
 from ray.tune.search.bohb import TuneBOHB
 from ray.tune.search.hyperopt import HyperOptSearch
 from ray.tune.search.optuna import OptunaSearch
