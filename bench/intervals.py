@@ -14,7 +14,6 @@ import time
 import torch
 
 from common import alternate, median, parser, spread, synth_data, table, write_result
-from tune_p7.core import metrics as M
 from tune_p7.core.config import P7Config
 from tune_p7.core.fastpath import use_bf16
 from tune_p7.core.loop import Evaluator
@@ -32,16 +31,7 @@ def main(argv=None):
     bf16 = use_bf16(cfg)
     ev = Evaluator(data.val, cfg)
     model = build_model(cfg, data.dim).eval()
-    per_window = {}
-
-    def capture(b, targets):  # the per-window scalars the evaluation keeps, computed once for the interval timing
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            q = model(b.context)
-        out = M.cosines(q.q, q.raw, b.context, b.next)
-        out.update(ev._ranks(q.q, ev._bank32(), b, targets))
-        return out
-
-    per_window.update(ev.gather(capture))
+    per_window = ev.per_window(model, bf16)  # the per-window scalars the evaluation keeps, computed once
 
     def intervals():
         t = time.perf_counter()
