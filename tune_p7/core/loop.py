@@ -257,14 +257,19 @@ def article_tables(cfg: P7Config, data: P7Data, model_state: dict, bf16: bool,
     over runs and articles. ``common_context``: only the windows that exist at that context length too."""
     model = build_model(cfg, data.dim).to(cfg.device)
     model.load_state_dict(model_state)
-    return model_article_tables(model, cfg, data, bf16, common_context)
+    return model_article_tables(model, split_evaluators(cfg, data, common_context), bf16)
 
 
-def model_article_tables(model, cfg: P7Config, data: P7Data, bf16: bool,
-                         common_context: int | None = None) -> dict[str, dict[str, torch.Tensor]]:
-    """article_tables of any predictor module (a reference predictor of core/baselines.py too)."""
+def split_evaluators(cfg: P7Config, data: P7Data, common_context: int | None = None) -> dict[str, "Evaluator"]:
+    """{split name: evaluator_on} for val and, where the data has one, the held-out split: built once, they score
+    any number of predictors (each builds its bank and DIRECT's ranks)."""
     splits = [data.val] + ([data.ood] if data.ood is not None else [])
-    return {split.name: evaluator_on(split, cfg, common_context).article_sums(model, bf16) for split in splits}
+    return {split.name: evaluator_on(split, cfg, common_context) for split in splits}
+
+
+def model_article_tables(model, evaluators: dict[str, "Evaluator"], bf16: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """article_tables of any predictor module (a reference predictor of core/baselines.py too) on split_evaluators."""
+    return {name: ev.article_sums(model, bf16) for name, ev in evaluators.items()}
 
 
 def evaluator_on(split: Split, cfg: P7Config, common_context: int | None = None) -> "Evaluator":

@@ -216,15 +216,16 @@ def baseline_rows(data, record: dict, ks: dict[int, int]) -> list[dict]:
     them, on the windows the runs are scored on, for every configuration rank in ``ks``; ``source`` names the
     reference."""
     from tune_p7.core.baselines import references
-    from tune_p7.core.loop import model_article_tables
+    from tune_p7.core.loop import model_article_tables, split_evaluators
 
     rows = []
     for fold in range(record["folds"]) if record.get("folds") else [None]:
         part, ids = fold_of(data, record, fold)
         for k in sorted(set(ks.values())):
-            cfg = P7Config(context_length=k, precision="fp32")
+            evaluators = split_evaluators(P7Config(context_length=k, precision="fp32"), part,
+                                          record.get("common_context"))
             for name, model in references(part.train, part.val, k).items():
-                tables = model_article_tables(model, cfg, part, False, record.get("common_context"))
+                tables = model_article_tables(model, evaluators, False)
                 for rank in (r for r, kr in ks.items() if kr == k):
                     rows += _article_rows(tables, ids, config_rank=rank, seed=-1, fold=fold, source=name)
     return rows
