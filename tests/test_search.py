@@ -118,7 +118,7 @@ def test_smoke_search_runs_gates_asha_ranks_pass_first_and_ends_with_the_table(t
 def test_drift_gate_stops_trials_and_the_summary_says_when(tmp_path, strong_store):
     sp = space(tmp_path, SMALL + "  epochs: 3\n  margin: {grid: [0.07, 0.1]}\ngates: {drift: 0.99}\n")
     r = search("--space", sp, "--data", strong_store, "--storage", tmp_path, "--name", "drift", "--verbose",
-               "--reuse-actors")
+               "--reuse-actors", "--max-concurrent", 1, "--no-probe")  # one worker for both trials; no probe read
     both = r.stdout + r.stderr  # --verbose brings back what assert_clean_console keeps off the console
     assert WORKER_LINE.search(both) and "Checkpoint successfully created" in both, both[-3000:]
     df = pd.read_parquet(tmp_path / "drift" / "summary.parquet")
@@ -149,7 +149,8 @@ def test_oracle_warnings_come_before_the_trials_and_the_escape_gate_stops_them(t
 def test_a_nan_trial_errors_alone_with_its_reason(tmp_path, small_store):
     sp = space(tmp_path, SMALL + "  epochs: 2\nruns:\n  - {lr: 1.0e+12, grad_clip: 1.0e+12}\n  - {lr: 2.0e-3}\n"
                "scheduler: {name: fifo}\n")
-    r = search("--space", sp, "--data", small_store, "--storage", tmp_path, "--name", "nan", code=1)
+    r = search("--space", sp, "--data", small_store, "--storage", tmp_path, "--name", "nan", "--max-concurrent", 1,
+               "--no-probe", code=1)  # one worker for both runs; no probe read
     assert "error: 1 of 2 trials errored (see summary.md, Errors)" in r.stderr.splitlines(), r.stderr[-2000:]
     assert "| 1 |" in r.stdout and "## Errors" in (tmp_path / "nan" / "summary.md").read_text()  # summary first
     assert_clean_console(r)
@@ -206,7 +207,7 @@ def auto(tmp_path_factory, small_store, shared_ray):
     sp = space(root, SMALL + "  epochs: 1\n  precision: auto\n  margin: {grid: [0.07, 0.1]}\n"
                "scheduler: {name: fifo}\n")
     r = search("--space", sp, "--data", small_store, "--storage", root / "results", "--name", "auto", "--no-probe",
-               env=shared_ray)
+               "--max-concurrent", 1, env=shared_ray)  # one worker for both trials
     return {"root": root / "results", "exp": root / "results" / "auto", "space": sp, "run": r}
 
 

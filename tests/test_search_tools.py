@@ -120,7 +120,8 @@ def server(first):
 def second(first, server, shared_ray):
     """8 more trials continuing the first, logged through the server."""
     search("--continue", first["exp"], "--num-samples", 8, "--storage", first["root"], "--name", "b", "--no-probe",
-           "--reuse-actors", "--confirm-top", 0, "--track", "mlflow", "--track-uri", server, env=shared_ray)
+           "--reuse-actors", "--max-concurrent", 1,  # one worker runs the 8 short trials: a second one's start, saved
+           "--confirm-top", 0, "--track", "mlflow", "--track-uri", server, env=shared_ray)
     return first["root"] / "b"
 
 

@@ -150,7 +150,8 @@ def test_a_real_search_where_only_lr_can_learn_ranks_lr_first(tmp_path, strong_s
     space = tmp_path / "space.yaml"
     space.write_text(REAL_SPACE)  # 12 trials: lr 1e-7 cannot move the weights in 2 epochs, w_teacher is noise
     r = run_cli(SEARCH, "--num-cpus", 2, "--space", space, "--data", strong_store, "--storage", tmp_path,
-                "--name", "imp", "--no-probe", "--confirm-top", 0, "--reuse-actors", timeout=600)
+                "--name", "imp", "--no-probe", "--confirm-top", 0, "--reuse-actors", "--max-concurrent", 1,
+                timeout=600)  # 12 trials one after another in one worker: a second worker's start is all it saved
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = tmp_path / "imp"
     saved = json.loads((exp / "importance.json").read_text())
