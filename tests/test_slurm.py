@@ -48,7 +48,11 @@ def lab(tmp_path):
         data = synth(cluster.shared / "data.parquet", articles=600)
         (cluster.shared / "space.yaml").write_text(space(EPOCHS))
         env = {"P7_CHECKOUT": str(REPO), "P7_PYTHON": sys.executable, "P7_STORAGE": str(cluster.shared / "results"),
-               "P7_DATA": str(data), "P7_SEARCH_ARGS": "--storage-is-shared --no-probe",  # a bind mount: not NFS
+               "P7_DATA": str(data),
+               # --storage-is-shared: a bind mount, not NFS. --no-reuse-actors: a new worker per trial; a reused one
+               # can take the other trial before the other node's first worker has started (under load), and then
+               # only the head trains
+               "P7_SEARCH_ARGS": "--storage-is-shared --no-probe --no-reuse-actors",
                "P7_HEAD_GONE_S": "8"}
         yield cluster, env
 
