@@ -78,14 +78,14 @@ def test_search_uses_both_hosts_and_s3_and_keeps_the_drivers_secret_home(cluster
     writes S3 with its own key: the driver's secret is in no trial's runtime env, not in the dashboard's actor
     API and not in any node's runtime_env_agent.log."""
     exp = "exp/both"
-    # 5 epochs and no gate: a head trial must outlast the start of the worker's first trial actor (a fresh host
-    # imports torch), else Tune hands the waiting trial to the head's freed actor (reuse_actors) and every trial ends
-    # there; the smoke space's margin gate ended trials after an epoch or two, too soon under load
+    # A new worker per trial, 5 epochs and no gate: a reused head worker can take the waiting trial before the
+    # worker host's first actor has started (a fresh host imports torch), and then every trial ends on the head
+    # (CI's failure under load with reused workers, the default)
     space = yaml.safe_load(SMOKE.read_text())
     space["gates"] = {"drift": -1.0, "margin": -10.0, "grace_epochs": 0}
     cluster.lab.head.outside(cluster.lab.head.tmp("both.yaml")).write_text(yaml.safe_dump(space))
     proc, log = driver(cluster, "both", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
-                       "--data", slower_store, "--epochs", 5, "--scheduler", "fifo",
+                       "--data", slower_store, "--epochs", 5, "--scheduler", "fifo", "--no-reuse-actors",
                        space=cluster.lab.head.tmp("both.yaml"))
     actors: dict[str, dict] = {}
     try:

@@ -89,6 +89,25 @@ def test_a_trial_that_stopped_early_or_tripped_a_gate_is_pruned_in_optuna_at_the
     assert told[2].intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2), 3: pytest.approx(0.3)}
 
 
+def test_a_journal_trial_asked_after_the_last_saved_state_is_told_fail_on_restore(tmp_path):
+    """The journal records every ask at once, Tune saves the searcher's state every few seconds: a trial asked in
+    between is RUNNING in the journal and unknown to the restored searcher, which never tells it. It is told FAIL
+    (and says why); trials the saved state knows stay RUNNING, to be resumed and told."""
+    space = space_with(tmp_path, "search: {algorithm: optuna, seed: 0}\n")
+    searcher = search_algorithm(space, str(tmp_path))
+    started(searcher, space, ["done", "resumed"])
+    searcher.on_trial_complete("done", result={"margin": 0.3, "epoch": 3, "config/epochs": 3})
+    searcher.save(str(tmp_path / "state.pkl"))
+    searcher.suggest("lost")  # asked after the save; the driver is killed before the next one
+    restored = search_algorithm(space, str(tmp_path))
+    restored.restore(str(tmp_path / "state.pkl"))
+    told = {t.number: t for t in restored._ot_study.trials}
+    assert [told[i].state.name for i in range(3)] == ["COMPLETE", "RUNNING", "FAIL"]
+    assert "interrupted" in told[2].user_attrs and "interrupted" not in told[1].user_attrs
+    restored.on_trial_complete("resumed", result={"margin": 0.2, "epoch": 3, "config/epochs": 3})
+    assert restored._ot_study.trials[1].state.name == "COMPLETE"
+
+
 @pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
 def test_a_finished_trial_is_told_its_best_epoch_the_value_the_summary_ranks_by(tmp_path, algorithm):
     """The summary ranks by the best val margin of any epoch: a finished trial whose margin peaked at epoch 2
@@ -205,8 +224,9 @@ def test_killed_optuna_search_resumes_without_repeats(tmp_path, strong_store):
     assert configs.is_unique, configs.tolist()  # nothing suggested twice
     for name, rows in finished.items():
         assert after[name] == rows  # a finished trial did not run again
-    told = searcher_state(exp)["_ot_study"].trials
-    assert len(told) == trials and all(t.state.name == "COMPLETE" for t in told)
+    told = searcher_state(exp)["_ot_study"].trials  # the journal: a trial asked after the last save is FAIL
+    assert sum(t.state.name == "COMPLETE" for t in told) == trials
+    assert all(t.state.name == "COMPLETE" or t.state.name == "FAIL" and "interrupted" in t.user_attrs for t in told)
 
 
 @pytest.mark.parametrize("section, words", [

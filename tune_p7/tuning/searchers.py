@@ -26,6 +26,7 @@ Resume: Tune saves the searcher's state (``searcher-state-*.pkl``: the Optuna st
 observations) and its wrappers' (``search_gen_state-*.json``: trials suggested so far, ConcurrencyLimiter's running
 trials) with its experiment state, and ``Tuner.restore`` restores them together, so a resumed search neither
 suggests a configuration again nor loses a finished trial's result (tests/tuning/test_searchers.py kills a driver).
+An Optuna journal records more: a trial asked after the last save is told FAIL on restore (``interrupted``).
 """
 from __future__ import annotations
 
@@ -104,6 +105,27 @@ class PruningOptunaSearch(_BestEpoch, OptunaSearch):
         super()._setup_study(mode)
         if self._prior and not self._ot_study.trials:  # a study reloaded from its journal has them already
             self._ot_study.add_trials([self._frozen(p) for p in self._prior])
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._fail_interrupted()
+
+    def _fail_interrupted(self) -> None:
+        """Tell FAIL every RUNNING trial of the study that the restored searcher does not know, as Optuna's
+        fail_stale_trials does for a dead worker's trial.
+
+        A journal outlives a killed driver and records each ask at once; the searcher's pickled state and Tune's
+        experiment state are saved together, every few seconds. A trial asked between the last save and the kill
+        is in the journal but in neither state: the resumed search never tells it (its folder is removed,
+        checkpoint.remove_unknown_trials) and optuna-dashboard would show it running forever."""
+        from optuna.trial import Trial, TrialState
+
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in known:
+                Trial(self._ot_study, t._trial_id).set_user_attr(
+                    "interrupted", "asked after Tune's last saved state; the search's driver was killed")
+                self._ot_study.tell(t.number, state=TrialState.FAIL)
 
     def _frozen(self, prior: dict):
         """An earlier trial as an Optuna trial in the state on_trial_complete would have told it."""
