@@ -19,8 +19,9 @@ SMALL = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, lstm_layers=1, batch_s
              warmup_epochs=1, epochs=3, precision="fp32")
 
 
-# run on the cluster tests' worker, which mostly waits, so that the two workers carry similar loads
-BESIDE_CLUSTER = {"test_pbt.py", "test_searchers.py"}
+# run on the cluster tests' worker, which mostly waits, so that the two workers carry similar loads (the README's
+# first command, in test_dashboard.py, holds about a core for a minute)
+BESIDE_CLUSTER = {"test_pbt.py", "test_searchers.py", "test_dashboard.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups

@@ -253,7 +253,7 @@ def test_head_restart_then_resume_of_a_job_submitted_search(cluster, s3):
     env = {**cluster.env, "DASHBOARD": cluster.dashboard_url, "P7_NO_WAIT": "1"}
     exp = "exp/restarted"
     r = cluster.script("head", "cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "restarted",
-                       "--epochs", 6, "--no-probe", "--confirm-top", 0, "--scheduler", "fifo", env=env, timeout=120)
+                       "--epochs", 3, "--no-probe", "--confirm-top", 0, "--scheduler", "fifo", env=env, timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     wait_for(lambda: any("/checkpoint_" in k for k in s3.keys(exp + "/")), 300, "a first checkpoint", interval=1)
     cluster.stop_node("head")

@@ -7,9 +7,12 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pandas as pd
 import pytest
 import torch
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from ray import tune
 
 from conftest import REPO, kill_driver, run_cli
@@ -63,7 +66,11 @@ def test_a_killed_driver_resumed_leaves_no_trial_folder_that_tunes_state_does_no
     the storage with its first checkpoint, and Tune's state there lists the trial only from its next save (forced
     after num_to_keep checkpoints of a trial, else every 10 s or more). The driver is SIGKILLed while such a folder
     exists; the resumed search removes it (the searcher suggests a trial in its place) and ends with every trial
-    complete and no folder that Tune's state does not list. By default the trials run on reused workers."""
+    complete and no folder that Tune's state does not list. By default the trials run on reused workers.
+
+    The Optuna journal (what optuna-dashboard reads) recorded that trial's ask: it is told FAIL as interrupted, never
+    left RUNNING; every other trial is COMPLETE, no configuration was suggested twice, and a trial that had finished
+    before the kill did not run again."""
     trials = 5
     sp = space(tmp_path, SMALL.replace("  lr: 2.0e-3\n", "  lr: {loguniform: [1.0e-3, 3.0e-3]}\n") +
                f"  epochs: 2\nnum_samples: {trials}\nsearch: {{algorithm: optuna, seed: 0, n_startup_trials: 2}}\n"
@@ -96,12 +103,22 @@ def test_a_killed_driver_resumed_leaves_no_trial_folder_that_tunes_state_does_no
             kill_driver(proc, exp)
     unknown = unlisted()
     assert unknown, "no trial ran that Tune's state did not list: " + (tmp_path / "err").read_text()[-2000:]
+    finished = {os.path.basename(t.path): results(exp)[os.path.basename(t.path)]
+                for t in tune.ExperimentAnalysis(str(exp)).trials if t.status == "TERMINATED"}
     r = search("--resume", "--name", "orphan", "--storage", tmp_path)
     assert all(f"removed {name}" in r.stdout for name in unknown), r.stdout[-2000:]
     known = {os.path.basename(t.path) for t in tune.ExperimentAnalysis(str(exp)).trials}
     assert {d.name for d in exp.glob("train_trial_*")} == known and len(known) == trials, known
     df = pd.read_parquet(exp / "summary.parquet")
     assert len(df) == trials and (df["status"] == "completed").all(), df[["trial_id", "status"]]
+    assert df["config/lr"].is_unique  # nothing suggested twice
+    after = results(exp)
+    assert all(after[name] == rows for name, rows in finished.items())  # a finished trial did not run again
+    journal = JournalStorage(JournalFileBackend(str(exp / "optuna_journal.log")))
+    told = optuna.load_study(study_name="orphan", storage=journal).trials
+    assert sum(t.state.name == "COMPLETE" for t in told) == trials
+    lost = [t for t in told if t.state.name != "COMPLETE"]
+    assert lost and all(t.state.name == "FAIL" and "interrupted" in t.user_attrs for t in lost), told
 
 
 def test_a_crash_mid_checkpoint_write_never_leaves_a_partial_state(tmp_path):

@@ -1,17 +1,12 @@
 """Model-based searches end to end under a real local Ray: what each searcher is told, and resume."""
 import glob
-import os
 import pickle
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
-from ray import tune
 
-from conftest import REPO, kill_driver, run_cli
-from test_search import SEARCH, results, search
+from conftest import run_cli
+from test_search import SEARCH, search
 from tune_p7.space.file import load_space
 from tune_p7.tuning.algorithms import search_algorithm
 from tune_p7.tuning.searchers import PruningHyperOptSearch, PruningOptunaSearch, reached_budget
@@ -186,47 +181,6 @@ def test_each_algorithm_searches_and_ranks_every_trial_and_a_gated_trial_is_neve
         assert told and set(told) <= {1, 3}, told
         ungated = df[df["config/warmup_epochs"] == 3]
         assert sum(told.values()) <= (ungated["stopped_epoch"] >= 1).sum() + (ungated["stopped_epoch"] >= 3).sum()
-
-
-def test_killed_optuna_search_resumes_without_repeats(tmp_path, strong_store):
-    epochs, trials = 6, 5
-    sp = tmp_path / "space.yaml"
-    sp.write_text(GATED.replace("num_samples: 4", f"num_samples: {trials}").replace("epochs: 3", f"epochs: {epochs}")
-                  .replace("d_model: 32", "d_model: 64").replace("margin: 2.0", "margin: -2.0")
-                  + "scheduler: {name: fifo}\nsearch: {algorithm: optuna, seed: 3, n_startup_trials: 2}\n")
-    args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
-            "--name", "res", "--no-probe", "--max-concurrent", 2]
-    exp = tmp_path / "res"
-    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
-                            start_new_session=True)
-    # A trial started after Tune's last state save leaves a folder that state does not know; --resume removes it
-    # (checkpoint.remove_unknown_trials), so the folder count below holds on reused workers (the default) too.
-    try:  # kill once two trials have finished and a third has checkpoints: mid-search, searcher state saved
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            done = [k for k, v in results(exp).items() if len(v) >= epochs]
-            if len(done) >= 2 and len(results(exp)) >= 3 and glob.glob(str(exp / "searcher-state-*.pkl")):
-                break
-            time.sleep(0.3)
-        time.sleep(1.0)
-    finally:
-        kill_driver(proc, exp)  # no cleanup
-    before = tune.ExperimentAnalysis(str(exp)).trials
-    finished = {os.path.basename(t.path): results(exp)[os.path.basename(t.path)]
-                for t in before if t.status == "TERMINATED"}
-    assert 1 <= len(finished) < trials, "the kill did not land mid-search"
-    search("--resume", "--name", "res", "--storage", tmp_path)
-    after = results(exp)
-    df = summary(exp)
-    assert len(df) == trials and len(after) == trials and df["trial_id"].is_unique
-    assert (df["status"] == "completed").all()
-    configs = df[["config/lr", "config/margin", "config/warmup_epochs"]].apply(tuple, axis=1)
-    assert configs.is_unique, configs.tolist()  # nothing suggested twice
-    for name, rows in finished.items():
-        assert after[name] == rows  # a finished trial did not run again
-    told = searcher_state(exp)["_ot_study"].trials  # the journal: a trial asked after the last save is FAIL
-    assert sum(t.state.name == "COMPLETE" for t in told) == trials
-    assert all(t.state.name == "COMPLETE" or t.state.name == "FAIL" and "interrupted" in t.user_attrs for t in told)
 
 
 @pytest.mark.parametrize("section, words", [
