@@ -95,8 +95,9 @@ def kill_when(args, exp: Path, checkpoint: str, trials: int = 2, settle: float =
                             cwd=REPO, start_new_session=True)
     try:
         deadline = time.time() + timeout
-        while time.time() < deadline and len(list(exp.glob(f"*/{checkpoint}"))) < trials:
+        while time.time() < deadline and len(list(exp.glob(f"*/{checkpoint}"))) < trials and proc.poll() is None:
             time.sleep(0.5)
+        assert proc.poll() is None, f"the search ended (exit {proc.returncode}) before the kill"
         assert len(list(exp.glob(f"*/{checkpoint}"))) >= trials, "no checkpoints before the kill"
         time.sleep(settle)
     finally:

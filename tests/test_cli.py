@@ -6,7 +6,7 @@ import tomllib
 import pytest
 
 from conftest import REPO, run_cli
-from tune_p7.cli import COMMANDS
+from tune_p7.commands import COMMANDS
 
 MODULES = [module for module, _ in COMMANDS.values()]
 
@@ -22,14 +22,14 @@ def test_pyproject_names_the_dispatcher_and_it_lists_every_command():
 
 
 def test_a_subcommand_shows_its_own_help_with_each_default_once():
-    r = run_cli("-c", "from tune_p7.cli import main; main(['search', '--help'])", timeout=120)
+    r = run_cli("-c", "from tune_p7.commands import main; main(['search', '--help'])", timeout=120)
     assert r.returncode == 0, r.stderr
     assert "--verbose" in r.stdout and "(default:" not in r.stdout
     assert r.stdout.count("[default: data/pydocs.parquet") == 1 and "[default: None]" not in r.stdout
 
 
 def test_an_unknown_command_is_one_line_and_exit_2():
-    r = run_cli("-c", "from tune_p7.cli import main; main(['serach'])", timeout=120)
+    r = run_cli("-c", "from tune_p7.commands import main; main(['serach'])", timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "unknown command" in r.stderr, r.stderr
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from tune_p7 import kept_inputs, preflight
 from tune_p7.errors import InputError
-from tune_p7.space.options import REPO
+from tune_p7.search_options import REPO
 
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
 

@@ -7,8 +7,9 @@ from conftest import REPO
 
 PACKAGE = REPO / "tune_p7"
 STAGES = ["data", "core", "space", "tuning", "report", "evaluation"]  # each may import the ones before it
-PLUMBING = {"errors", "storage", "cli"}  # imported by every stage; they import only each other
-COMMANDS_AND_DRIVER = {"__init__", "search", "summarize", "train", "job", "preflight", "kept_inputs"}  # import any
+PLUMBING = {"errors", "storage", "cli", "experiment"}  # imported by every stage; they import only each other
+COMMANDS_AND_DRIVER = {"__init__", "commands", "search", "search_options", "probe", "summarize", "train",  # import any
+                       "connect", "job", "preflight", "kept_inputs"}
 
 
 def imported(path) -> set[str]:
@@ -61,3 +62,19 @@ def test_a_stage_package_imports_none_of_its_modules():
         tree = ast.parse((PACKAGE / stage / "__init__.py").read_text())
         assert ast.get_docstring(tree), stage
         assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))], stage
+
+
+def test_no_module_but_experiment_names_a_file_of_the_experiment_folder():
+    """tune_p7/experiment.py owns the names of the experiment folder's files: no other module holds one as a string
+    literal, alone or ending a path (a message may still mention a file by name)."""
+    from tune_p7.experiment import FILES
+
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "experiment.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and any(
+                    node.value == name or node.value.endswith("/" + name) for name in FILES):
+                wrong.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    assert not wrong, "\n".join(wrong)

@@ -1,5 +1,5 @@
 """Faults: a killed trial worker resumes exactly; a crash mid-write leaves nothing half-written; a torn
-result line does not stop the summary; the replay CLI reproduces a trial."""
+result line does not stop the summary; tune-p7 train, run alone, reproduces a trial."""
 import json
 import os
 import signal
@@ -49,16 +49,16 @@ def test_killed_trial_worker_resumes_and_ends_where_an_uninterrupted_run_ends(tm
     assert rows[-1]["epoch"] == 6 and rows[-1]["pid"] != killed
     df = pd.read_parquet(exp / "summary.parquet")
     assert df.loc[0, "status"] == "completed"
-    # replay the same trial alone, without Ray, on the trial's one thread
-    cfg = tmp_path / "replay.json"
+    # train the same trial alone, without Ray, on the trial's one thread
+    cfg = tmp_path / "alone.json"
     cfg.write_text(json.dumps({**json.loads((trial_dir / "params.json").read_text())["run"],
                                **{k: v for k, v in json.loads((trial_dir / "params.json").read_text()).items()
                                   if k != "run"}, "threads": 1}))
     r = run_cli("-m", "tune_p7.train", "--config", cfg, "--data", strong_store)
     assert r.returncode == 0, r.stderr[-2000:]
-    replay = [json.loads(line) for line in r.stdout.splitlines()]
+    alone = [json.loads(line) for line in r.stdout.splitlines()]
     for key in ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10", "loss"):
-        assert replay[-1][key] == rows[-1][key], key
+        assert alone[-1][key] == rows[-1][key], key
 
 
 def test_a_killed_driver_resumed_leaves_no_trial_folder_that_tunes_state_does_not_know(tmp_path, strong_store):

@@ -45,7 +45,7 @@ def _free_agent_port() -> None:
     """Make the local Ray's dashboard agent listen on a free port: jobs go through its HTTP server, and the fixed
     default (52365) is taken by any other Ray of the machine (its agent then runs without one: "No available agent
     to submit job"). ``ray.init`` has no parameter for it; the node takes 0 as "any free port"."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read at `import ray`: search.init_ray's loopback
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read at `import ray`: connect.init_ray's loopback
     from ray._private import parameter
 
     base = parameter.RayParams

@@ -13,16 +13,13 @@ data given, if any, are the ones it ran (by SHA-256); the continued search itsel
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from pathlib import Path
 
 from tune_p7 import storage
-from tune_p7.core.ranking import SEARCH_FILE
 from tune_p7.errors import InputError
-from tune_p7.space.options import REPO
-
-SPACE_COPY = "space.yaml"
+from tune_p7.experiment import Experiment
+from tune_p7.search_options import REPO
 
 
 def _rel(path: str) -> str | None:
@@ -33,8 +30,8 @@ def _rel(path: str) -> str | None:
 def keep(exp: str, space_path: str, data_path: str) -> dict:
     """Copy the space file into the experiment; the record's extra fields."""
     text = Path(space_path).read_bytes()
-    storage.write_bytes(storage.join(exp, SPACE_COPY), text)
-    return {"space_rel": _rel(space_path), "data_rel": _rel(data_path), "space_copy": SPACE_COPY,
+    copy = Experiment(exp).write_space_copy(text)
+    return {"space_rel": _rel(space_path), "data_rel": _rel(data_path), "space_copy": copy,
             "space_sha256": hashlib.sha256(text).hexdigest(), "data_sha256": data_sha256(data_path)}
 
 
@@ -57,17 +54,17 @@ def surviving(stored: dict, exp: str) -> dict:
     """``stored`` with ``space`` and ``data`` replaced by paths that exist now: the recorded path, else the same
     path relative to this checkout, else (the space) the experiment's copy; a data file found nowhere is an
     InputError naming what was recorded."""
-    out = dict(stored)
+    out, kept = dict(stored), Experiment(exp).space_copy(stored)
     for key in ("space", "data"):
         if Path(stored[key]).exists():
             continue
         rel = stored.get(f"{key}_rel")
         if rel and (REPO / rel).exists() and (key == "data" or _same_space(REPO / rel, stored)):
             out[key] = str((REPO / rel).resolve())
-        elif key == "space" and stored.get("space_copy") and storage.exists(storage.join(exp, stored["space_copy"])):
+        elif key == "space" and kept is not None:
             folder = Path(tempfile.mkdtemp(prefix="tune_p7_space_"))
             copy = folder / Path(stored[key]).name
-            copy.write_bytes(storage.read_bytes(storage.join(exp, stored["space_copy"])))
+            copy.write_bytes(kept)
             out[key] = str(copy)
         else:
             raise InputError(stored[key], f"the experiment's {key} is gone (recorded when it started); put it back "
@@ -93,14 +90,15 @@ def continued(opts, root: str) -> dict | None:
         if getattr(opts, name) is not None:
             raise InputError("--" + name, "a continued search runs the first's space as it ran (drop --" + name + ")")
     path = storage.normalize(given) if "/" in given or Path(given).exists() else storage.join(root, given)
-    if not storage.exists(storage.join(path, SEARCH_FILE)):
+    first = Experiment(path)
+    record = first.record()
+    if record is None:
         raise InputError(flag, f"no tune_p7 search at {path}")
-    record = surviving(json.loads(storage.read_bytes(storage.join(path, SEARCH_FILE))), path)
-    summary = storage.join(path, "summary.parquet")
-    if not storage.exists(summary):
+    record = surviving(record, path)
+    if not first.has_ranked():
         raise InputError(flag, f"the search has not finished (no summary): finish it with --resume --name "
                                f"{path.rsplit('/', 1)[-1]}")
-    status = storage.read_parquet(summary)["status"]
+    status = first.ranked()["status"]
     if (status == "unfinished").any():
         raise InputError(flag, f"the search has not finished ({int((status == 'unfinished').sum())} of "
                                f"{len(status)} trials unfinished): finish it with --resume --name "
@@ -116,7 +114,7 @@ def continued(opts, root: str) -> dict | None:
     space = record["space"]
     if _sha(space) != record["space_sha256"]:  # edited since: the experiment's own copy is the space it ran
         space = str(Path(tempfile.mkdtemp(prefix="tune_p7_space_")) / Path(space).name)
-        Path(space).write_bytes(storage.read_bytes(storage.join(path, record["space_copy"])))
+        Path(space).write_bytes(first.space_copy(record))
     return {"path": path, "record": record, "data": data, "space": space}
 
 

@@ -6,21 +6,21 @@ checkpoints every epoch, and writes the ranked summary into the experiment folde
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from tune_p7 import cli, job, kept_inputs, preflight, storage
-from tune_p7.core.ranking import SEARCH_FILE
-from tune_p7.data.loading import load
-from tune_p7.errors import InputError, one_line
-from tune_p7.space.file import Space, load_space
-from tune_p7.space.options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
+from tune_p7 import cli, connect, job, kept_inputs, preflight, storage
+from tune_p7.data.loading import P7Data, load
+from tune_p7.errors import InputError
+from tune_p7.experiment import RECORD, SUMMARY_HTML, SUMMARY_MD, Experiment
+from tune_p7.space.file import ConfirmSettings, Space, load_space
+from tune_p7.search_options import DEFAULT_DATA, DEFAULT_SPACE, SearchOptions, parse
 from tune_p7.space.search_settings import search_warnings
+from tune_p7.space.tracking_settings import TrackingSettings
 from tune_p7.space.tracking_settings import resolve as resolve_tracking
 from tune_p7.tuning import confirm, continuation
 from tune_p7.tuning.algorithms import make_scheduler, search_algorithm
@@ -35,7 +35,7 @@ def experiment_uri(opts: SearchOptions, space_path: str) -> tuple[str, str]:
         return root, f"{Path(space_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if storage.is_uri(root):
         raise InputError("--resume", "give --name of the experiment to resume on " + root)
-    found = sorted(Path(root).glob(f"*/{SEARCH_FILE}"), key=lambda p: p.stat().st_mtime)
+    found = sorted(Path(root).glob(f"*/{RECORD}"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise InputError(root, "no experiment to resume")
     return root, found[-1].parent.name
@@ -74,73 +74,6 @@ def decide_precision(space: Space) -> tuple[Space, dict]:
     return space, {"requested": one(requested), "used": one(space.values_of("precision"))}
 
 
-def check_address(address: str | None) -> None:
-    """Fail fast on an unreachable HOST:PORT instead of waiting on Ray's connection timeout."""
-    if not address or address == "auto" or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
-        raise InputError("--address " + address, f"cannot reach the Ray cluster ({exc})") from None
-
-
-LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-def init_ray(opts: SearchOptions) -> str:
-    """Start a local Ray (dashboard on --dashboard-host) or join --address; returns the dashboard URL.
-
-    A local Ray is kept on loopback: with clusters enabled (Linux's default) Ray 2.60 advertises the machine's
-    address and its gRPC servers (GCS, raylet, workers, agents) listen on 0.0.0.0. With ``LOCAL_ONLY_VAR=0``
-    (read once, at ``import ray``) the node's address is 127.0.0.1 and every server binds 127.0.0.1 only; no other
-    node can join, which is what a local search wants. The variable reaches the Ray processes through the
-    environment they inherit.
-    """
-    if not opts.address:
-        os.environ.setdefault(LOCAL_ONLY_VAR, "0")
-    import ray
-
-    if opts.dashboard_host not in ("127.0.0.1", "localhost"):
-        print(f"WARNING: the Ray dashboard will listen on {opts.dashboard_host}. Anyone who reaches it (or the job "
-              "API on the same port) can run code on this machine (CVE-2023-48022). Prefer an SSH tunnel.",
-              file=sys.stderr)
-    try:
-        if opts.address:
-            ctx = preflight.join(ray, opts.address, log_to_driver=opts.verbose)  # auth failure: one line
-        else:  # address="local": never join a stale cluster named in /tmp/ray
-            ctx = ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=True,
-                           dashboard_host=opts.dashboard_host, log_to_driver=opts.verbose)
-    except InputError:
-        raise
-    except ray.exceptions.AuthenticationError as exc:
-        raise InputError("--address " + str(opts.address),
-                         f"Ray token authentication failed ({one_line(exc)}); give the "
-                         "cluster's token as RAY_AUTH_TOKEN (with RAY_AUTH_MODE=token) or in ~/.ray/auth_token, "
-                         "see docs/cluster.md") from None
-    except Exception as exc:  # noqa: BLE001 - a loaded machine's start-up timeout is a plain Exception
-        if not isinstance(exc, (ConnectionError, RuntimeError, ValueError)) and "timed out" not in str(exc):
-            raise
-        raise InputError("--address " + str(opts.address), f"cannot start or join Ray "
-                                                           f"({one_line(exc, 300)})") from None
-    if not opts.address and ctx.address_info["node_ip_address"] != "127.0.0.1":
-        print(f"WARNING: Ray's ports listen on all interfaces (node address {ctx.address_info['node_ip_address']}): "
-              f"{LOCAL_ONLY_VAR} was not 0 when ray was imported", file=sys.stderr)
-    url = ctx.dashboard_url or ""
-    return url if not url or url.startswith("http") else "http://" + url
-
-
-def token_hint() -> str:
-    """Where the dashboard's token is, when Ray's token authentication is on (the dashboard then asks for it)."""
-    from ray._private.authentication.authentication_utils import is_token_auth_enabled
-
-    if not is_token_auth_enabled():
-        return ""
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
-    where = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else path
-    return f" (asks for a token: `ray get-auth-token` prints it; it is in {where})"
-
-
 def samplers(space: Space) -> dict[str, str]:
     """The sampler of every key the space varies (keys of ``runs:`` count as grid), for the summary's axes."""
     out = {k: next(iter(v)) for k, v in space.params.items() if isinstance(v, dict)}
@@ -150,13 +83,12 @@ def samplers(space: Space) -> dict[str, str]:
 def write_probe(data, space: Space, exp: str) -> None:
     """Store the data probe with the experiment (the summary shows it above the ranked table) and print its
     ``warning:`` lines (the oracle judged by the space's gates and the verdict) on stderr, before any trial starts."""
-    from tune_p7.report.probe import markdown, probe
+    from tune_p7.probe import markdown, probe
 
     ks = space.values_of("context_length")
     result = probe(data, 5 if 5 in ks else ks[0], gates=space.gates,
                    warmup_epochs=max(space.values_of("warmup_epochs")))
-    storage.write_bytes(storage.join(exp, "probe.json"), json.dumps(result, indent=2).encode())
-    storage.write_bytes(storage.join(exp, "probe.md"), markdown(result).encode())
+    Experiment(exp).write_probe(result, markdown(result))
     val = result["splits"]["val"]
     print(f"  probe:     val Delta {val['delta']:+.4f}; ridge margin {val['baselines']['ridge']['margin']:+.3f}, "
           f"DIRECT margin {val['baselines']['direct']['margin']:+.3f}. {result['closing']}", flush=True)
@@ -221,38 +153,62 @@ def ended(record: dict, stage: str) -> bool:
 def record_end(exp: str, stage: str) -> None:
     """Note in the search record that ``stage`` ended by itself: a resume skips it, and the summary knows that a
     trial stored as PAUSED was ended by its scheduler, not cut short (tune_p7.tuning.ending)."""
-    path = storage.join(exp, SEARCH_FILE)
-    record = json.loads(storage.read_bytes(path))
+    folder = Experiment(exp)
+    record = folder.record()
     record.setdefault("ended", {})[stage] = time.strftime("%Y-%m-%d %H:%M:%S")
-    storage.write_bytes(path, json.dumps(record, indent=2).encode())
+    folder.write_record(record)
 
 
-def main(argv=None) -> int:
-    job.attach_console()  # in a search its launcher submitted (tune_p7.job): the launcher's stdout and stderr
-    opts = parse(argv, prog="python tune_p7/search.py", description=__doc__.splitlines()[0])
-    if not opts.verbose:  # Tune's warnings about slow experiment-state saves: slow storage is not the user's error
+@dataclass
+class Plan:
+    """What a search runs, every part checked before Ray starts (a bad one is one line, exit 2, nothing written)."""
+    root: str  # the storage the experiment folder is in
+    folder: Experiment
+    stored: dict | None  # the record of the experiment --resume goes on with
+    before: dict | None  # the finished search --continue continues (kept_inputs.continued)
+    space_path: str
+    space: Space
+    data_path: str
+    data: P7Data
+    track: TrackingSettings
+    confirming: ConfirmSettings
+    precision: dict | None = None  # decided once, for the record (decide_precision)
+
+
+def quiet_tune(verbose: bool) -> None:
+    """Keep off the console what is not the user's error: Tune's warnings about slow experiment-state saves (slow
+    storage), and, restoring a killed experiment, its "Failed to fetch metrics" for each trial killed before its
+    first result (it has none yet and simply starts)."""
+    if not verbose:
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        # restoring a killed experiment, Tune lists every trial killed before its first result as "Failed to fetch
-        # metrics" (it has none yet and simply starts): not the user's error either
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-    root, name = experiment_uri(opts, opts.space or str(DEFAULT_SPACE))
-    exp = storage.join(root, name)
-    stored = None
-    if opts.resume:
-        if not storage.exists(storage.join(exp, SEARCH_FILE)):
-            raise InputError(exp, "no experiment to resume (no tune_p7 search record)")
-        stored = json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE)))
-        stored = kept_inputs.surviving(stored, exp)  # a job's uploaded copies are gone after a head restart
-        refuse_resume_changes(opts, stored)
-        if ended(stored, "search"):  # finished: unless this resume asks for a confirmation not yet made
-            wanted = confirm.settings(exp, load_space(stored["space"]).confirm, opts.confirm_top,
-                                      opts.confirm_seeds, True)
-            if not wanted.top or ended(stored, "confirm"):
-                print(f"tune_p7: experiment {name} is finished, nothing to resume (summary: "
-                      f"{storage.join(exp, 'summary.md')})")
-                return 0
-    before = kept_inputs.continued(opts, root)  # --continue: the finished search this one continues
+
+
+def stored_record(opts: SearchOptions, folder: Experiment) -> dict | None:
+    """The record --resume goes on with (its space and data where they are now), or None without --resume."""
+    if not opts.resume:
+        return None
+    stored = folder.record()
+    if stored is None:
+        raise InputError(folder.path, "no experiment to resume (no tune_p7 search record)")
+    stored = kept_inputs.surviving(stored, folder.path)  # a job's uploaded copies are gone after a head restart
+    refuse_resume_changes(opts, stored)
+    return stored
+
+
+def finished(opts: SearchOptions, folder: Experiment, stored: dict | None) -> bool:
+    """A resume of an experiment whose search ended, and whose confirmation ended or is not asked for."""
+    if not (stored and ended(stored, "search")):
+        return False
+    wanted = confirm.settings(folder.path, load_space(stored["space"]).confirm, opts.confirm_top,
+                              opts.confirm_seeds, True)
+    return not wanted.top or ended(stored, "confirm")
+
+
+def plan(opts: SearchOptions, root: str, folder: Experiment, stored: dict | None) -> Plan:
+    """The space, the data, the tracking and the confirmation of this search, each checked."""
+    before = kept_inputs.continued(opts, root)  # --continue
     if opts.resume and opts.num_samples is not None:
         raise InputError("--num-samples", "cannot change a stored experiment: --resume goes on with its trials")
     space_path = before["space"] if before else opts.space or (stored["space"] if stored else str(DEFAULT_SPACE))
@@ -260,30 +216,24 @@ def main(argv=None) -> int:
                                             num_samples=opts.num_samples)
     if before:
         continuation.check_space(space, "--continue " + opts.continue_from)
-    inherit = bool(before) and storage.exists(storage.join(before["path"], "tracking.json"))  # its MLflow store
-    tracked = opts.resume and storage.exists(storage.join(exp, "tracking.json"))  # a resume goes on logging there
+    inherit = bool(before) and Experiment(before["path"]).tracking() is not None  # its MLflow store
+    tracked = opts.resume and folder.tracking() is not None  # a resume goes on logging there
     track = resolve_tracking(space.tracking, opts.track or ("mlflow" if tracked else None), opts.track_uri,
-                             storage.is_uri(root), inherit or tracked)
+                             storage.is_uri(folder.path), inherit or tracked)
     if not opts.resume:
         for line in search_warnings(space.search, space.num_samples):
             print(line, file=sys.stderr, flush=True)
-    confirming = confirm.settings(exp, space.confirm, opts.confirm_top, opts.confirm_seeds, opts.resume)
+    confirming = confirm.settings(folder.path, space.confirm, opts.confirm_top, opts.confirm_seeds, opts.resume)
     data_path = before["data"] if before else opts.data or (stored["data"] if stored else str(DEFAULT_DATA))
     data = load(data_path)
     for k in sorted(set(space.values_of("context_length"))):
         data.check_context(k)
-    launch = job.launching(opts, name)  # no --address: start Ray here, run the search as a job in it
-    if not opts.resume and not launch:  # before Ray starts: its start-up would disturb the timing
-        space, precision = decide_precision(space)
-    preflight.check_storage_uri(root)
-    storage.check_writable(root)
-    check_address(opts.address)
-    dashboard = init_ray(opts)
-    if launch and dashboard:
-        return job.launch(name, dashboard, sys.argv[1:] if argv is None else list(argv))
-    import ray
+    return Plan(root, folder, stored, before, space_path, space, data_path, data, track, confirming)
 
-    from tune_p7.tuning import ending
+
+def check_cluster(opts: SearchOptions, root: str) -> None:
+    """On a cluster: storage every node reaches, and every node able to run this tune_p7 and write it."""
+    import ray
 
     alive = [n for n in ray.nodes() if n["Alive"]]
     if len(alive) > 1 and not (storage.is_shared(root) or opts.storage_is_shared):
@@ -294,51 +244,68 @@ def main(argv=None) -> int:
                          alive[0]["NodeID"] != ray.get_runtime_context().get_node_id()):
         preflight.check_nodes(root)  # every node imports this tune_p7 and writes the storage
     preflight.keep_credentials_home()
-    if not opts.resume:
-        record = {"space": str(Path(space_path).resolve()), "data": str(Path(data_path).resolve()),
-                  "metric": space.metric, "mode": space.mode, "gates": vars(space.gates), "samplers": samplers(space),
-                  "max_epochs": max(space.values_of("epochs")), "argv": sys.argv[1:] if argv is None else list(argv),
-                  "precision": precision,
-                  "created": time.strftime("%Y-%m-%d %H:%M:%S"), **kept_inputs.keep(exp, space_path, data_path),
-                  **({"continues": before["path"]} if before else {})}
-        storage.write_bytes(storage.join(exp, SEARCH_FILE), json.dumps(record, indent=2).encode())
-        if not opts.no_probe:
-            write_probe(data, space, exp)
-    print(f"tune_p7: experiment {name}\n  results:   {exp}\n  dashboard: {(dashboard + token_hint()) if dashboard else '(not available)'}\n"
-          f"  data:      {data_path} (train {len(data.train.chunks)} chunks, val {len(data.val.chunks)}, dim {data.dim})\n"
-          f"  space:     {space_path}", flush=True)
-    confirm.save(exp, confirming)
-    handle = None
-    if track.backend:
+
+
+def record_search(opts: SearchOptions, p: Plan, argv: list[str]) -> None:
+    """A new search's record (what a resume, a continuation and the summary read) and its data probe."""
+    space = p.space
+    p.folder.write_record({
+        "space": str(Path(p.space_path).resolve()), "data": str(Path(p.data_path).resolve()),
+        "metric": space.metric, "mode": space.mode, "gates": vars(space.gates), "samplers": samplers(space),
+        "max_epochs": max(space.values_of("epochs")), "argv": argv, "precision": p.precision,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"), **kept_inputs.keep(p.folder.path, p.space_path, p.data_path),
+        **({"continues": p.before["path"]} if p.before else {})})
+    if not opts.no_probe:
+        write_probe(p.data, space, p.folder.path)
+
+
+def announce(p: Plan, dashboard: str) -> None:
+    d = p.data
+    print(f"tune_p7: experiment {p.folder.name}\n  results:   {p.folder.path}\n"
+          f"  dashboard: {(dashboard + connect.token_hint()) if dashboard else '(not available)'}\n"
+          f"  data:      {p.data_path} (train {len(d.train.chunks)} chunks, val {len(d.val.chunks)}, dim {d.dim})\n"
+          f"  space:     {p.space_path}", flush=True)
+
+
+def run_search(opts: SearchOptions, p: Plan, handle: dict | None) -> None:
+    """Tune's run of the search (a resume goes on with it), unless a resumed search ended already; the end is
+    recorded only when the run ended by itself: after Ctrl-C (Tune saves its state and ``fit()`` returns) the
+    search is unfinished, and neither a confirmation plan nor a conclusion may rest on it."""
+    from tune_p7.tuning import ending
+
+    if p.stored and ended(p.stored, "search"):
+        return
+    prior = continuation.prior_trials(p.before["path"]) if p.before else ()
+    callbacks = ()
+    if handle:
         from tune_p7.report import tracking
 
-        handle = tracking.start(exp, name, track, space,
-                                json.loads(storage.read_bytes(storage.join(exp, SEARCH_FILE))))
-    if not (stored and ended(stored, "search")):  # a resume after the search ended goes on with the confirmation
-        prior = continuation.prior_trials(before["path"]) if before else ()
-        build_tuner(space, data, opts, root, name, prior, tracking.callbacks(handle) if handle else ()).fit()
-        # Ctrl-C ends Tune's run with its state saved and fit() returns: the search is then unfinished, and
-        # neither a confirmation plan nor a conclusion may rest on it
-        if not ending.signalled():
-            record_end(exp, "search")
-    from tune_p7.report.summary import summarize
+        callbacks = tracking.callbacks(handle)
+    build_tuner(p.space, p.data, opts, p.root, p.folder.name, prior, callbacks).fit()
+    if not ending.signalled():
+        record_end(p.folder.path, "search")
 
-    table = summarize(exp)
-    unfinished = ending.signalled() and interrupted(
-        storage.read_parquet(storage.join(exp, "summary.parquet"))["status"], root, name)
+
+def run_confirmation(opts: SearchOptions, p: Plan) -> tuple[object, str]:
+    """The confirmation of the summarized search, unless the search is unfinished: (its table or None, the
+    interruption line or "")."""
+    from tune_p7.tuning import ending
+
+    unfinished = ending.signalled() and interrupted(p.folder.ranked()["status"], p.root, p.folder.name)
     confirmed = None
-    if confirming.top and not unfinished:
-        confirmed = confirm.run(exp, confirming, data, space, opts.cpus_per_trial or space.cpus_per_trial,
-                                opts.max_concurrent, opts.max_failures, opts.reuse_actors)
-        unfinished = confirmed is not None and ending.signalled() and interrupted(confirmed["status"], root, name,
-                                                                                  "confirmation runs")
-        if confirmed is not None and not unfinished:
-            summarize(exp, draw=False)  # again, with the Confirmed section
-    if confirming.top and not unfinished:
-        record_end(exp, "confirm")
-    if handle:
-        tracking.finish(exp, handle, finished=not unfinished)
-    ray.shutdown()  # its workers' last lines and exits come now, not after the table
+    if p.confirming.top and not unfinished:
+        confirmed = confirm.run(p.folder.path, p.confirming, p.data, p.space,
+                                opts.cpus_per_trial or p.space.cpus_per_trial, opts.max_concurrent,
+                                opts.max_failures, opts.reuse_actors)
+        unfinished = confirmed is not None and ending.signalled() and interrupted(confirmed["status"], p.root,
+                                                                                  p.folder.name, "confirmation runs")
+    if p.confirming.top and not unfinished:
+        record_end(p.folder.path, "confirm")
+    return confirmed, unfinished
+
+
+def report(p: Plan, table: str, confirmed, unfinished: str) -> int:
+    """The console's last words and the exit code: 130 interrupted, 1 when a trial errored, else 0."""
     if unfinished:
         print(table)
         print(unfinished, file=sys.stderr)
@@ -346,17 +313,64 @@ def main(argv=None) -> int:
     if confirmed is not None:
         from tune_p7.report.conclusions import markdown
 
-        print(markdown(exp))
-    elif confirming.top:
+        print(markdown(p.folder.path))
+    elif p.confirming.top:
         print("Confirmation: no finished configuration to confirm.")
-    print(f"summary: {storage.join(exp, 'summary.md')}\n         {storage.join(exp, 'summary.html')} (open in a browser)")
+    print(f"summary: {p.folder.file(SUMMARY_MD)}\n         {p.folder.file(SUMMARY_HTML)} (open in a browser)")
     print(table)
-    status = storage.read_parquet(storage.join(exp, "summary.parquet"))["status"]
+    status = p.folder.ranked()["status"]
     errored = int((status == "errored").sum())
     if errored:
         print(f"error: {errored} of {len(status)} trials errored (see summary.md, Errors)", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    job.attach_console()  # in a search its launcher submitted (tune_p7.job): the launcher's stdout and stderr
+    opts = parse(argv, prog="python tune_p7/search.py", description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_tune(opts.verbose)
+    root, name = experiment_uri(opts, opts.space or str(DEFAULT_SPACE))
+    folder = Experiment.at(root, name)
+    stored = stored_record(opts, folder)
+    if finished(opts, folder, stored):
+        print(f"tune_p7: experiment {name} is finished, nothing to resume (summary: {folder.file(SUMMARY_MD)})")
+        return 0
+    p = plan(opts, root, folder, stored)
+    launch = job.launching(opts, name)  # no --address: start Ray here, run the search as a job in it
+    if not opts.resume and not launch:  # before Ray starts: its start-up would disturb the timing
+        p.space, p.precision = decide_precision(p.space)
+    preflight.check_storage_uri(root)
+    storage.check_writable(root)
+    connect.check_address(opts.address)
+    dashboard = connect.init_ray(opts)
+    if launch and dashboard:
+        return job.launch(name, dashboard, argv)
+    check_cluster(opts, root)
+    if not opts.resume:
+        record_search(opts, p, argv)
+    announce(p, dashboard)
+    confirm.save(folder.path, p.confirming)
+    handle = None
+    if p.track.backend:
+        from tune_p7.report import tracking
+
+        handle = tracking.start(folder.path, name, p.track, p.space, folder.record())
+    run_search(opts, p, handle)
+
+    from tune_p7.report.summary import summarize
+
+    table = summarize(folder.path)
+    confirmed, unfinished = run_confirmation(opts, p)
+    if confirmed is not None and not unfinished:
+        summarize(folder.path, draw=False)  # again, with the Confirmed section
+    if handle:
+        tracking.finish(folder.path, handle, finished=not unfinished)
+    import ray
+
+    ray.shutdown()  # its workers' last lines and exits come now, not after the table
+    return report(p, table, confirmed, unfinished)
 
 
 if __name__ == "__main__":

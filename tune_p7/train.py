@@ -1,4 +1,4 @@
-"""Replay one trial without Ray: ``python -m tune_p7.train --config FILE --data DATA [--epochs E]``.
+"""Train one trial alone, without Ray (from its config): ``python -m tune_p7.train --config FILE --data DATA [--epochs E]``.
 
 FILE is a YAML/JSON mapping of config keys (a trial's ``params.json`` works). Prints one JSON line per epoch.
 """

@@ -41,6 +41,6 @@ def test_gates_are_checked_drift_then_escape_then_margin():
 
 
 def test_gate_imports_without_ray():
-    code = "import sys, tune_p7.core.gates, tune_p7.report.probe; assert 'ray' not in sys.modules, 'ray imported'"
+    code = "import sys, tune_p7.core.gates, tune_p7.probe; assert 'ray' not in sys.modules, 'ray imported'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -71,7 +71,7 @@ def test_every_epoch_and_the_probe_carry_the_intervals(small_store):
 
 
 def test_the_probe_reports_intervals_for_its_baselines(small_store):
-    from tune_p7.report.probe import probe
+    from tune_p7.probe import probe
 
     base = probe(load(small_store), 3)["splits"]["val"]["baselines"]
     for name in ("direct", "ridge"):

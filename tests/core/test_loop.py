@@ -49,7 +49,7 @@ def test_same_seed_same_metrics(small_store):
         [{k: v for k, v in m.items() if k not in drop} for m in b]
 
 
-def test_resume_from_a_state_replays_the_uninterrupted_run(small_store):
+def test_resume_from_a_state_does_what_the_uninterrupted_run_does(small_store):
     data = load(small_store)
     cfg = small_config(epochs=3)
     states = {}

@@ -17,7 +17,7 @@ from tune_p7.errors import InputError
 from tune_p7.space.file import load_space
 from tune_p7.tuning import checkpoint
 from tune_p7.tuning.pbt import Clip, build_scheduler
-from tune_p7.tuning.pbt_history import replay_schedule, schedule
+from tune_p7.tuning.pbt_history import trained_schedule, schedule
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
 
@@ -102,7 +102,7 @@ def test_pbt_search_exploits_another_trials_checkpoint_and_the_summary_accounts_
         own = {row["epoch"]: row["margin"] for row in res[r.trial_id]}
         assert own[r.best_epoch] == pytest.approx(r.best_margin) and r.best_margin == pytest.approx(max(own.values()))
 
-    # the confirmation replays each confirmed trial's schedule epoch by epoch (new seeds, from scratch)
+    # the confirmation follows each confirmed trial's schedule epoch by epoch (new seeds, from scratch)
     every = [row for rows in res.values() for row in rows]
     plan = json.loads((exp / "confirm.json").read_text())
     assert any(len(c.get("schedule", [])) > 1 for c in plan["configs"]), "no confirmed trial had an exploit"
@@ -131,7 +131,7 @@ def trained_lr(rows, lineage):
     return out
 
 
-def test_replay_schedule_follows_each_exploit_back_to_the_lineage_trained_from_scratch():
+def test_trained_schedule_follows_each_exploit_back_to_the_lineage_trained_from_scratch():
     curves = {"t1": [{"epoch": e, "lineage": "a", "hp/lr": 1.0} for e in (1, 2, 3)],
               "t2": [{"epoch": e, "lineage": "b", "hp/lr": 2.0} for e in (1, 2)]
               + [{"epoch": e, "lineage": "c", "hp/lr": 1.2, "parent_lineage": "a", "parent_epoch": 2,
@@ -140,12 +140,12 @@ def test_replay_schedule_follows_each_exploit_back_to_the_lineage_trained_from_s
               + [{"epoch": 4, "lineage": "d", "hp/lr": 3.0, "resumed": True}]
               + [{"epoch": e, "lineage": "e", "hp/lr": 1.44, "parent_lineage": "c", "parent_epoch": 4,
                   "exploited_from": "t2"} for e in (5, 6)]}
-    assert replay_schedule(curves, "t3") == [(1, {"lr": 1.0}), (3, {"lr": 1.2}), (5, {"lr": 1.44})]
-    assert replay_schedule(curves, "t1") == [(1, {"lr": 1.0})]
-    assert replay_schedule(curves, "nope") == []
+    assert trained_schedule(curves, "t3") == [(1, {"lr": 1.0}), (3, {"lr": 1.2}), (5, {"lr": 1.44})]
+    assert trained_schedule(curves, "t1") == [(1, {"lr": 1.0})]
+    assert trained_schedule(curves, "nope") == []
 
 
-def test_a_replayed_schedule_changes_the_config_from_its_epochs_on():
+def test_a_followed_schedule_changes_the_config_from_its_epochs_on():
     from tune_p7.core.config import P7Config
     from tune_p7.core.loop import config_at
 

@@ -144,7 +144,7 @@ def test_tune_p7_replay_replays_a_search_against_a_finished_grid(tmp_path):
     search = tmp_path / "search.yaml"
     search.write_text("num_samples: 8\nsearch: {algorithm: optuna, n_startup_trials: 3}\n"
                       "scheduler: {name: asha, grace_period: 1, reduction_factor: 2}\n")
-    r = run_cli("-c", "from tune_p7.cli import main; main()", "replay", exp, "--search", search, "--replays", "3")
+    r = run_cli("-c", "from tune_p7.commands import main; main()", "replay", exp, "--search", search, "--replays", "3")
     assert r.returncode == 0, r.stderr
     assert "6 configurations x 2 seed(s)" in r.stdout and "'lr': 0.001, 'temperature': 0.1" in r.stdout
     assert "your search" in r.stdout and "(optuna, asha, 8 trials, 4 workers)" in r.stdout
@@ -158,7 +158,7 @@ def test_tune_p7_replay_refuses_an_experiment_that_is_not_a_complete_grid(tmp_pa
     exp = grid_experiment(tmp_path, drop=1) if case == "missing trial" else grid_experiment(tmp_path, sched="asha")
     search = tmp_path / "search.yaml"
     search.write_text("search: {algorithm: random}\n")
-    r = run_cli("-c", "from tune_p7.cli import main; main()", "replay", exp, "--search", search)
+    r = run_cli("-c", "from tune_p7.commands import main; main()", "replay", exp, "--search", search)
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1
     assert ("not a complete grid: 1 of 6" if case == "missing trial" else "not a FIFO full-grid") in r.stderr

@@ -1,5 +1,7 @@
-"""Reference predictors of the data probe and the confirmation, and the search's gates and verdicts run on them.
+"""Reference predictors (every predictor that needs no search) and the search's gates and verdicts run on them.
 
+- ``CopyLast`` (DIRECT: the last context chunk) and ``Centroid`` (the context's normalised mean): the evaluation's
+  untrained references.
 - ``Ridge``: a closed-form linear map from the flattened context to the next vector, fitted on train.
 - ``KnnSuccessor``: the train windows whose contexts are nearest the query's vote with their own next chunks.
 - ``references(train, val, k)``: both, fitted on train with their hyperparameters chosen on val (``choose``).
@@ -32,6 +34,22 @@ KNN_TEMPERATURES = (None, 0.1, 0.03)  # None: a uniform vote; T: softmax(similar
 CHOICE_WINDOWS = 4096  # val windows a choice scores (a fixed seeded subset of a bigger split)
 CRITERION = "val R@5, then val MRR@10"
 BLOCK_CELLS = 1 << 24  # floats in one block of the kNN search (train keys and query similarities)
+
+
+class CopyLast(nn.Module):
+    """DIRECT: ctx[-1] as the prediction."""
+
+    def forward(self, context: torch.Tensor) -> Prediction:
+        q = context[:, -1].float()
+        return Prediction(q, q, torch.tensor(0.0))
+
+
+class Centroid(nn.Module):
+    """The normalised mean of the context as the prediction."""
+
+    def forward(self, context: torch.Tensor) -> Prediction:
+        q = F.normalize(context.float().mean(1), dim=-1)
+        return Prediction(q, q, torch.tensor(0.0))
 
 
 class RidgeMoments:

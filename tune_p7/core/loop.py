@@ -2,7 +2,7 @@
 
 It knows nothing of Ray: ``fit(cfg, data, report)`` runs the same under a Tune trial, from the
 ``python -m tune_p7.train`` CLI, or in a test. Randomness is derived from (seed, epoch), so an epoch resumed
-from a checkpoint replays exactly what an uninterrupted run would have done.
+from a checkpoint does exactly what an uninterrupted run would have done.
 """
 from __future__ import annotations
 
@@ -243,7 +243,7 @@ class TrainStep:
 
 def config_at(cfg: P7Config, schedule: Schedule | None, epoch: int) -> P7Config:
     """The config epoch ``epoch`` trains with: ``cfg`` with every change of ``schedule`` that starts at or before
-    it applied in order (a population search's schedule replayed; no schedule: ``cfg`` itself)."""
+    it applied in order (a population search's schedule followed; no schedule: ``cfg`` itself)."""
     for first, changes in schedule or ():
         if first <= epoch:
             cfg = cfg.replace(**changes)
@@ -283,7 +283,7 @@ def fit(cfg: P7Config, data: P7Data, report: Report | None = None, state: dict |
     """Train ``cfg`` on ``data`` for cfg.epochs epochs, starting after ``state['epoch']`` if a checkpoint state
     is given. After every epoch calls ``report(metrics, state)`` (state holds the live tensors: save or copy it
     there); returns the list of epoch metrics. ``schedule`` changes keys of the config from given epochs on
-    (config_at; the optimizer's lr and weight decay follow): a PBT trial's hyperparameter schedule, replayed.
+    (config_at; the optimizer's lr and weight decay follow): a PBT trial's hyperparameter schedule, followed.
 
     If the loss becomes NaN/Inf, reports that epoch with an ``error`` entry and state None, then raises
     NonFiniteLoss.

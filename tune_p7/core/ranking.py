@@ -11,7 +11,6 @@ from numbers import Integral, Real
 
 import pandas as pd
 
-SEARCH_FILE = "tune_p7_search.json"  # the search record search.py writes into the experiment folder
 VERDICT_ORDER = {"PASS": 0, "MARGINAL": 1, "FAIL": 2}
 RANKING = ("whether the trial ran without error (errored trials last), then the deployment check (R@5 >= "
            "DIRECT + 0.10 and MRR@10 >= DIRECT + 0.05; passed first), then the verdict (PASS > MARGINAL > FAIL), "

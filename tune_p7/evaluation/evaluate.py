@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import os
 import sys
@@ -31,19 +30,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
 from tune_p7 import cli, storage
 from tune_p7.core import verdicts as V
+from tune_p7.core.baselines import Centroid, CopyLast
 from tune_p7.core.config import P7Config
 from tune_p7.core.fastpath import use_bf16
 from tune_p7.core.loop import Evaluator
-from tune_p7.core.model import Prediction
-from tune_p7.core.ranking import RANKING, SEARCH_FILE, fmt
+from tune_p7.core.ranking import RANKING, fmt
 from tune_p7.data.loading import P7Data, load
 from tune_p7.errors import InputError
+from tune_p7.experiment import EVALUATION, EVALUATION_MD, PROBE, RECORD, SUMMARY_MD, Experiment
 from tune_p7.evaluation.export import export, load_exported, predict  # noqa: F401  (re-exported as before export.py)
 from tune_p7.evaluation.selection import build, check_fits, choose_candidates, chosen_index, load_state, read_summary
 
@@ -51,23 +50,6 @@ SPLIT_ALIASES = {"ood": "ood", "test": "ood", "val": "val"}
 METRICS = ("cos_next", "cos_prev", "margin", "cos_anchor", "cos_raw_anchor", "r_at_1", "r_at_5", "r_at_10",
            "mrr_at_10", "r_at_1_xctx", "r_at_5_xctx", "r_at_10_xctx", "mrr_at_10_xctx")
 LATENCY_RUNS, LATENCY_WARMUP, THROUGHPUT_BATCH = 200, 20, 1024
-
-
-# ----------------------------------------------------------------------------------------------- baselines
-class CopyLast(nn.Module):
-    """DIRECT: ctx[-1] as the prediction."""
-
-    def forward(self, context: torch.Tensor) -> Prediction:
-        q = context[:, -1].float()
-        return Prediction(q, q, torch.tensor(0.0))
-
-
-class Centroid(nn.Module):
-    """The normalised mean of the context as the prediction."""
-
-    def forward(self, context: torch.Tensor) -> Prediction:
-        q = F.normalize(context.float().mean(1), dim=-1)
-        return Prediction(q, q, torch.tensor(0.0))
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -103,13 +85,13 @@ def timing(model: nn.Module, contexts: torch.Tensor, bf16: bool, runs: int = LAT
 # ----------------------------------------------------------------------------------------------- probe
 def ridge_from_probe(exp: str, split: str, same_data: bool) -> tuple[dict | None, str | None]:
     """(ridge metrics row with the probe's DIRECT for the deploy check, note) from probe.json, if usable."""
-    path = storage.join(exp, "probe.json")
-    if not storage.exists(path):
+    stored = Experiment(exp)
+    if not stored.exists(PROBE):
         return None, None
     if not same_data:
         return None, "ridge omitted: probe.json was computed on the search's data, not on --data"
     try:
-        probe = json.loads(storage.read_bytes(path))
+        probe = stored.probe()
         s = probe["splits"][split]
         base = s.get("baselines", s)
         ridge, direct = dict(base["ridge"]), base.get("direct", {})
@@ -179,9 +161,9 @@ def markdown(df: pd.DataFrame, split: str, exp: str, data_path: str, notes: list
 
 
 # ----------------------------------------------------------------------------------------------- main
-def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None, threads: int = 0,
-             export_dir: str | None = None, refresh_summary: bool = True) -> pd.DataFrame:
-    """Evaluate, write evaluation.parquet/.md (and the export); returns the evaluation table."""
+def check_inputs(exp: str, top: int, split: str, data: str | None, threads: int):
+    """(experiment, split, data path, whether it is the search's data, the held-out split, the candidates, notes),
+    everything checked before anything is evaluated: a bad input is one line."""
     if split not in SPLIT_ALIASES:
         raise InputError("--split", f"{split!r} is not one of {', '.join(SPLIT_ALIASES)}")
     split = SPLIT_ALIASES[split]
@@ -189,26 +171,21 @@ def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None
         raise InputError("--top", f"{top} must be >= 1")
     if threads < 0:
         raise InputError("--threads", f"{threads} must be >= 0")
-    exp = storage.normalize(exp)
-    if not storage.exists(exp):
-        raise InputError(exp, "no such experiment")
-    search_file = storage.join(exp, SEARCH_FILE)
-    record = json.loads(storage.read_bytes(search_file)) if storage.exists(search_file) else {}
+    stored = Experiment(exp)
+    if not stored.exists():
+        raise InputError(stored.path, "no such experiment")
+    record = stored.record() or {}
     if data is None and not record.get("data"):
-        raise InputError(exp, f"no data recorded in {SEARCH_FILE}: pass --data")
+        raise InputError(stored.path, f"no data recorded in {RECORD}: pass --data")
     data_path = str(Path(data or record["data"]).expanduser().resolve())
     same_data = not record.get("data") or data_path == str(Path(record["data"]).resolve())
-
-    # everything is checked before anything is evaluated
     d: P7Data = load(data_path)
     held = getattr(d, split)
     if held is None:
         have = ", ".join(n for n in ("train", "val", "ood") if getattr(d, n) is not None)
         raise InputError(data_path, f"the data has no '{split}' split (it has {have}); give data with an ood "
                                     "split (an ood file beside train, or a single article store) or --split val")
-    summary = read_summary(exp)
-    candidates, notes = choose_candidates(exp, summary, top)
-    notes = [f"skipped {s}" for s in notes]
+    candidates, notes = choose_candidates(stored.path, read_summary(stored.path), top)
     for c in candidates:
         c.state = load_state(c.checkpoint)
         try:
@@ -216,8 +193,12 @@ def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None
         except (KeyError, TypeError):
             raise InputError(c.checkpoint, "the checkpoint holds no config") from None
         check_fits(c, held, data_path)
+    return stored, split, data_path, same_data, held, candidates, [f"skipped {s}" for s in notes]
 
-    n_threads = threads or len(os.sched_getaffinity(0))
+
+def evaluate_candidates(candidates, held, n_threads: int) -> tuple[list[dict], list[dict], dict]:
+    """(a row per candidate: held-out metrics beside its val ones, size and speed; DIRECT's and the centroid's row
+    per context length; the Evaluator per context length), with ``n_threads`` torch threads."""
     old_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
@@ -249,14 +230,13 @@ def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None
                          "bf16": bf16, **timing(model, contexts, bf16)})
     finally:
         torch.set_num_threads(old_threads)
+    return rows, baseline_rows, evaluators
 
-    ridge, note = ridge_from_probe(exp, split, same_data)
-    if note:
-        notes.append(note)
-    if ridge is not None:
-        if ridge.get("context_length") not in evaluators:
-            notes.append(f"ridge comes from the data probe at context length {ridge.get('context_length')}")
-        baseline_rows.append({"model": "ridge", "kind": "baseline", **ridge})
+
+def evaluation_table(rows: list[dict], baseline_rows: list[dict], evaluators: dict, held, split: str
+                     ) -> pd.DataFrame:
+    """The trials and the references in one table, each with its verdict and deployment check, and ``chosen``
+    the model chosen on val (selection.chosen_index)."""
     multi_k = len(evaluators) > 1
     for b in baseline_rows:
         if multi_k and b["model"] != "ridge":
@@ -268,34 +248,52 @@ def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None
     df["verdict"] = [V.verdict(r) for r in df.to_dict("records")]
     df["deploy_ok"] = [V.deploy_ok(r) for r in df.to_dict("records")]
     df.insert(1, "split", split)
-    best = chosen_index(df)
-    df["chosen"] = df.index == best
+    df["chosen"] = df.index == chosen_index(df)
     df["windows"] = [len(evaluators[k].st) if k in evaluators else w
                      for k, w in zip(df["context_length"], df.get("windows", pd.Series(math.nan, index=df.index)))]
     df["bank"] = len(held.chunks)
+    return df
 
-    md = markdown(df, split, exp, data_path, notes)
+
+def export_chosen(export_dir: str, df: pd.DataFrame, candidates, held, split: str, exp: str, data_path: str) -> None:
+    """The chosen trial's model, config and held-out figures as a folder that loads without tune_p7's search."""
+    best = df.index[df["chosen"]][0]
+    chosen = next(c for c in candidates if c.trial_id == df.loc[best, "model"])
+    held_out = {k: v for k, v in df.loc[best].items() if k in METRICS or k.startswith(("direct_", "centroid_"))
+                or k in ("verdict", "deploy_ok", "windows", "bank", "latency_p50_ms", "latency_p95_ms",
+                         "throughput_qps", "throughput_batch", "threads", "bf16")}
+    export(export_dir, chosen, held.dim, held_out, split, {"experiment": exp, "data": data_path})
+    print(f"exported trial {chosen.trial_id} to {storage.normalize(export_dir)} (model.pt, config.json, "
+          "metrics.json, example.py)", flush=True)
+
+
+def evaluate(exp: str, top: int = 3, split: str = "ood", data: str | None = None, threads: int = 0,
+             export_dir: str | None = None, refresh_summary: bool = True) -> pd.DataFrame:
+    """Evaluate, write evaluation.parquet/.md (and the export); returns the evaluation table."""
+    stored, split, data_path, same_data, held, candidates, notes = check_inputs(exp, top, split, data, threads)
+    rows, baseline_rows, evaluators = evaluate_candidates(candidates, held, threads or len(os.sched_getaffinity(0)))
+    ridge, note = ridge_from_probe(stored.path, split, same_data)
+    notes += [note] if note else []
+    if ridge is not None:
+        if ridge.get("context_length") not in evaluators:
+            notes.append(f"ridge comes from the data probe at context length {ridge.get('context_length')}")
+        baseline_rows.append({"model": "ridge", "kind": "baseline", **ridge})
+    df = evaluation_table(rows, baseline_rows, evaluators, held, split)
+
+    md = markdown(df, split, stored.path, data_path, notes)
     buf = io.BytesIO()
     df.astype({c: str for c in ("checkpoint", "trial_id") if c in df}).to_parquet(buf, index=False)
-    storage.write_bytes(storage.join(exp, "evaluation.parquet"), buf.getvalue())
-    storage.write_bytes(storage.join(exp, "evaluation.md"), md.encode())
+    stored.write_evaluation(buf.getvalue(), md)
     print(md)
-    print(f"wrote {storage.join(exp, 'evaluation.parquet')} and evaluation.md", flush=True)
-
+    print(f"wrote {stored.file(EVALUATION)} and {EVALUATION_MD}", flush=True)
     if export_dir is not None:
-        chosen = next(c for c in candidates if c.trial_id == df.loc[best, "model"])
-        held_out = {k: v for k, v in df.loc[best].items() if k in METRICS or k.startswith(("direct_", "centroid_"))
-                    or k in ("verdict", "deploy_ok", "windows", "bank", "latency_p50_ms", "latency_p95_ms",
-                             "throughput_qps", "throughput_batch", "threads", "bf16")}
-        export(export_dir, chosen, held.dim, held_out, split, {"experiment": exp, "data": data_path})
-        print(f"exported trial {chosen.trial_id} to {storage.normalize(export_dir)} (model.pt, config.json, "
-              "metrics.json, example.py)", flush=True)
-    if refresh_summary:
+        export_chosen(export_dir, df, candidates, held, split, stored.path, data_path)
+    if refresh_summary:  # the summary shows the evaluation's section
         from tune_p7.report.summary import summarize
 
         try:
-            summarize(exp)
-            print(f"refreshed {storage.join(exp, 'summary.md')}", flush=True)
+            summarize(stored.path)
+            print(f"refreshed {stored.file(SUMMARY_MD)}", flush=True)
         except InputError as err:
             print(f"warning: summary.md not refreshed: {err}", file=sys.stderr)
     return df

@@ -21,6 +21,7 @@ from tune_p7.core.model import build_model
 from tune_p7.core.ranking import ranked_index
 from tune_p7.data.loading import Split
 from tune_p7.errors import InputError, one_line
+from tune_p7.experiment import Experiment
 from tune_p7.tuning import checkpoint
 
 
@@ -70,13 +71,13 @@ def trained_dim(model_state: dict) -> int | None:
 
 
 def read_summary(exp: str) -> pd.DataFrame:
-    path = storage.join(exp, "summary.parquet")
-    if not storage.exists(path):
+    stored = Experiment(exp)
+    if not stored.has_ranked():
         from tune_p7.report.summary import summarize
 
         print(f"no summary.parquet in {exp}: summarizing first", flush=True)
         summarize(exp)
-    return storage.read_parquet(path)
+    return stored.ranked()
 
 
 def choose_candidates(exp: str, summary: pd.DataFrame, top: int) -> tuple[list[Candidate], list[str]]:

@@ -21,13 +21,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from tune_p7 import storage
 from tune_p7.core.clustered import (CONFIDENT_ARTICLES, CONFIDENT_EFFECTIVE_ARTICLES, LEVEL, claims_confidence,
                                     cluster_estimate, p_not_above, t_interval)
 from tune_p7.core.intervals import holm
 from tune_p7.core.verdicts import DEPLOY_MRR, DEPLOY_R5, PASS, verdict
 from tune_p7.data.folds import HELDOUT
-from tune_p7.tuning.confirm import ARTICLES_FILE, TABLE_FILE, read_plan
+from tune_p7.experiment import Experiment
 
 METRICS = ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10")
 DEPLOY = {"r_at_5": DEPLOY_R5, "mrr_at_10": DEPLOY_MRR}  # metric -> margin over DIRECT the deployment check needs
@@ -154,7 +153,7 @@ def _iv(row, key: str, signed: bool = False) -> str:
 def _name(row, record: dict) -> str:
     src = next(c for c in record["configs"] if c["rank"] == row["config_rank"])
     cfg = ", ".join(f"{k}={v}" for k, v in src["varied"].items())
-    sched = " (its PBT schedule replayed)" if src.get("schedule") else ""
+    sched = " (its PBT schedule followed)" if src.get("schedule") else ""
     return f"rank {row['config_rank']} ({row['source_trial']}{': ' + cfg if cfg else ''}){sched}"
 
 
@@ -253,12 +252,12 @@ def recommendation(agg: pd.DataFrame, record: dict) -> str:
 
 def markdown(exp: str) -> str:
     """The "Confirmed" section of summary.md from confirm.parquet, confirm_articles.parquet and confirm.json."""
-    record = read_plan(exp)
-    if not storage.exists(storage.join(exp, ARTICLES_FILE)):
+    stored = Experiment(exp)
+    record, articles = stored.plan(), stored.confirmed_articles()
+    if articles is None:
         return ("## Confirmed\n\nThis confirmation has no per-article figures (made by an older tune_p7): resume it "
                 "with a new --name, or run the confirmation again, to see intervals over runs and articles.")
-    rows = storage.read_parquet(storage.join(exp, TABLE_FILE))
-    articles = storage.read_parquet(storage.join(exp, ARTICLES_FILE))
+    rows = stored.confirmed()
     split = heldout_split(articles)
     agg = aggregate(rows, articles, split)
     top, folds = len(record["configs"]), record.get("folds")

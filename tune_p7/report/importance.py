@@ -8,16 +8,15 @@ hyperparameters separate the best trials from the rest. Writes ``importance.json
 from __future__ import annotations
 
 import io
-import json
 import math
 import warnings
 from typing import Any
 
 import pandas as pd
 
-from tune_p7 import storage
 from tune_p7.core.ranking import varied
 from tune_p7.errors import InputError
+from tune_p7.experiment import IMPORTANCE_PLOTS, Experiment
 
 TARGETS = {"margin": "final val margin", "r_at_5": "val R@5"}
 FINISHED = ("completed", "asha_stopped", "bracket_ended", "gate_stopped")
@@ -287,30 +286,27 @@ def parallel_plot(df: pd.DataFrame, keys: list[str], kinds: dict[str, str]) -> b
     return _png(fig)
 
 
-PLOT_FILES = ("importance.png", "parallel_coordinates.png")
-
-
 def section(exp: str, df: pd.DataFrame, record: dict | None = None, evaluator: str = EVALUATORS[0],
             draw: bool = True) -> tuple[list[str], dict[str, bytes]]:
     """Write importance.json and its PNGs into experiment ``exp``; return the summary.md section's lines and the
     PNGs (name -> bytes, for summary.html to embed). ``draw=False`` takes the report and PNGs written before for
     the same trials instead of fitting and drawing them again."""
-    path = storage.join(exp, "importance.json")
-    if not draw and storage.exists(path):
-        files = storage.read_present(exp, PLOT_FILES)
-        return markdown(json.loads(storage.read_bytes(path))) + [f"![{n}]({n})" for n in files] + [""], files
+    stored = Experiment(exp)
+    before = None if draw else stored.importance()
+    if before is not None:
+        files = stored.stored_files(IMPORTANCE_PLOTS)
+        return markdown(before) + [f"![{n}]({n})" for n in files] + [""], files
     report = importances(df, record, evaluator)
-    storage.write_bytes(path, json.dumps(report, indent=2).encode())
+    stored.write_importance(report)
     md = markdown(report)
     files = {}
     if report["importance"]:
-        files[PLOT_FILES[0]] = bar_plot(report)
+        files[IMPORTANCE_PLOTS[0]] = bar_plot(report)
     finished = df[df["status"].isin(FINISHED)] if "status" in df else df
     plotted = finished[pd.to_numeric(finished.get("margin"), errors="coerce").map(math.isfinite)] \
         if "margin" in finished else finished.iloc[:0]
     keys = varied_keys(plotted)
     if keys and len(plotted) >= 2:
-        files[PLOT_FILES[1]] = parallel_plot(plotted, keys, report["distributions"])
-    for n, data in files.items():
-        storage.write_bytes(storage.join(exp, n), data)
+        files[IMPORTANCE_PLOTS[1]] = parallel_plot(plotted, keys, report["distributions"])
+    stored.write_files(files)
     return md + [f"![{n}]({n})" for n in files] + [""], files

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tune_p7.core.verdicts import DEPLOY_R5, DRIFT, PASS
+from tune_p7.experiment import PLOTS
 
 TOP = 8  # trials drawn in colour
 DPI = 100
@@ -254,17 +255,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-PLOT_FILES = ("curves.png", "margin_vs_params.png", "r_at_5_vs_params.png")
-
-
 def plots(ranked: pd.DataFrame, results: dict[str, list[dict]], refs: References, varied: list[str],
           samplers: dict[str, str]) -> dict[str, bytes]:
-    """Every PNG of the summary, by file name (PLOT_FILES, those the trials give)."""
+    """Every PNG of the summary, by file name (experiment.PLOTS, those the trials give)."""
     if ranked.empty:
         return {}
-    out = {PLOT_FILES[0]: curves(ranked, results, refs)}
+    out = {PLOTS[0]: curves(ranked, results, refs)}
     if varied:
-        out[PLOT_FILES[1]] = outcome_grid(ranked, varied, samplers, "margin", "final val margin", refs)
+        out[PLOTS[1]] = outcome_grid(ranked, varied, samplers, "margin", "final val margin", refs)
         if "r_at_5" in ranked:
-            out[PLOT_FILES[2]] = outcome_grid(ranked, varied, samplers, "r_at_5", "final val R@5", refs)
+            out[PLOTS[2]] = outcome_grid(ranked, varied, samplers, "r_at_5", "final val R@5", refs)
     return out

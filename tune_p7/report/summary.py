@@ -9,24 +9,22 @@ folder, and returns the table's top rows as text.
 from __future__ import annotations
 
 import io
-import json
 import math
 
 import pandas as pd
 
 from tune_p7 import storage
 from tune_p7.core.config import P7Config
-from tune_p7.core.ranking import RANKING, SEARCH_FILE, fmt, ranked_index, varied
+from tune_p7.core.ranking import RANKING, fmt, ranked_index, varied
 from tune_p7.core.verdicts import deploy_ok, verdict
 from tune_p7.errors import InputError, one_line
+from tune_p7.experiment import PLOTS, Experiment
 from tune_p7.report import conclusions, importance
-from tune_p7.report.plots import PLOT_FILES, References, hp_label, plots
+from tune_p7.report.plots import References, hp_label, plots
 from tune_p7.report.report_html import to_html
 from tune_p7.space.file import trial_config
-from tune_p7.tuning import confirm
 from tune_p7.tuning.continuation import chain_trials, relative_dir
 from tune_p7.tuning.pbt_history import schedules
-from tune_p7.tuning.resultlog import read_results
 
 TOP_ROWS = 20  # rows of the ranked table in summary.md and on the console; summary.parquet holds all
 # the table's metrics, each followed by DIRECT's value on the same bank (None: DIRECT has no counterpart)
@@ -94,7 +92,7 @@ def collect(exp: str, finished: bool = False) -> tuple[pd.DataFrame, dict[str, l
     rows, curves = [], {}
     for path, t in trials:
         trial_dir = relative_dir(exp, path, t.storage.trial_dir_name)
-        results = read_results(exp, trial_dir)
+        results = Experiment(exp).trial_results(trial_dir)
         curves[t.trial_id] = results
         last = results[-1] if results else {}
         cfg = {**P7Config().to_dict(), **trial_config(t.config)}
@@ -234,10 +232,10 @@ def continued_line(exp: str, df: pd.DataFrame) -> list[str]:
 def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dict, images: list[str],
              sections: list[str] = ()) -> str:
     md = header(exp, search, probe)
-    for name in ("probe.md", "evaluation.md"):
-        path = storage.join(exp, name)
-        if storage.exists(path):
-            md += [storage.read_bytes(path).decode(), ""]
+    stored = Experiment(exp)
+    for text in (stored.probe_md(), stored.evaluation_md()):  # the evaluation, if one was made since
+        if text is not None:
+            md += [text, ""]
     if probe.get("splits", {}).get("val", {}).get("baselines") and not df.empty:
         md += [versus_ridge(df.iloc[0], probe), ""]
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
@@ -257,36 +255,28 @@ def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dic
     return "\n".join(md)
 
 
-def _json(exp: str, name: str) -> dict:
-    path = storage.join(exp, name)
-    return json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
-
-
 def summarize(exp: str, draw: bool = True) -> str:
     """Build and write summary.md, summary.html, summary.parquet and the plots of experiment ``exp`` (path or
     URI); returns the ranked table (its first rows) as text. ``draw=False`` takes the plots this search's summary
     wrote before (summarizing again after the confirmation stage, which adds a section, not a curve)."""
-    exp = storage.normalize(exp)
-    if not storage.exists(exp):
+    stored = Experiment(exp)
+    exp = stored.path
+    if not stored.exists():
         raise InputError(exp, "no such experiment")
-    search, probe = _json(exp, SEARCH_FILE), _json(exp, "probe.json")
+    search, probe = stored.record() or {}, stored.probe() or {}
     df, curves = collect(exp, "search" in search.get("ended", {}))
     df = rank(df)
     sampler = samplers(df, search)
     if draw:
         files = plots(df, curves, references(probe, df, search.get("gates", {})), varied(df), sampler)
-        for n, data in files.items():
-            storage.write_bytes(storage.join(exp, n), data)
+        stored.write_files(files)
     else:
-        files = storage.read_present(exp, PLOT_FILES)
+        files = stored.stored_files(PLOTS)
     matters, matters_files = importance.section(exp, df, search, draw=draw)
-    confirmed = [conclusions.markdown(exp), ""] if storage.exists(storage.join(exp, confirm.TABLE_FILE)) else []
+    confirmed = [conclusions.markdown(exp), ""] if stored.has_confirmed() else []  # the confirmation, if made since
     md = markdown(exp, df, search, probe, sampler, list(files), confirmed + schedules(df, curves) + matters)
     files.update(matters_files)
     buf = io.BytesIO()
     df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(buf, index=False)
-    storage.write_bytes(storage.join(exp, "summary.parquet"), buf.getvalue())
-    storage.write_bytes(storage.join(exp, "summary.md"), md.encode())
-    storage.write_bytes(storage.join(exp, "summary.html"),
-                        to_html(md, files, f"tune_p7 summary: {exp.rsplit('/', 1)[-1]}").encode())
+    stored.write_summary(buf.getvalue(), md, to_html(md, files, f"tune_p7 summary: {stored.name}"))
     return table(df, sampler)

@@ -22,29 +22,25 @@ import tempfile
 import time
 from pathlib import Path
 
-from tune_p7 import storage
-from tune_p7.core.ranking import SEARCH_FILE
-from tune_p7.report.plots import PLOT_FILES
+from tune_p7.experiment import (CONFIRM_FOLDER, IMPORTANCE, IMPORTANCE_PLOTS, MLFLOW_DB, PLOTS, PROBE_MD, RANKED,
+                                RECORD, SUMMARY_HTML, SUMMARY_MD, Experiment)
 from tune_p7.space.file import Space
 from tune_p7.space.tracking_settings import TrackingSettings
-from tune_p7.tuning import confirm
 from tune_p7.tuning.mlflow_trials import KIND_TAG, PARENT_TAG, TRIAL_TAG, NestedTrialRuns
-from tune_p7.tuning.resultlog import read_results
 
-HANDLE_FILE = "tracking.json"  # {uri, experiment, experiment_id, parent_run_id}
-ARTIFACTS = ("summary.md", "summary.html", "summary.parquet", "importance.png", "importance.json", *PLOT_FILES)
+# the parent run's artifacts: the report, the search record and the probe
+ARTIFACTS = (SUMMARY_MD, SUMMARY_HTML, RANKED, IMPORTANCE_PLOTS[0], IMPORTANCE, *PLOTS, RECORD, PROBE_MD)
 ROW_TAGS = ("status", "gate", "rank", "verdict", "deploy_ok", "stopped_epoch")
 MAX_TAG = 5000  # MLflow refuses longer tag values
 
 
 def read_handle(exp: str) -> dict | None:
-    path = storage.join(exp, HANDLE_FILE)
-    return json.loads(storage.read_bytes(path)) if storage.exists(path) else None
+    return Experiment(exp).tracking()
 
 
 def default_uri(exp: str) -> str:
     """MLflow's SQLite store in the experiment folder (``sqlite:////abs/EXP/mlflow.db``)."""
-    return f"sqlite:///{exp}/mlflow.db"
+    return f"sqlite:///{Experiment(exp).file(MLFLOW_DB)}"
 
 
 def _client(uri: str):
@@ -90,7 +86,7 @@ def start(exp: str, name: str, settings: TrackingSettings, space: Space, record:
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in space_params(space).items()])
     handle = {"uri": uri, "experiment": settings.experiment, "experiment_id": experiment_id,
               "parent_run_id": run.info.run_id}
-    storage.write_bytes(storage.join(exp, HANDLE_FILE), json.dumps(handle, indent=2).encode())
+    Experiment(exp).write_tracking(handle)
     return handle
 
 
@@ -148,7 +144,8 @@ def log_confirmation(client, handle: dict, exp: str) -> None:
 
     from tune_p7.report import conclusions
 
-    path = storage.join(exp, confirm.FOLDER)
+    stored = Experiment(exp)
+    path = stored.confirm_folder
     done = _runs_by_trial(client, handle, "confirmation")
     for t in ExperimentAnalysis(path).trials:
         if t.trial_id in done:
@@ -157,20 +154,18 @@ def log_confirmation(client, handle: dict, exp: str) -> None:
             PARENT_TAG: handle["parent_run_id"], KIND_TAG: "confirmation", TRIAL_TAG: t.trial_id})
         flat = _numbers("", t.config, {}) | {k: v for k, v in t.config.items() if isinstance(v, str)}
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flat.items()])
-        for result in read_results(path, t.storage.trial_dir_name):
+        for result in Experiment(path).trial_results(t.storage.trial_dir_name):
             _log_metrics(client, run.info.run_id, _numbers("", {k: v for k, v in result.items() if k != "config"},
                                                            {}), step=int(result.get("epoch", 0)))
         client.set_terminated(run.info.run_id, "FAILED" if t.status == "ERROR" else "FINISHED")
-    rows = storage.read_parquet(storage.join(exp, confirm.TABLE_FILE))
-    articles = storage.read_parquet(storage.join(exp, confirm.ARTICLES_FILE))
-    agg = conclusions.aggregate(rows, articles)
+    agg = conclusions.aggregate(stored.confirmed(), stored.confirmed_articles())
     figures = {}
     for row in agg.to_dict("records"):
         _numbers(f"confirmed.{row['config_rank']}", {k: v for k, v in row.items() if k != "config_rank"}, figures)
         for key in ("deploy", "beats_direct", "beats_ridge", "robust_pass", "robust_deploy"):
             figures[f"confirmed.{row['config_rank']}.{key}"] = float(bool(row[key]))
     _log_metrics(client, handle["parent_run_id"], figures)
-    text = conclusions.recommendation(agg, confirm.read_plan(exp))
+    text = conclusions.recommendation(agg, stored.plan())
     client.set_tag(handle["parent_run_id"], "recommendation", text[:MAX_TAG])
 
 
@@ -179,11 +174,11 @@ def finish(exp: str, handle: dict, finished: bool) -> None:
     (a resume reopens it)."""
     client = _client(handle["uri"])
     parent = handle["parent_run_id"]
-    probe = storage.join(exp, "probe.json")
-    if storage.exists(probe):
-        splits = json.loads(storage.read_bytes(probe)).get("splits", {})
-        _log_metrics(client, parent, _numbers("probe", splits, {}))
-    ranked = storage.read_parquet(storage.join(exp, "summary.parquet"))
+    stored = Experiment(exp)
+    probe = stored.probe()
+    if probe is not None:
+        _log_metrics(client, parent, _numbers("probe", probe.get("splits", {}), {}))
+    ranked = stored.ranked()
     tag_trials(client, handle, ranked)
     if len(ranked):
         best = ranked.iloc[0]
@@ -192,11 +187,10 @@ def finish(exp: str, handle: dict, finished: bool) -> None:
                                       if k in best and isinstance(best[k], (int, float)) and math.isfinite(best[k])})
         client.set_tag(parent, "best_trial", str(best["trial_id"]))
     _log_metrics(client, parent, {"trials": float(len(ranked))})
-    if storage.exists(storage.join(exp, confirm.TABLE_FILE)) and storage.exists(storage.join(exp, confirm.FOLDER)):
+    if stored.has_confirmed() and stored.exists(CONFIRM_FOLDER):
         log_confirmation(client, handle, exp)
     with tempfile.TemporaryDirectory() as tmp:  # the experiment folder may be s3://: MLflow uploads local files
-        for name in (*ARTIFACTS, SEARCH_FILE, "probe.md"):
-            if storage.exists(storage.join(exp, name)):
-                (Path(tmp) / name).write_bytes(storage.read_bytes(storage.join(exp, name)))
-                client.log_artifact(parent, str(Path(tmp) / name))
+        for name, data in stored.stored_files(ARTIFACTS).items():
+            (Path(tmp) / name).write_bytes(data)
+            client.log_artifact(parent, str(Path(tmp) / name))
     client.set_terminated(parent, "FINISHED" if finished else "KILLED")

@@ -45,7 +45,7 @@ from tune_p7.space.values import param, section
 TOP_KEYS = {"description", "num_samples", "metric", "mode", "params", "runs", "scheduler", "gates", "checkpoints",
             "resources", "confirm", "search", "tracking"}
 RUN_KEY = "run"  # the param_space key that holds one explicit run
-SCHEDULE_KEY = "schedule"  # a run's hyperparameter schedule, [[first epoch, {key: value}], ...] (a PBT replay)
+SCHEDULE_KEY = "schedule"  # a run's hyperparameter schedule, [[first epoch, {key: value}], ...] (a PBT trial's, followed by its confirmation)
 CROSSFIT_KEY = "crossfit"  # a confirmation run's fold: {fold, folds, seed, common_context} (data/folds.py)
 
 

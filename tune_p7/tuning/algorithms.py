@@ -5,7 +5,7 @@ Both import what they build only when it is asked for: Ray's schedulers, and the
 """
 from __future__ import annotations
 
-from tune_p7 import storage
+from tune_p7.experiment import Experiment
 from tune_p7.space.file import Space
 
 
@@ -17,10 +17,9 @@ def search_algorithm(space: Space, exp: str | None = None, prior=()):
     the search it continues (tune_p7/tuning/continuation.py)."""
     s = space.search
     if s.model_based:
-        from tune_p7.tuning.searchers import JOURNAL_FILE, search_alg
+        from tune_p7.tuning.searchers import search_alg
 
-        local = exp is not None and not storage.is_uri(exp)
-        return search_alg(space, storage.join(exp, JOURNAL_FILE) if local else None, prior)
+        return search_alg(space, Experiment(exp).journal() if exp is not None else None, prior)
     if prior:
         from tune_p7.tuning.continuation import random_searcher
 

@@ -7,7 +7,7 @@ use, as the trials of a second Tune experiment inside the experiment folder (``E
 storage, checkpoints and failure handling; resumed by ``search.py --resume``). A plain FIFO scheduler runs them: no
 early stopping, the gates are computed and recorded in every result but not enforced, since a gate would cut a seed
 short and bias the mean over seeds. A configuration a population search (PBT / PB2) found is a schedule, not a
-point: its confirmation replays the winning trial's hyperparameters epoch by epoch (pbt_history.replay_schedule).
+point: its confirmation follows the winning trial's hyperparameters epoch by epoch (pbt_history.trained_schedule).
 
 Each seed's last checkpoint holds its per-article sums on val and on the held-out split (``ood``); the driver adds
 DIRECT's and ridge's (fitted at each configuration's own context length) on the same windows. ``conclusions``
@@ -30,17 +30,16 @@ from tune_p7.core.config import P7Config
 from tune_p7.core.ranking import varied
 from tune_p7.data.folds import HELDOUT, fold_data
 from tune_p7.errors import InputError
+from tune_p7.experiment import CONFIRM_FOLDER, PLAN, Experiment
 from tune_p7.space.file import CROSSFIT_KEY, RUN_KEY, SCHEDULE_KEY, ConfirmSettings, trial_config
 
-PLAN_FILE, TABLE_FILE, ARTICLES_FILE, FOLDER = "confirm.json", "confirm.parquet", "confirm_articles.parquet", "confirm"
 FOLD_SEED = 0  # the cross-fitting folds' permutation of the articles (data/folds.assign)
 
 
 # ------------------------------------------------------------------------------------------------ settings
 def read_plan(exp: str) -> dict | None:
-    """The stored settings and, once chosen, the plan (confirm.json); None before."""
-    path = storage.join(exp, PLAN_FILE)
-    return json.loads(storage.read_bytes(path)) if storage.exists(path) else None
+    """The stored settings and, once chosen, the plan; None before."""
+    return Experiment(exp).plan()
 
 
 def settings(exp: str, space: ConfirmSettings, top: int | None, seeds: int | None, resume: bool) -> ConfirmSettings:
@@ -53,7 +52,7 @@ def settings(exp: str, space: ConfirmSettings, top: int | None, seeds: int | Non
     base = ConfirmSettings(stored["top"], stored["seeds"], stored.get("folds", space.folds)) if stored else space
     want = ConfirmSettings(base.top if top is None else top, base.seeds if seeds is None else seeds, base.folds)
     if stored and stored.get("configs") and want != base:
-        raise InputError(storage.join(exp, PLAN_FILE), f"this experiment's confirmation runs top {base.top} x "
+        raise InputError(Experiment(exp).file(PLAN), f"this experiment's confirmation runs top {base.top} x "
                          f"{base.seeds} seeds and has started; resume it without --confirm-top/--confirm-seeds")
     return want
 
@@ -66,7 +65,7 @@ def save(exp: str, conf: ConfirmSettings) -> None:
 
 
 def _write(exp: str, record: dict) -> None:
-    storage.write_bytes(storage.join(exp, PLAN_FILE), json.dumps(record, indent=2).encode())
+    Experiment(exp).write_plan(record)
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -77,14 +76,12 @@ def choose(exp: str, top: int) -> tuple[list[dict], set[int]]:
     search, the hyperparameters the trial's final model was trained with, epoch by epoch}; and every seed the
     search used."""
     from tune_p7.tuning.continuation import chain_trials
-    from tune_p7.tuning.pbt_history import HP, replay_schedule
-    from tune_p7.tuning.resultlog import read_results
-
-    ranked = storage.read_parquet(storage.join(exp, "summary.parquet"))
+    from tune_p7.tuning.pbt_history import HP, trained_schedule
+    ranked = Experiment(exp).ranked()
     trials = [t for _, t in chain_trials(exp)]  # a continued search confirms among the trials of its whole chain
     full = {t.trial_id: P7Config.from_dict(trial_config(t.config), source="trial config").to_dict() for t in trials}
     population = any(c.startswith(HP) for c in ranked.columns)
-    curves = {t.trial_id: read_results(exp, t.storage.trial_dir_name) for t in trials} if population else {}
+    curves = {t.trial_id: Experiment(exp).trial_results(t.storage.trial_dir_name) for t in trials} if population else {}
     default = P7Config().to_dict()
     shown = [c.removeprefix("config/") for c in varied(ranked)]
     chosen, seen = [], set()
@@ -92,7 +89,7 @@ def choose(exp: str, top: int) -> tuple[list[dict], set[int]]:
         if len(chosen) == top:
             break
         cfg = {k: v for k, v in full[r.trial_id].items() if k != "seed"}
-        schedule = [[e, v] for e, v in replay_schedule(curves, r.trial_id)] if population else []
+        schedule = [[e, v] for e, v in trained_schedule(curves, r.trial_id)] if population else []
         key = json.dumps([cfg, schedule], sort_keys=True)
         if r.status in ("errored", "unfinished") or key in seen:
             continue
@@ -147,7 +144,7 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
 
     scheduled = tuple(sorted({k for c in record["configs"] for _, changes in c.get("schedule", []) for k in changes}))
     varied = ("seed", "fold", *(k for k, v in space.params.items() if isinstance(v, dict)))  # dashboard and log
-    path = storage.join(exp, FOLDER)
+    path = Experiment(exp).confirm_folder
     restoring = tune.Tuner.can_restore(path)  # then the stored run's reuse_actors holds: name workers as reused
     trainable = tune.with_resources(actors.describe(tune.with_parameters(train_trial, data=data, gates=space.gates,
                                                                          mutated=scheduled, articles=True), varied,
@@ -163,7 +160,7 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
         tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), max_concurrent_trials=max_concurrent or None,
                                     reuse_actors=reuse_actors),
         run_config=tune.RunConfig(
-            name=FOLDER, storage_path=exp,
+            name=CONFIRM_FOLDER, storage_path=exp,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=space.num_to_keep,
                                                     checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
@@ -240,15 +237,13 @@ def collect(exp: str, record: dict, data) -> tuple[pd.DataFrame, pd.DataFrame]:
     (source "ridge" / "knn", seed -1), each with DIRECT's on the same windows, on val and the held-out articles)."""
     from ray.tune import ExperimentAnalysis
 
-    from tune_p7.tuning.resultlog import read_results  # imports Ray's Tune: only where the trials are read
-
-    path = storage.join(exp, FOLDER)
+    path = Experiment(exp).confirm_folder
     rows, articles = [], []
     for t in ExperimentAnalysis(path).trials:
         source = next(c for c in record["configs"] if run_config(c) == t.config[RUN_KEY])
         fold = (t.config.get(CROSSFIT_KEY) or {}).get("fold")
         cfg = P7Config.from_dict({**source["config"], "seed": t.config["seed"]}).to_dict()
-        results = read_results(path, t.storage.trial_dir_name)
+        results = Experiment(path).trial_results(t.storage.trial_dir_name)
         last = max(reversed(results), key=lambda r: r.get("epoch", 0)) if results else {}
         fired = next((r for r in results if r.get("gate")), {})
         tables = _seed_tables(path, t.storage.trial_dir_name) if last.get("epoch", 0) >= cfg["epochs"] else None
@@ -257,7 +252,7 @@ def collect(exp: str, record: dict, data) -> tuple[pd.DataFrame, pd.DataFrame]:
         row = {"config_rank": source["rank"], "source_trial": source["trial_id"], "trial_id": t.trial_id,
                "seed": cfg["seed"], "fold": fold, "status": status, "failure": failure,
                "epoch": int(last.get("epoch", 0)), "gate": fired.get("gate"), "gate_epoch": fired.get("epoch"),
-               "error": last.get("error") or (f"trial error, see {FOLDER}/{t.storage.trial_dir_name}"
+               "error": last.get("error") or (f"trial error, see {CONFIRM_FOLDER}/{t.storage.trial_dir_name}"
                                               if t.status == "ERROR" else None)}
         row.update({k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                     and k not in row})
@@ -287,9 +282,8 @@ def run(exp: str, conf: ConfirmSettings, data, space, cpus: float, max_concurren
     if not record["configs"]:
         return None
     print(f"tune_p7: confirming the top {len(record['configs'])} configuration(s) with seeds "
-          f"{record['seed_values']} in {storage.join(exp, FOLDER)}", flush=True)
+          f"{record['seed_values']} in {Experiment(exp).confirm_folder}", flush=True)
     tuner(exp, record, data, space, cpus, max_concurrent, max_failures, reuse_actors).fit()
     table, articles = collect(exp, record, data)
-    storage.write_bytes(storage.join(exp, ARTICLES_FILE), _parquet(articles))
-    storage.write_bytes(storage.join(exp, TABLE_FILE), _parquet(table))
+    Experiment(exp).write_confirmed(_parquet(table), _parquet(articles))
     return table

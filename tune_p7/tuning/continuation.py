@@ -26,9 +26,8 @@ import posixpath
 
 import numpy as np
 
-from tune_p7 import storage
-from tune_p7.core.ranking import SEARCH_FILE
 from tune_p7.errors import InputError
+from tune_p7.experiment import Experiment
 from tune_p7.space.file import Space
 
 MAX_DRAWS = 20  # draws of the whole space per new random configuration before the space counts as exhausted
@@ -36,8 +35,7 @@ MAX_DRAWS = 20  # draws of the whole space per new random configuration before t
 
 def record_of(exp: str) -> dict:
     """The search record of ``exp``; {} for a Tune experiment without one."""
-    path = storage.join(exp, SEARCH_FILE)
-    return json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
+    return Experiment(exp).record() or {}
 
 
 def chain(exp: str) -> list[str]:
@@ -75,11 +73,9 @@ def check_space(space: Space, flag: str) -> None:
 
 def prior_trials(exp: str) -> list[dict]:
     """Every trial of ``exp``'s chain as {trial_id, config, results (every epoch), error}."""
-    from tune_p7.tuning.resultlog import read_results
-
     out = []
     for path, t in chain_trials(exp):
-        results = read_results(path, t.storage.trial_dir_name)
+        results = Experiment(path).trial_results(t.storage.trial_dir_name)
         out.append({"trial_id": t.trial_id, "config": t.config, "results": results,
                     "error": t.status == "ERROR" or bool(results and results[-1].get("error"))})
     return out

@@ -1,5 +1,5 @@
 """What a PBT / PB2 trial ran, read back from its results: the mutated keys' values per lineage (``schedule``), the
-schedule that trained a trial's final model (``replay_schedule``, for the confirmation) and the summary's
+schedule that trained a trial's final model (``trained_schedule``, for the confirmation) and the summary's
 "Schedules" section. Pure functions of the result rows (tuning.pbt builds the schedulers, which import Ray's PB2
 and scikit-learn: a summary or a confirmation does not need them).
 """
@@ -31,7 +31,7 @@ def schedule(rows: list[dict]) -> list[tuple[int, str | None, dict]]:
     return out
 
 
-def replay_schedule(curves: dict[str, list[dict]], trial_id: str) -> list[tuple[int, dict]]:
+def trained_schedule(curves: dict[str, list[dict]], trial_id: str) -> list[tuple[int, dict]]:
     """The mutated keys' values epoch by epoch that trained ``trial_id``'s final model: [(first epoch, values)].
 
     A lineage (one run of weights under one config, see trainable.restore) that began with an exploit went on from

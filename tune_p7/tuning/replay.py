@@ -302,13 +302,6 @@ def describe(table: Table) -> dict[str, Any]:
             "best_value": value, "best_seed_noise": noise, "metric": table.metric, "mode": table.mode}
 
 
-def write_table_space(table: Table, folder) -> Path:
-    """The table's recorded space file, written into ``folder`` (the replay loads it as a Space)."""
-    path = Path(folder) / "space.yaml"
-    path.write_text(table.meta["space"])
-    return path
-
-
 def table_trainable(config: dict, curves: dict, keys: tuple, metric: str) -> None:
     """A Ray Tune trainable that trains nothing: it reports its configuration's recorded curve, one epoch a
     result, as tune_p7.tuning.trainable reports a trained one (``epoch``, the metric, ``gate`` None)."""

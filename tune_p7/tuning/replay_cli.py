@@ -10,7 +10,6 @@ trial-epochs and simulated seconds until the incumbent is within the best config
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import warnings
@@ -19,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from tune_p7 import cli
-from tune_p7.core.ranking import SEARCH_FILE
 from tune_p7.errors import InputError
+from tune_p7.experiment import RECORD, Experiment
 
 
 def experiment_table(exp: Path):
@@ -32,10 +31,9 @@ def experiment_table(exp: Path):
     from tune_p7.space.file import load_space
     from tune_p7.tuning.replay import Table
 
-    record_path = exp / SEARCH_FILE
-    if not record_path.is_file():
-        raise InputError(str(exp), f"not a tune_p7 experiment (no {SEARCH_FILE})")
-    record = json.loads(record_path.read_text())
+    record = Experiment(exp).record()
+    if record is None:
+        raise InputError(str(exp), f"not a tune_p7 experiment (no {RECORD})")
     space = load_space(record["space"])
     why = ("scheduler is " + space.scheduler.name if space.scheduler.name != "fifo" else
            "search is " + space.search.algorithm if space.search.model_based else
@@ -48,15 +46,14 @@ def experiment_table(exp: Path):
     keys = [k for k, v in space.params.items() if isinstance(v, dict)]
     epochs = max(space.values_of("epochs"))
     rows = []
-    for f in sorted(exp.glob("*/result.json")):
+    for trial, lines in Experiment(exp).every_trial_results().items():
         seen = set()
-        for line in f.read_text().splitlines():
-            r = json.loads(line) if line.strip() else None
-            if not r or r.get("resumed") or r.get("epoch") in seen or space.metric not in r:
+        for r in lines:
+            if r.get("resumed") or r.get("epoch") in seen or space.metric not in r:
                 continue
             seen.add(r["epoch"])
             cfg = tuple(r["config"][k] for k in keys)
-            rows.append({**{f"config/{k}": v for k, v in zip(keys, cfg)}, "trial": f.parent.name,
+            rows.append({**{f"config/{k}": v for k, v in zip(keys, cfg)}, "trial": trial,
                          "epoch": int(r["epoch"]), space.metric: r[space.metric],
                          "train_seconds": r.get("train_seconds", r.get("time_this_iter_s", 1.0)),
                          "eval_seconds": r.get("eval_seconds", 0.0)})

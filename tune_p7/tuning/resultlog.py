@@ -1,13 +1,10 @@
-"""A trial's result.json: Tune's writer, without the step that drops results when a trial restarts, and the reader
-that the summary and the confirmation stage share."""
+"""A trial's result.json: Tune's writer, without the step that drops results when a trial restarts (the reader is
+tune_p7.experiment.Experiment.trial_results)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ray.tune.logger import JsonLoggerCallback
-
-from tune_p7 import storage
 
 
 class KeepLocalResults(JsonLoggerCallback):
@@ -24,16 +21,3 @@ class KeepLocalResults(JsonLoggerCallback):
         if not Path(trial.local_path, file_name).exists():
             super()._restore_from_remote(file_name, trial)
 
-
-def read_results(exp: str, trial_dir: str) -> list[dict]:
-    """A trial's result.json, one JSON object a line; a torn last line (crash mid-write) is skipped."""
-    path = storage.join(exp, trial_dir, "result.json")
-    if not storage.exists(path):
-        return []
-    rows = []
-    for line in storage.read_bytes(path).decode("utf-8", "replace").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows

@@ -47,9 +47,6 @@ from tune_p7.space.file import Space
 from tune_p7.tuning.schedulers import _Gated
 
 
-JOURNAL_FILE = "optuna_journal.log"  # an Optuna search's study in its experiment folder: optuna-dashboard FILE
-
-
 class GatedHyperBandForBOHB(_Gated, HyperBandForBOHB):
     """BOHB's HyperBand (time = the reported epoch) that also stops any trial whose result trips a gate."""
 

@@ -24,7 +24,7 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
     """One grid point. ``data`` arrives through the object store (read-only, zero-copy numpy on this node).
 
     Reports every epoch's metrics plus ``gate``, ``node``, ``trial_id``, the lineage fields (``restore``) and
-    ``hp/<key>`` (the epoch's value of each key in ``mutated``, the keys a PBT scheduler or a replayed schedule
+    ``hp/<key>`` (the epoch's value of each key in ``mutated``, the keys a PBT scheduler or a followed schedule
     changes) with a checkpoint. ``articles`` (the confirmation): the last epoch's checkpoint also holds the
     per-article sums on val and the held-out split (ARTICLES); a config's CROSSFIT_KEY makes the run train
     without its fold and hold it out (data/folds.py). When Tune restarts it from a checkpoint, see
@@ -72,7 +72,7 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
 def restore(ckpt: tune.Checkpoint, trial_id: str) -> tuple[dict, dict]:
     """(the state to go on from, the ``lineage``, ``exploited_from``, ``parent_lineage`` and ``parent_epoch`` of the
     results to come: a lineage is one run of weights under one config; an exploit starts a new one from the
-    parent lineage's checkpoint of parent_epoch, which is how pbt_history.replay_schedule follows a model back).
+    parent lineage's checkpoint of parent_epoch, which is how pbt_history.trained_schedule follows a model back).
 
     The trial's own checkpoint (a restart, a resumed experiment, a PBT pause): go on from the newest one of its
     lineage it stored (checkpoint.resume_from), and report the stored checkpoints' results again, marked

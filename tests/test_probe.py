@@ -13,7 +13,7 @@ from tune_p7.data.convert import store_to_npz
 from tune_p7.data.loading import load
 from tune_p7.data.store import write_store
 from tune_p7.data.synth import generate
-from tune_p7.report.probe import main, markdown, near_duplicate_share, probe
+from tune_p7.probe import main, markdown, near_duplicate_share, probe
 
 K = 3
 
@@ -65,7 +65,7 @@ def test_store_and_npz_of_the_same_data_give_the_same_probe(tmp_path):
 def test_random_pairs_are_chunks_of_different_articles():
     art, idx, vec = generate(20, 6, 8, 0.5, seed=1)
     from tune_p7.data.loading import _split_from_store
-    from tune_p7.report.probe import pair_cosines
+    from tune_p7.probe import pair_cosines
 
     split = _split_from_store("mem", "val", art, vec)
     cos = vec @ vec.T

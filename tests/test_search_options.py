@@ -2,7 +2,7 @@
 import pytest
 
 from tune_p7.errors import InputError
-from tune_p7.space.options import parse
+from tune_p7.search_options import parse
 
 
 def test_defaults_are_the_dataclass_fields(monkeypatch):

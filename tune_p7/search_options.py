@@ -14,7 +14,7 @@ from typing import get_type_hints
 
 from tune_p7.errors import InputError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = REPO / "search_spaces" / "smoke.yaml"
 DEFAULT_DATA = REPO / "data" / "pydocs.parquet"
 
