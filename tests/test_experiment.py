@@ -65,3 +65,12 @@ def test_trial_results_skip_a_torn_line_and_only_folders_with_results_count(tmp_
 def test_an_optuna_journal_is_a_local_file_only():
     assert Experiment("/x/exp").journal() == "/x/exp/optuna_journal.log"
     assert Experiment("s3://bucket/exp").journal() is None
+
+
+def test_a_folder_at_a_storage_keeps_the_name_as_given_for_tune(tmp_path):
+    """Tune's trials go to ROOT/NAME as given: a symlinked folder or an ``a/b`` name is not resolved away from it."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert Experiment.at(str(tmp_path), "link").path == str(tmp_path / "link")
+    assert Experiment.at(str(tmp_path), "proj/run1").path == str(tmp_path / "proj" / "run1")
+    assert Experiment.at("s3://bucket/exp/", "run1").path == "s3://bucket/exp/run1"

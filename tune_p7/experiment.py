@@ -50,7 +50,11 @@ class Experiment:
 
     @classmethod
     def at(cls, root: str, name: str) -> Experiment:
-        return cls(storage.join(root, name))
+        """The folder ``name`` in storage ``root`` as Tune names it: ``name`` as given (a symlink or a ``a/b`` name
+        is not resolved away from Tune's ROOT/NAME)."""
+        folder = cls.__new__(cls)
+        folder.path = storage.join(storage.normalize(root), name)
+        return folder
 
     def __str__(self) -> str:
         return self.path
@@ -126,7 +130,7 @@ class Experiment:
 
         fs, root = storage.filesystem(self.path)
         found = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(root))
-                       if i.type == pafs.FileType.Directory)
+                       if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
         return {d: rows for d in found if (rows := self.trial_results(d))}
 
     # ---------------------------------------------------------------------------------------- ranked table
@@ -182,8 +186,9 @@ class Experiment:
         return storage.read_parquet(self.file(CONFIRMED_ARTICLES)) if self.exists(CONFIRMED_ARTICLES) else None
 
     def write_confirmed(self, table: bytes, articles: bytes) -> None:
-        storage.write_bytes(self.file(CONFIRMED), table)
+        """The per-article table first: the per-run table's presence means the confirmation is complete."""
         storage.write_bytes(self.file(CONFIRMED_ARTICLES), articles)
+        storage.write_bytes(self.file(CONFIRMED), table)
 
     # -------------------------------------------------------------------------------------------- evaluation
     def evaluation_md(self) -> str | None:

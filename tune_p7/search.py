@@ -163,6 +163,7 @@ def record_end(exp: str, stage: str) -> None:
 class Plan:
     """What a search runs, every part checked before Ray starts (a bad one is one line, exit 2, nothing written)."""
     root: str  # the storage the experiment folder is in
+    name: str  # the experiment's name as given (--name): Tune's name for it, ROOT/NAME its folder
     folder: Experiment
     stored: dict | None  # the record of the experiment --resume goes on with
     before: dict | None  # the finished search --continue continues (kept_inputs.continued)
@@ -206,7 +207,7 @@ def finished(opts: SearchOptions, folder: Experiment, stored: dict | None) -> bo
     return not wanted.top or ended(stored, "confirm")
 
 
-def plan(opts: SearchOptions, root: str, folder: Experiment, stored: dict | None) -> Plan:
+def plan(opts: SearchOptions, root: str, name: str, folder: Experiment, stored: dict | None) -> Plan:
     """The space, the data, the tracking and the confirmation of this search, each checked."""
     before = kept_inputs.continued(opts, root)  # --continue
     if opts.resume and opts.num_samples is not None:
@@ -228,7 +229,7 @@ def plan(opts: SearchOptions, root: str, folder: Experiment, stored: dict | None
     data = load(data_path)
     for k in sorted(set(space.values_of("context_length"))):
         data.check_context(k)
-    return Plan(root, folder, stored, before, space_path, space, data_path, data, track, confirming)
+    return Plan(root, name, folder, stored, before, space_path, space, data_path, data, track, confirming)
 
 
 def check_cluster(opts: SearchOptions, root: str) -> None:
@@ -261,7 +262,7 @@ def record_search(opts: SearchOptions, p: Plan, argv: list[str]) -> None:
 
 def announce(p: Plan, dashboard: str) -> None:
     d = p.data
-    print(f"tune_p7: experiment {p.folder.name}\n  results:   {p.folder.path}\n"
+    print(f"tune_p7: experiment {p.name}\n  results:   {p.folder.path}\n"
           f"  dashboard: {(dashboard + connect.token_hint()) if dashboard else '(not available)'}\n"
           f"  data:      {p.data_path} (train {len(d.train.chunks)} chunks, val {len(d.val.chunks)}, dim {d.dim})\n"
           f"  space:     {p.space_path}", flush=True)
@@ -281,7 +282,7 @@ def run_search(opts: SearchOptions, p: Plan, handle: dict | None) -> None:
         from tune_p7.report import tracking
 
         callbacks = tracking.callbacks(handle)
-    build_tuner(p.space, p.data, opts, p.root, p.folder.name, prior, callbacks).fit()
+    build_tuner(p.space, p.data, opts, p.root, p.name, prior, callbacks).fit()
     if not ending.signalled():
         record_end(p.folder.path, "search")
 
@@ -291,14 +292,14 @@ def run_confirmation(opts: SearchOptions, p: Plan) -> tuple[object, str]:
     interruption line or "")."""
     from tune_p7.tuning import ending
 
-    unfinished = ending.signalled() and interrupted(p.folder.ranked()["status"], p.root, p.folder.name)
+    unfinished = ending.signalled() and interrupted(p.folder.ranked()["status"], p.root, p.name)
     confirmed = None
     if p.confirming.top and not unfinished:
         confirmed = confirm.run(p.folder.path, p.confirming, p.data, p.space,
                                 opts.cpus_per_trial or p.space.cpus_per_trial, opts.max_concurrent,
                                 opts.max_failures, opts.reuse_actors)
         unfinished = confirmed is not None and ending.signalled() and interrupted(confirmed["status"], p.root,
-                                                                                  p.folder.name, "confirmation runs")
+                                                                                  p.name, "confirmation runs")
     if p.confirming.top and not unfinished:
         record_end(p.folder.path, "confirm")
     return confirmed, unfinished
@@ -337,7 +338,7 @@ def main(argv=None) -> int:
     if finished(opts, folder, stored):
         print(f"tune_p7: experiment {name} is finished, nothing to resume (summary: {folder.file(SUMMARY_MD)})")
         return 0
-    p = plan(opts, root, folder, stored)
+    p = plan(opts, root, name, folder, stored)
     launch = job.launching(opts, name)  # no --address: start Ray here, run the search as a job in it
     if not opts.resume and not launch:  # before Ray starts: its start-up would disturb the timing
         p.space, p.precision = decide_precision(p.space)
