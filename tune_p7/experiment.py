@@ -56,9 +56,6 @@ class Experiment:
         folder.path = storage.join(storage.normalize(root), name)
         return folder
 
-    def __str__(self) -> str:
-        return self.path
-
     @property
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]

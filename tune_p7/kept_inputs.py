@@ -54,14 +54,14 @@ def surviving(stored: dict, exp: str) -> dict:
     """``stored`` with ``space`` and ``data`` replaced by paths that exist now: the recorded path, else the same
     path relative to this checkout, else (the space) the experiment's copy; a data file found nowhere is an
     InputError naming what was recorded."""
-    out, kept = dict(stored), Experiment(exp).space_copy(stored)
+    out = dict(stored)
     for key in ("space", "data"):
         if Path(stored[key]).exists():
             continue
         rel = stored.get(f"{key}_rel")
         if rel and (REPO / rel).exists() and (key == "data" or _same_space(REPO / rel, stored)):
             out[key] = str((REPO / rel).resolve())
-        elif key == "space" and kept is not None:
+        elif key == "space" and (kept := Experiment(exp).space_copy(stored)) is not None:
             folder = Path(tempfile.mkdtemp(prefix="tune_p7_space_"))
             copy = folder / Path(stored[key]).name
             copy.write_bytes(kept)
