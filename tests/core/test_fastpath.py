@@ -1,5 +1,8 @@
 """The speed tricks (tune_p7/core/fastpath.py) compute what they replace."""
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,6 +71,43 @@ def test_clipping_inside_fused_adamw_equals_clip_grad_norm(small_store, grad_cli
     for name, w in after["inside"].items():
         torch.testing.assert_close(w, after["clip_grad_norm_"][name], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(w, start[name]) for name, w in after["inside"].items())  # it trained
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_takes_torchs_steps_and_keeps_its_state_dict(fused):
+    """fastpath.AdamW against torch.optim.AdamW from the same weights and gradients (a clipping grad_scale where
+    fused): the same weights bit for bit, the same state dict, and each loads the other's."""
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    theirs.load_state_dict(ours.state_dict())
+    opts = [cls(m.parameters(), lr=1e-2, weight_decay=0.1, fused=fused)
+            for cls, m in ((fastpath.AdamW, ours), (torch.optim.AdamW, theirs))]
+    x = torch.randn(5, 16, 8)
+    for m, opt in zip((ours, theirs), opts):
+        for xb in x:
+            m(xb).pow(2).sum().backward()
+            opt.grad_scale = torch.tensor(1.5) if fused else None
+            opt.step()
+            opt.zero_grad()
+            assert all(p.grad is None for p in m.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+    assert not torch.equal(ours.weight, torch.nn.Linear(8, 4).weight)
+    assert str(opts[0].state_dict()) == str(opts[1].state_dict())
+    opts[0].load_state_dict(opts[1].state_dict())
+    opts[1].load_state_dict(opts[0].state_dict())
+    assert str(opts[0].state_dict()) == str(opts[1].state_dict())
+
+
+def test_training_imports_no_torch_dynamo(small_store):
+    """A trial's whole fit (optimizer steps, checkpoint state dicts) in a fresh process leaves torch._dynamo
+    unimported: its import costs a trial worker 1.2-1.9 CPU-s before the first epoch."""
+    prog = ("import sys\nfrom conftest import small_config\nfrom tune_p7.core.loop import fit\n"
+            "from tune_p7.data.loading import load\n"
+            f"fit(small_config(epochs=2), load({str(small_store)!r}), report=lambda m, st: st and st['optimizer'])\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stdout.split() == ["False"], r.stdout + r.stderr[-2000:]
 
 
 def test_retrieval_in_blocks_ranks_as_one_matmul():

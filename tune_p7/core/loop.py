@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tune_p7.core import intervals as I
 from tune_p7.core import metrics as M
 from tune_p7.core.config import P7Config
-from tune_p7.core.fastpath import RETRIEVAL_BLOCK, clip_and_step, release_free_memory, use_bf16
+from tune_p7.core.fastpath import RETRIEVAL_BLOCK, AdamW, clip_and_step, release_free_memory, use_bf16
 from tune_p7.core.losses import p7_loss
 from tune_p7.core.model import build_model
 from tune_p7.data.batches import Batch, SplitTensors
@@ -201,9 +201,10 @@ class Evaluator:
 
 
 def make_optimizer(cfg: P7Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW; the fused kernel on CPU/CUDA (one pass over each tensor instead of ~10 ops per parameter)."""
+    """AdamW (fastpath's, which imports no torch._dynamo); the fused kernel on CPU/CUDA (one pass over each tensor
+    instead of ~10 ops per parameter)."""
     fused = torch.device(cfg.device).type in ("cpu", "cuda") or None
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 class TrainStep:
