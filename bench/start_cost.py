@@ -125,8 +125,9 @@ print(json.dumps({**dict(zip(names, [b - a for a, b in zip(t, t[1:])])), "torch.
 
 def worker_phases(store: Path) -> dict:
     """CPU seconds of what a new trial worker does before its first epoch ends, phase by phase, in a new process
-    (outside Ray: the worker's own start and Ray's actor creation come on top). Epoch 1 against epoch 2 shows the
-    first optimizer's ``import torch._dynamo`` (torch.optim's ``_disable_dynamo`` wrappers)."""
+    (outside Ray: the worker's own start and Ray's actor creation come on top). Epoch 1 against epoch 2 shows what
+    a first epoch costs beyond the next; ``torch._dynamo`` says whether training imported it (torch.optim's
+    ``_disable_dynamo`` wrappers did, 1.2-1.9 CPU-s, until the loop took fastpath.AdamW)."""
     cfg = json.dumps({**TINY, "epochs": 2})
     r = subprocess.run([sys.executable, "-c", PHASES, str(store), cfg], capture_output=True, text=True, check=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})

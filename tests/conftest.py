@@ -20,8 +20,8 @@ SMALL = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, lstm_layers=1, batch_s
 
 
 # run on the cluster tests' worker, which mostly waits, so that the two workers carry similar loads (the README's
-# first command, in test_dashboard.py, holds about a core for a minute)
-BESIDE_CLUSTER = {"test_pbt.py", "test_searchers.py", "test_dashboard.py"}
+# first command, in test_dashboard.py, holds about a core for a minute; per-file times: docs/measurements.md)
+BESIDE_CLUSTER = {"test_pbt.py", "test_searchers.py", "test_dashboard.py", "test_evaluate.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
