@@ -16,7 +16,6 @@ from ray.tune.schedulers.pb2 import PB2
 
 from tune_p7.core.config import P7Config
 from tune_p7.space.file import Space, trial_config
-from tune_p7.tuning.pbt_history import HP
 from tune_p7.tuning.schedulers import _Gated
 
 
