@@ -73,41 +73,79 @@ def test_clipping_inside_fused_adamw_equals_clip_grad_norm(small_store, grad_cli
     assert any(not torch.equal(w, start[name]) for name, w in after["inside"].items())  # it trained
 
 
+def torch_wrapper_calls(fn) -> int:
+    """How often ``fn()`` entered torch.optim's step wrapper (_use_grad_for_differentiable's _use_grad, which
+    imports torch._dynamo), seen through sys.setprofile."""
+    calls = []
+    sys.setprofile(lambda frame, event, arg: calls.append(1) if event == "call" and
+                   frame.f_code.co_name == "_use_grad" else None)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return len(calls)
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_adamw_takes_torchs_steps_and_keeps_its_state_dict(fused):
-    """fastpath.AdamW against torch.optim.AdamW from the same weights and gradients (a clipping grad_scale where
-    fused): the same weights bit for bit, the same state dict, and each loads the other's."""
+    """fastpath.AdamW against torch.optim.AdamW (built first: torch then hooks its class's step) from the same weights
+    and gradients, a clipping grad_scale where fused: the same weights bit for bit and the same state dict, and
+    never through torch's step wrapper. After each loads the other's state, one more step still agrees."""
     torch.manual_seed(0)
-    ours, theirs = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
-    theirs.load_state_dict(ours.state_dict())
-    opts = [cls(m.parameters(), lr=1e-2, weight_decay=0.1, fused=fused)
-            for cls, m in ((fastpath.AdamW, ours), (torch.optim.AdamW, theirs))]
-    x = torch.randn(5, 16, 8)
-    for m, opt in zip((ours, theirs), opts):
-        for xb in x:
-            m(xb).pow(2).sum().backward()
-            opt.grad_scale = torch.tensor(1.5) if fused else None
-            opt.step()
-            opt.zero_grad()
-            assert all(p.grad is None for p in m.parameters())
+    theirs, ours = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    ours.load_state_dict(theirs.state_dict())
+    start = ours.weight.detach().clone()
+    opts = [torch.optim.AdamW(theirs.parameters(), lr=1e-2, weight_decay=0.1, fused=fused),
+            fastpath.AdamW(ours.parameters(), lr=1e-2, weight_decay=0.1, fused=fused)]
+    x = torch.randn(6, 16, 8)
+
+    def step(m, opt, xb):
+        m(xb).pow(2).sum().backward()
+        opt.grad_scale = torch.tensor(1.5) if fused else None
+        opt.step()
+        opt.zero_grad()
+        assert all(p.grad is None for p in m.parameters())
+
+    wrapped = {}
+    for m, opt in zip((theirs, ours), opts):
+        wrapped[type(opt)] = sum(torch_wrapper_calls(lambda: step(m, opt, xb)) for xb in x[:5])
+    assert wrapped == {torch.optim.AdamW: 5, fastpath.AdamW: 0}
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
-    assert not torch.equal(ours.weight, torch.nn.Linear(8, 4).weight)
-    assert str(opts[0].state_dict()) == str(opts[1].state_dict())
-    opts[0].load_state_dict(opts[1].state_dict())
-    opts[1].load_state_dict(opts[0].state_dict())
-    assert str(opts[0].state_dict()) == str(opts[1].state_dict())
+    assert not torch.equal(ours.weight, start)
+
+    def same_state(a: dict, b: dict) -> bool:
+        return a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys() and all(
+            torch.equal(a["state"][k][n], b["state"][k][n]) for k in a["state"] for n in a["state"][k])
+
+    assert same_state(opts[0].state_dict(), opts[1].state_dict())
+    mine, its = opts[1].state_dict(), opts[0].state_dict()
+    opts[1].load_state_dict(its)
+    opts[0].load_state_dict(mine)
+    for m, opt in zip((theirs, ours), opts):
+        step(m, opt, x[5])
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+    assert same_state(opts[0].state_dict(), opts[1].state_dict())
 
 
-def test_training_imports_no_torch_dynamo(small_store):
-    """A trial's whole fit (optimizer steps, checkpoint state dicts) in a fresh process leaves torch._dynamo
-    unimported: its import costs a trial worker 1.2-1.9 CPU-s before the first epoch."""
+def test_adamw_refuses_differentiable():
+    with pytest.raises(ValueError, match="differentiable"):
+        fastpath.AdamW(torch.nn.Linear(2, 2).parameters(), differentiable=True)
+
+
+def test_training_and_a_restore_import_no_torch_dynamo(small_store, tmp_path):
+    """A trial's whole fit (bf16 autocast, fused steps with clipping, the checkpoint's state dict), then a restore
+    from that checkpoint as a resumed trial does it, in a fresh process: torch._dynamo stays unimported (its import
+    costs a trial worker 1.2-1.9 CPU-s before the first epoch)."""
     prog = ("import sys\nfrom conftest import small_config\nfrom tune_p7.core.loop import fit\n"
-            "from tune_p7.data.loading import load\n"
-            f"fit(small_config(epochs=2), load({str(small_store)!r}), report=lambda m, st: st and st['optimizer'])\n"
-            "print('torch._dynamo' in sys.modules)\n")
+            "from tune_p7.data.loading import load\nfrom tune_p7.tuning import checkpoint\n"
+            f"data, ckpt = load({str(small_store)!r}), {str(tmp_path)!r}\n"
+            "cfg = small_config(precision='bf16', grad_clip=1e-3)\n"
+            "fit(cfg.replace(epochs=2), data, report=lambda m, st: st and checkpoint.save(ckpt, st, m))\n"
+            "rows = fit(cfg.replace(epochs=3), data, state=checkpoint.load(ckpt))\n"
+            "print([r['epoch'] for r in rows], 'torch._dynamo' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).resolve().parents[1])
-    assert r.returncode == 0 and r.stdout.split() == ["False"], r.stdout + r.stderr[-2000:]
+    assert r.returncode == 0 and r.stdout.split() == ["[3]", "False"], r.stdout + r.stderr[-2000:]
 
 
 def test_retrieval_in_blocks_ranks_as_one_matmul():

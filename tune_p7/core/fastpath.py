@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import inspect
 import time
 
 import torch
@@ -38,28 +39,39 @@ def last_position(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.T
     return x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))))
 
 
+# torch's own functions under the wrappers that import torch._dynamo at their first call: _disable_dynamo (so that a
+# compiling tracer skips the method) and, around step, _use_grad_for_differentiable (grad mode and graph breaks),
+# itself wrapped in a profiling hook once any optimizer of its class exists: inspect.unwrap goes through all of them
+_OPT = torch.optim.Optimizer
+_ADD_PARAM_GROUP, _ZERO_GRAD, _STATE_DICT, _LOAD_STATE_DICT, _ADAMW_STEP = (inspect.unwrap(m) for m in (
+    _OPT.add_param_group, _OPT.zero_grad, _OPT.state_dict, _OPT.load_state_dict, torch.optim.AdamW.step))
+
+
 class AdamW(torch.optim.AdamW):
-    """torch.optim.AdamW, the same update and state_dict, without importing torch._dynamo: torch wraps step,
-    zero_grad, add_param_group and the state-dict methods so that a compiling tracer skips them, and the wrappers
-    import torch._dynamo at their first call (1.2-1.9 CPU-s in every trial worker; nothing here compiles). These
-    call the wrapped methods themselves; step runs them under no_grad, as torch's wrapper does outside
-    ``differentiable``."""
+    """torch.optim.AdamW, the same update and state dict, without importing torch._dynamo (1.2-1.9 CPU-s in every
+    trial worker; nothing here compiles): it calls torch's unwrapped methods, and steps under no_grad as torch's
+    wrapper does when ``differentiable`` is False (the only setting it takes)."""
+
+    def __init__(self, params, **kwargs):
+        if kwargs.get("differentiable"):
+            raise ValueError("fastpath.AdamW steps under no_grad: differentiable=True needs torch.optim.AdamW")
+        super().__init__(params, **kwargs)
 
     def add_param_group(self, param_group: dict) -> None:
-        torch.optim.Optimizer.add_param_group.__wrapped__(self, param_group)
+        _ADD_PARAM_GROUP(self, param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        torch.optim.Optimizer.zero_grad.__wrapped__(self, set_to_none)
+        _ZERO_GRAD(self, set_to_none)
 
     def state_dict(self) -> dict:
-        return torch.optim.Optimizer.state_dict.__wrapped__(self)
+        return _STATE_DICT(self)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        torch.optim.Optimizer.load_state_dict.__wrapped__(self, state_dict)
+        _LOAD_STATE_DICT(self, state_dict)
 
     @torch.no_grad()
     def step(self, closure=None):
-        return torch.optim.AdamW.step.__wrapped__(self, closure)
+        return _ADAMW_STEP(self, closure)
 
 
 def clip_and_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], max_norm: float) -> None:
