@@ -45,16 +45,14 @@ FILES = (RECORD, PROBE, PROBE_MD, RANKED, SUMMARY_MD, SUMMARY_HTML, IMPORTANCE, 
 class Experiment:
     """One experiment folder. ``Experiment(path)`` or ``Experiment.at(storage_root, name)``."""
 
-    def __init__(self, path: str):
-        self.path = storage.normalize(str(path))
+    def __init__(self, path: str, *, normalized: bool = False):
+        self.path = str(path) if normalized else storage.normalize(str(path))
 
     @classmethod
     def at(cls, root: str, name: str) -> Experiment:
         """The folder ``name`` in storage ``root`` as Tune names it: ``name`` as given (a symlink or a ``a/b`` name
         is not resolved away from Tune's ROOT/NAME)."""
-        folder = cls.__new__(cls)
-        folder.path = storage.join(storage.normalize(root), name)
-        return folder
+        return cls(storage.join(storage.normalize(root), name), normalized=True)
 
     @property
     def name(self) -> str:
