@@ -157,6 +157,64 @@ def test_resume_goes_on_from_the_newest_loadable_checkpoint(tmp_path):
     assert state["epoch"] == 3 and [m["epoch"] for m in metrics] == [2, 3]
 
 
+def test_a_trial_started_without_a_checkpoint_goes_on_from_the_newest_lineage_it_stored(tmp_path):
+    """The checkpoints a trial stored that Tune's state never recorded: its own, of its newest lineage, from the
+    oldest (resume_from then goes on from the newest and reports each again); another trial's are not its own."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.LocalFileSystem()
+    assert checkpoint.unregistered(fs, str(tmp_path / "none"), "t1") is None
+    for n, (trial, lineage, epoch) in enumerate([("t0", "X", 3), ("t1", "A", 1), ("t1", "A", 2), ("t1", "B", 2),
+                                                 ("t1", "B", 3)]):
+        folder = tmp_path / f"checkpoint_{n:06d}"
+        folder.mkdir()
+        checkpoint.save(folder, {"epoch": epoch}, {"epoch": epoch, "lineage": lineage, "trial_id": trial})
+    assert checkpoint.unregistered(fs, str(tmp_path), "t1") == str(tmp_path / "checkpoint_000003")
+    assert checkpoint.unregistered(fs, str(tmp_path), "t2") is None
+
+
+KILL_AT_FIRST_RESULT = """
+import os, signal, sys
+from pathlib import Path
+import ray
+from ray import tune
+from tune_p7.data.loading import load
+from tune_p7.search import build_tuner
+from tune_p7.search_options import parse
+from tune_p7.space.file import load_space
+
+class KillAtFirstResult(tune.Callback):
+    # the first result reached the driver: its checkpoint is stored, Tune has not registered it yet
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not Path(sys.argv[3], "killed").exists():  # Tune restores its callbacks with the experiment
+            Path(sys.argv[3], "killed").touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+space_path, data, root, resume = sys.argv[1:]
+opts = parse(["--resume"] if resume == "1" else [])
+ray.init()  # the session's node ($RAY_ADDRESS), else a local one
+build_tuner(load_space(space_path), load(data), opts, root, "unreg", callbacks=(KillAtFirstResult(),)).fit()
+"""
+
+
+def test_a_trial_whose_checkpoint_tunes_state_never_recorded_trains_no_epoch_twice(tmp_path, strong_store):
+    """The driver dies after a trial stored its first checkpoint and before Tune's state recorded it: the resumed
+    trial goes on from that checkpoint (epoch 1 reported again, marked ``resumed``) instead of training it twice."""
+    sp = space(tmp_path, SMALL + "  epochs: 3\nscheduler: {name: fifo}\ngates: {margin: -2.0}\n")
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AT_FIRST_RESULT)
+    killed = run_cli(script, sp, strong_store, tmp_path, 0)
+    assert killed.returncode == -signal.SIGKILL and (tmp_path / "killed").exists(), killed.stderr[-2000:]
+    (trial,) = (tmp_path / "unreg").glob("train_trial_*")
+    assert list(trial.glob("checkpoint_*")), "no stored checkpoint before the kill"
+    resumed = run_cli(script, sp, strong_store, tmp_path, 1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    trained = [r["epoch"] for r in rows if not r.get("resumed")]
+    assert trained == [1, 2, 3] or trained == [2, 3], [(r["epoch"], r.get("resumed")) for r in rows]
+    assert [r["epoch"] for r in rows if r.get("resumed")] == [1]
+
+
 def test_checkpoints_load_without_executing_code(tmp_path):
     class Evil:
         def __reduce__(self):

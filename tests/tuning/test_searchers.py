@@ -241,7 +241,7 @@ def test_a_bohb_search_that_ends_by_itself_is_finished_confirmed_and_a_resume_sa
     sp.write_text(text)
     r = search("--space", sp, "--data", bohb_store, "--storage", tmp_path, "--name", "b", "--no-probe",
                "--reuse-actors")
-    assert "interrupted" not in r.stderr and "Traceback" not in r.stdout + r.stderr
+    assert "interrupted" not in r.stderr and "Traceback" not in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-3000:]
     exp = tmp_path / "b"
     df = summary(exp)
     assert len(df) == int(text.split("num_samples: ")[1].split()[0])

@@ -108,6 +108,18 @@ def resume_from(fs, named: str) -> tuple[dict, list[dict]]:
     raise error or FileNotFoundError(f"no whole checkpoint next to {named}")
 
 
+def unregistered(fs, trial_path: str, trial_id: str) -> str | None:
+    """Where a trial that Tune starts without a checkpoint goes on (``resume_from``), if its folder holds whole
+    checkpoints of its own: the oldest of its newest lineage; else None. A driver killed after a trial stored its
+    first checkpoint but before Tune's saved state recorded it restarts the trial without one, and training from
+    scratch would train and report those epochs twice."""
+    own = [(p, m) for p, m in stored_metrics(fs, trial_path) if m.get("trial_id") == trial_id]
+    if not own:
+        return None
+    lineage = max(own, key=lambda pm: pm[1].get("epoch", 0))[1].get("lineage")
+    return min((pm for pm in own if pm[1].get("lineage") == lineage), key=lambda pm: pm[1].get("epoch", 0))[0]
+
+
 def load_from(fs, path: str) -> dict:
     """The state of the checkpoint folder ``path`` on pyarrow filesystem ``fs`` (copied to a local folder first)."""
     from ray import tune  # here, not at import: search.py imports this module before it may import ray

@@ -43,7 +43,7 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
     experiment = tune.get_context().get_experiment_name()
     state, origin = None, {"lineage": secrets.token_hex(4), "exploited_from": None, "parent_lineage": None,
                            "parent_epoch": None}
-    ckpt = tune.get_checkpoint()
+    ckpt = tune.get_checkpoint() or _unregistered(trial_id)
     if ckpt is not None:
         state, origin = restore(ckpt, trial_id)
     fixed = {"node": node, "trial_id": trial_id, **origin}
@@ -69,12 +69,20 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
         return
 
 
+def _unregistered(trial_id: str) -> tune.Checkpoint | None:
+    """A checkpoint this trial stored that Tune's state does not know (checkpoint.unregistered), or None."""
+    where = tune.get_context().get_storage()
+    path = checkpoint.unregistered(where.storage_filesystem, where.trial_fs_path, trial_id)
+    return tune.Checkpoint(path, filesystem=where.storage_filesystem) if path else None
+
+
 def restore(ckpt: tune.Checkpoint, trial_id: str) -> tuple[dict, dict]:
     """(the state to go on from, the ``lineage``, ``exploited_from``, ``parent_lineage`` and ``parent_epoch`` of the
     results to come: a lineage is one run of weights under one config; an exploit starts a new one from the
     parent lineage's checkpoint of parent_epoch, which is how pbt_history.trained_schedule follows a model back).
 
-    The trial's own checkpoint (a restart, a resumed experiment, a PBT pause): go on from the newest one of its
+    The trial's own checkpoint (a restart, a resumed experiment, a PBT pause, or one it stored that Tune's
+    state does not know): go on from the newest one of its
     lineage it stored (checkpoint.resume_from), and report the stored checkpoints' results again, marked
     ``resumed`` — Tune registers a checkpoint before it records the result reported with it, and a driver killed
     in between loses that result (a line may appear twice, none is missing). Another trial's checkpoint (a PBT
