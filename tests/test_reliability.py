@@ -197,17 +197,18 @@ build_tuner(load_space(space_path), load(data), opts, root, "unreg", callbacks=(
 """
 
 
-def test_a_trial_whose_checkpoint_tunes_state_never_recorded_trains_no_epoch_twice(tmp_path, strong_store):
+def test_a_trial_whose_checkpoint_tunes_state_never_recorded_trains_no_epoch_twice(tmp_path, small_store):
     """The driver dies after a trial stored its first checkpoint and before Tune's state recorded it: the resumed
     trial goes on from that checkpoint (epoch 1 reported again, marked ``resumed``) instead of training it twice."""
-    sp = space(tmp_path, SMALL + "  epochs: 3\nscheduler: {name: fifo}\ngates: {margin: -2.0}\n")
+    sp = space(tmp_path, "params: {d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, batch_size: 128, epochs: 3}\n"
+                         "scheduler: {name: fifo}\ngates: {margin: -2.0}\n")
     script = tmp_path / "kill.py"
     script.write_text(KILL_AT_FIRST_RESULT)
-    killed = run_cli(script, sp, strong_store, tmp_path, 0)
+    killed = run_cli(script, sp, small_store, tmp_path, 0)
     assert killed.returncode == -signal.SIGKILL and (tmp_path / "killed").exists(), killed.stderr[-2000:]
     (trial,) = (tmp_path / "unreg").glob("train_trial_*")
     assert list(trial.glob("checkpoint_*")), "no stored checkpoint before the kill"
-    resumed = run_cli(script, sp, strong_store, tmp_path, 1)
+    resumed = run_cli(script, sp, small_store, tmp_path, 1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
     trained = [r["epoch"] for r in rows if not r.get("resumed")]
