@@ -197,9 +197,12 @@ build_tuner(load_space(space_path), load(data), opts, root, "unreg", callbacks=(
 """
 
 
-def test_a_trial_whose_checkpoint_tunes_state_never_recorded_trains_no_epoch_twice(tmp_path, small_store):
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "cut-short"])
+def test_a_trial_whose_checkpoint_tunes_state_never_recorded_trains_no_epoch_twice(tmp_path, small_store, cut):
     """The driver dies after a trial stored its first checkpoint and before Tune's state recorded it: the resumed
-    trial goes on from that checkpoint (epoch 1 reported again, marked ``resumed``) instead of training it twice."""
+    trial goes on from that checkpoint (epoch 1 reported again, marked ``resumed``) instead of training it twice;
+    one the kill cut short does not load, and the trial trains from scratch. Either way the old folders go: every
+    checkpoint left is one of the resumed run's, whole."""
     sp = space(tmp_path, "params: {d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, batch_size: 128, epochs: 3}\n"
                          "scheduler: {name: fifo}\ngates: {margin: -2.0}\n")
     script = tmp_path / "kill.py"
@@ -207,13 +210,21 @@ def test_a_trial_whose_checkpoint_tunes_state_never_recorded_trains_no_epoch_twi
     killed = run_cli(script, sp, small_store, tmp_path, 0)
     assert killed.returncode == -signal.SIGKILL and (tmp_path / "killed").exists(), killed.stderr[-2000:]
     (trial,) = (tmp_path / "unreg").glob("train_trial_*")
-    assert list(trial.glob("checkpoint_*")), "no stored checkpoint before the kill"
+    stored = list(trial.glob("checkpoint_*"))
+    assert stored, "no stored checkpoint before the kill"
+    if cut:
+        for folder in stored:
+            (folder / checkpoint.STATE).write_bytes(b"PK\x03\x04 cut short")
     resumed = run_cli(script, sp, small_store, tmp_path, 1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
     trained = [r["epoch"] for r in rows if not r.get("resumed")]
-    assert trained == [1, 2, 3] or trained == [2, 3], [(r["epoch"], r.get("resumed")) for r in rows]
-    assert [r["epoch"] for r in rows if r.get("resumed")] == [1]
+    first = [1] if rows[0]["epoch"] == 1 and not rows[0].get("resumed") else []  # the killed run's line, if kept
+    assert trained == first + ([1, 2, 3] if cut else [2, 3]), [(r["epoch"], r.get("resumed")) for r in rows]
+    assert [r["epoch"] for r in rows if r.get("resumed")] == ([] if cut else [1])
+    left = sorted(trial.glob("checkpoint_*"))
+    assert left and all(checkpoint.load(f)["epoch"] == checkpoint.load_metrics(f)["epoch"] for f in left)
+    assert cut or all(checkpoint.load_metrics(f)["epoch"] >= 2 for f in left)  # epoch 1's old folder is gone
 
 
 def test_checkpoints_load_without_executing_code(tmp_path):

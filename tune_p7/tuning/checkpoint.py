@@ -15,6 +15,8 @@ import torch
 
 from tune_p7 import storage
 
+UNLOADABLE = (OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # a checkpoint cut short, torn
+
 STATE, METRICS = "state.pt", "metrics.json"
 
 
@@ -103,7 +105,7 @@ def resume_from(fs, named: str) -> tuple[dict, list[dict]]:
     for i in range(len(since) - 1, -1, -1):
         try:
             return load_from(fs, since[i][0]), [m for _, m in since[:i + 1]]
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        except UNLOADABLE as exc:
             error = exc
     raise error or FileNotFoundError(f"no whole checkpoint next to {named}")
 
@@ -118,6 +120,17 @@ def unregistered(fs, trial_path: str, trial_id: str) -> str | None:
         return None
     lineage = max(own, key=lambda pm: pm[1].get("epoch", 0))[1].get("lineage")
     return min((pm for pm in own if pm[1].get("lineage") == lineage), key=lambda pm: pm[1].get("epoch", 0))[0]
+
+
+def discard_all(fs, trial_path: str) -> None:
+    """Delete every checkpoint folder of a trial whose checkpoints Tune's state knows none of: its new ones then go
+    to fresh folders (Tune numbers them from 0 again) instead of over the old ones, which a kill mid-copy would
+    leave torn, and none is left that ``num_to_keep`` would never delete."""
+    import pyarrow.fs as pafs
+
+    for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            fs.delete_dir(info.path)
 
 
 def load_from(fs, path: str) -> dict:

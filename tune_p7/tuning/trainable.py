@@ -43,9 +43,11 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
     experiment = tune.get_context().get_experiment_name()
     state, origin = None, {"lineage": secrets.token_hex(4), "exploited_from": None, "parent_lineage": None,
                            "parent_epoch": None}
-    ckpt = tune.get_checkpoint() or _unregistered(trial_id)
+    ckpt = tune.get_checkpoint()
     if ckpt is not None:
         state, origin = restore(ckpt, trial_id)
+    else:
+        state, origin = _unregistered(trial_id) or (state, origin)
     fixed = {"node": node, "trial_id": trial_id, **origin}
 
     def report(metrics: dict, st: dict | None) -> None:
@@ -69,11 +71,21 @@ def train_trial(config: dict, data: P7Data, gates: Gates, mutated: tuple[str, ..
         return
 
 
-def _unregistered(trial_id: str) -> tune.Checkpoint | None:
-    """A checkpoint this trial stored that Tune's state does not know (checkpoint.unregistered), or None."""
+def _unregistered(trial_id: str) -> tuple[dict, dict] | None:
+    """``restore`` from the checkpoints this trial stored that Tune's state does not know (checkpoint.unregistered),
+    which are then deleted (checkpoint.discard_all); None when there are none or none loads (cut short by the kill
+    that lost them: the trial trains from scratch)."""
     where = tune.get_context().get_storage()
-    path = checkpoint.unregistered(where.storage_filesystem, where.trial_fs_path, trial_id)
-    return tune.Checkpoint(path, filesystem=where.storage_filesystem) if path else None
+    fs, folder = where.storage_filesystem, where.trial_fs_path
+    path = checkpoint.unregistered(fs, folder, trial_id)
+    if path is None:
+        return None
+    try:
+        restored = restore(tune.Checkpoint(path, filesystem=fs), trial_id)
+    except checkpoint.UNLOADABLE:
+        restored = None
+    checkpoint.discard_all(fs, folder)
+    return restored
 
 
 def restore(ckpt: tune.Checkpoint, trial_id: str) -> tuple[dict, dict]:
