@@ -93,13 +93,13 @@ def restore(ckpt: tune.Checkpoint, trial_id: str) -> tuple[dict, dict]:
     results to come: a lineage is one run of weights under one config; an exploit starts a new one from the
     parent lineage's checkpoint of parent_epoch, which is how pbt_history.trained_schedule follows a model back).
 
-    The trial's own checkpoint (a restart, a resumed experiment, a PBT pause, or one it stored that Tune's
-    state does not know): go on from the newest one of its
-    lineage it stored (checkpoint.resume_from), and report the stored checkpoints' results again, marked
-    ``resumed`` — Tune registers a checkpoint before it records the result reported with it, and a driver killed
-    in between loses that result (a line may appear twice, none is missing). Another trial's checkpoint (a PBT
-    exploit: the ``trial_id`` in its metrics is not this trial's): exactly that checkpoint, not the newer ones of
-    its trial, and nothing reported again (those results are the other trial's); a new lineage starts.
+    The trial's own checkpoint (a restart, a resumed experiment, a PBT pause, or one it stored that Tune's state
+    does not know): go on from the newest one of its lineage it stored (checkpoint.resume_from), and report the
+    stored checkpoints' results again, marked ``resumed`` — Tune registers a checkpoint before it records the result
+    reported with it, and a driver killed in between loses that result (a line may appear twice, none is missing).
+    Another trial's checkpoint (a PBT exploit: the ``trial_id`` in its metrics is not this trial's): exactly that
+    checkpoint, not the newer ones of its trial, and nothing reported again (those results are the other trial's); a
+    new lineage starts.
     """
     fs, path = ckpt.filesystem, ckpt.path
     handed = checkpoint.read_metrics(fs, path) or {}
