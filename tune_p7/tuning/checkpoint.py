@@ -56,15 +56,21 @@ def load_metrics(folder) -> dict:
     return json.loads((Path(folder) / METRICS).read_text())
 
 
+def folders(fs, trial_path: str) -> list[str]:
+    """Paths of the ``checkpoint_*`` folders in a trial folder on a pyarrow filesystem, whole or not."""
+    import pyarrow.fs as pafs
+
+    return [i.path for i in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+            if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+
+
 def stored(fs, trial_path: str) -> list[str]:
     """Paths of the whole checkpoints (``checkpoint_*`` folders holding both files) in a trial folder on a
     pyarrow filesystem, oldest first (Tune numbers them in order, zero-padded)."""
     import pyarrow.fs as pafs
 
-    folders = [i.path for i in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
-               if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
-    return sorted(f for f in folders if all(i.type == pafs.FileType.File
-                                            for i in fs.get_file_info([f"{f}/{STATE}", f"{f}/{METRICS}"])))
+    return sorted(f for f in folders(fs, trial_path)
+                  if all(i.type == pafs.FileType.File for i in fs.get_file_info([f"{f}/{STATE}", f"{f}/{METRICS}"])))
 
 
 def stored_metrics(fs, trial_path: str) -> list[tuple[str, dict]]:
@@ -126,11 +132,8 @@ def discard_all(fs, trial_path: str) -> None:
     """Delete every checkpoint folder of a trial whose checkpoints Tune's state knows none of: its new ones then go
     to fresh folders (Tune numbers them from 0 again) instead of over the old ones, which a kill mid-copy would
     leave torn, and none is left that ``num_to_keep`` would never delete."""
-    import pyarrow.fs as pafs
-
-    for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            fs.delete_dir(info.path)
+    for folder in folders(fs, trial_path):
+        fs.delete_dir(folder)
 
 
 def load_from(fs, path: str) -> dict:
