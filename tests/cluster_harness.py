@@ -124,9 +124,13 @@ SHARED_MARKER = f"{MARKER}-shared"  # not MARKER: the cluster tests' sweeps must
 @contextmanager
 def shared_node(cpus: int = 2):
     """One Ray node for a whole test session's searches (scripts/cluster_head.sh: ``cpus`` CPUs on NODE_IP, this
-    run's token, free ports); yields the environment a driver needs to join it, or {} (with a warning when the
-    start failed) where NODE_IP cannot be bound or the node does not start: each search then starts its own local
-    Ray. Ended by scripts/cluster_stop.sh, then whatever of it is left by its own marker."""
+    run's token, free ports, no dashboard); yields the environment a driver needs to join it, or {} (with a warning
+    when the start failed) where NODE_IP cannot be bound or the node does not start: each search then starts its
+    own local Ray. Ended by scripts/cluster_stop.sh, then whatever of it is left by its own marker.
+
+    Without the dashboard the node costs about 25 CPU-s less over a suite (its start, 1.5 CPU-s a minute idle, its
+    stop; docs/measurements.md); the tests of the dashboard run on nodes that have one (tests/test_dashboard.py,
+    tests/test_cluster.py)."""
     try:
         with socket.socket() as s:
             s.bind((NODE_IP, 0))
@@ -140,7 +144,7 @@ def shared_node(cpus: int = 2):
                 "DASHBOARD_PORT": str(free_port()), "RAY_CLIENT_SERVER_PORT": str(free_port())}
     ctl = Path(head_env["P7_NODE_DIR"])
     try:
-        r = script("cluster_head.sh", env=head_env)
+        r = script("cluster_head.sh", "--include-dashboard=false", env=head_env)
         if r.returncode != 0:  # the searches still run, each on a local Ray of its own
             warnings.warn(f"no shared Ray node for this session: {r.stderr.strip()[-300:]} "
                           f"{tail(ctl / 'head.log', 300)}")

@@ -105,6 +105,7 @@ def test_search_uses_both_hosts_and_s3_and_keeps_the_drivers_secret_home(cluster
     finally:
         stop(proc, grace=10)
     assert "dashboard: http://127.0.0.1:" in out and f"s3://{BUCKET}/{exp}" in out
+    assert "ray get-auth-token" in out.split("dashboard:", 1)[1].splitlines()[0]  # the cluster asks for its token
     keys = s3.keys(exp + "/")
     assert f"{exp}/summary.md" in keys and f"{exp}/summary.parquet" in keys  # summarized from the s3:// URI
     df = summary(s3, exp)
