@@ -98,7 +98,7 @@ def test_smoke_search_runs_gates_asha_ranks_pass_first_and_ends_with_the_table(t
                "--reuse-actors")  # four trials one after another: one worker start, not four
     assert_clean_console(r)
     exp = tmp_path / "smoke"
-    joined = bool(os.environ.get("RAY_ADDRESS"))  # the session's node, which has no dashboard (tests/conftest.py)
+    joined = bool(os.environ.get("RAY_ADDRESS"))  # the session's node, which has no dashboard (cluster_harness)
     assert ("  dashboard: (not available)\n" if joined else "  dashboard: http://127.0.0.1:") in r.stdout
     res = results(exp)
     assert len(res) == 4
