@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_p7.tuning.replay import Table, reach, replay, search_space, tune_run
+from tune_p7.tuning.replay import Table, incumbent_regret, one_epoch_top_k, reach, replay, search_space, tune_run
 
 LRS, TEMPS, KS = [1e-4, 1e-3, 1e-2], [0.05, 0.1], [3, 5]
 SPACE = """
@@ -73,6 +73,34 @@ def test_fifo_runs_every_trial_to_its_last_epoch_and_the_clock_charges_recorded_
     rep2 = replay(t, search_space(SPACE, {"search": {"algorithm": "random"}, "num_samples": 6}, seed=1), 6,
                   workers=3, seed=0)
     assert rep2.wall == pytest.approx(2 * per_trial)  # three workers, equal trials: two rounds
+
+
+def test_one_epoch_top_k_trains_every_sample_one_epoch_then_finishes_the_k_best_on_the_clock():
+    t = table(seeds=(0,))  # BEST leads from epoch 1; an epoch e costs 1.1 + 0.1 e seconds
+    one = one_epoch_top_k(t, samples=12, k=2, workers=1)
+    assert len(one.events) == 12 + 2 * 3 and [e["epochs"] for e in one.events] == list(range(1, 19))
+    finished = [cfg for cfg, epochs in one.ended.values() if epochs == 4]
+    assert len(finished) == 2 and BEST in finished and sorted(e for _, e in one.ended.values())[:10] == [1] * 10
+    assert one.wall == pytest.approx(12 * 1.2 + 2 * (1.3 + 1.4 + 1.5))  # one worker: every epoch in turn
+    three = one_epoch_top_k(t, samples=12, k=2, workers=3)
+    assert three.wall == pytest.approx(4 * 1.2 + (1.3 + 1.4 + 1.5))  # 4 rounds of first epochs, then 2 side by side
+    assert reach(t, three)[1] <= 12 and incumbent_regret(t, three)[2][-1] == 0.0
+    assert len(one_epoch_top_k(t, samples=5, k=1, seed=3).ended) == 5  # a sample of the table, no repeats
+
+
+def test_one_epoch_top_k_fails_where_the_epoch_1_ranking_is_reversed_later():
+    """The late starter is last at epoch 1 and best from epoch 3: top-1 finishes another configuration and never
+    reaches the best; with every configuration finished (k = all) it does."""
+    rows = []
+    for lr, curve in {1e-4: [0.3, 0.32, 0.34, 0.35], 1e-3: [0.28, 0.3, 0.31, 0.33], 1e-2: [0.0, 0.3, 0.8, 0.9]}.items():
+        rows += [dict(lr=lr, seed=0, epoch=e, margin=m, train_seconds=1.0) for e, m in enumerate(curve, 1)]
+    t = Table.from_frame(pd.DataFrame(rows), ("lr",))
+    assert t.best()[0] == (1e-2,)
+    top1 = one_epoch_top_k(t, samples=3, k=1, workers=2)
+    assert [cfg for cfg, epochs in top1.ended.values() if epochs == 4] == [(1e-4,)]
+    assert reach(t, top1) == (math.inf, math.inf) and incumbent_regret(t, top1)[2][-1] == pytest.approx(0.55)
+    every = one_epoch_top_k(t, samples=3, k=3, workers=2)
+    assert math.isfinite(reach(t, every)[1]) and len(every.events) == 3 + 3 * 3
 
 
 @pytest.mark.parametrize("sections", [

@@ -9,6 +9,7 @@ workers: each epoch costs its recorded seconds on a simulated clock. ``SimContro
 call on Tune's controller (get_trials, stop_trial, search_alg) and follows TuneController's order of calls:
 a result goes to the scheduler first, to the searcher only if the trial goes on; a stopped or finished trial is
 told to both with its last result; a new trial is asked for only when a worker is free (max_concurrent = W).
+``one_epoch_top_k`` runs the one-epoch top-k baseline on the same clock, as a Replay the same measures read.
 
 Simplifications (a real search differs here): a trial's seed is drawn from the table's seeds by its creation order;
 a BOHB trial resumed after a pause does not report its stored epochs again (tune_p7.tuning.trainable does, marked
@@ -271,6 +272,45 @@ def replay(table: Table, space: Space, num_samples: int, workers: int = 4, seed:
         for t in ctl.trials:
             ended[t.trial_id] = (tuple(t.config[k] for k in table.keys), progress.get(t.trial_id, 0))
         return Replay(events, ended, clock, stuck)
+
+
+def one_epoch_top_k(table: Table, samples: int, k: int, workers: int = 4, seed: int = 0) -> Replay:
+    """The baseline a multi-fidelity method must beat ("Is one epoch all you need?", 2023): ``samples``
+    configurations drawn from the table without replacement train one epoch each, then the ``k`` best by that
+    epoch's value (NaN last) train on to their last epoch: ``samples + k * (epochs - 1)`` trial-epochs. On
+    ``workers`` simulated workers, as in ``replay``: each epoch costs its recorded seconds, a job goes to the
+    first free worker, and the second stage starts once every first epoch has ended (it ranks all of them)."""
+    configs = random.Random(seed).sample(sorted(table.curves), min(samples, len(table.curves)))
+    runs = {f"top_k_{n:05d}": (cfg, table.curves[cfg][trial_seed(n, table.seeds, seed)])
+            for n, cfg in enumerate(configs)}
+    free = [0.0] * workers  # a heap of the times the workers become free
+    events: list[dict] = []
+
+    def run(trial_id: str, first: int, last: int) -> None:
+        cfg, (values, seconds) = runs[trial_id]
+        clock = heapq.heappop(free)
+        for epoch in range(first, last + 1):
+            clock += seconds[epoch - 1]
+            events.append({"time": clock, "trial_id": trial_id, "config": cfg, "epoch": epoch,
+                           "value": float(values[epoch - 1])})
+        heapq.heappush(free, clock)
+
+    for trial_id in runs:
+        run(trial_id, 1, 1)
+    free = [max(free)] * workers
+
+    def first_epoch(trial_id: str) -> float:
+        v = table.sign * runs[trial_id][1][0][0]
+        return v if math.isfinite(v) else -math.inf
+
+    top = sorted(runs, key=first_epoch, reverse=True)[:k]
+    for trial_id in top:
+        run(trial_id, 2, len(runs[trial_id][1][0]))
+    events.sort(key=lambda e: e["time"])  # stable: ties keep their order
+    for n, event in enumerate(events, 1):
+        event["epochs"] = n
+    ended = {t: (cfg, len(curve[0]) if t in top else 1) for t, (cfg, curve) in runs.items()}
+    return Replay(events, ended, max(free))
 
 
 def incumbent_regret(table: Table, rep: Replay) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
