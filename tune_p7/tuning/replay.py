@@ -281,8 +281,8 @@ def one_epoch_top_k(table: Table, samples: int, k: int, workers: int = 4, seed: 
     ``workers`` simulated workers, as in ``replay``: each epoch costs its recorded seconds, a job goes to the
     first free worker, and the second stage starts once every first epoch has ended (it ranks all of them)."""
     configs = random.Random(seed).sample(sorted(table.curves), min(samples, len(table.curves)))
-    runs = {f"top_k_{n:05d}": (cfg, table.curves[cfg][trial_seed(n, table.seeds, seed)])
-            for n, cfg in enumerate(configs)}
+    seeds = table.seeds  # a property that walks every curve: once, not per configuration
+    runs = {f"top_k_{n:05d}": (cfg, table.curves[cfg][trial_seed(n, seeds, seed)]) for n, cfg in enumerate(configs)}
     free = [0.0] * workers  # a heap of the times the workers become free
     events: list[dict] = []
 
