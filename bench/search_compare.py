@@ -3,18 +3,22 @@
     nice -n 19 python bench/search_compare.py [--tables bench/results/grid_synth.parquet ...] [--replays 100]
         [--budgets 25 50 100 200] [--workers 4] [--procs 2] [--until HH:MM] [--quick]
 
-For each table (bench/record_grid.py: a full grid, every epoch of every configuration with 2 seeds), each method
-(the ``search:`` / ``scheduler:`` sections of METHODS, applied to the table's own space file with every grid made a
-choice) and each budget (num_samples), ``--replays`` replays (replay r: search seed r, table seeds drawn with r) on
-``--workers`` simulated workers through tune_p7/tuning/replay.py: the real Tune scheduler and searcher objects, each epoch
-charged its recorded seconds. Per replay: the simulated seconds and trial-epochs until the incumbent (the
-configuration of the best value seen so far) is within the best configuration's own seed noise (the spread of its
-two seeds' values) of the table's best (mean over seeds of each configuration's best epoch); inf if never.
-Per (table, method, budget): the median over replays, a 95% bootstrap interval of that median, the share of
-replays that got there. Headline per table at 100 trials: ``best_method_epochs_vs_random_asha``, the lowest ratio
-of a model-based method's median trial-epochs to random + ASHA's (interval: bootstrap over both methods' replays).
-Writes bench/results/search_compare[_TABLE].json (_TABLE: when one table is given), one anytime-regret PNG per
-table, and the headline into summary.json.
+For each table (bench/record_grid.py: a full grid, every epoch of every configuration with 2 or more seeds), each
+method (the ``search:`` / ``scheduler:`` sections of METHODS, applied to the table's own space file with every grid
+made a choice; ``default`` is the shipped wide space's, fixed before any replay; ``one_epoch_top_k`` the baseline of
+replay.one_epoch_top_k with k a tenth of the budget) and each budget (num_samples), ``--replays`` replays (replay r:
+search seed r, table seeds drawn with r) on ``--workers`` simulated workers through tune_p7/tuning/replay.py: the real
+Tune scheduler and searcher objects, each epoch charged its recorded seconds. A configuration's value is the mean over
+its seeds of its best epoch. Per replay: the trial-epochs and simulated seconds until the incumbent (the configuration
+of the best value seen so far) is within each target of the table's best (Table.targets: one pooled standard error,
+the top 1% of configurations; and the best configuration's own seed spread, as before), inf if never; its normalised
+regret after 25 ... 400 trial-epochs (every method at equal compute). Per (table, method, budget): medians over
+replays with 95% bootstrap intervals and the share that got there. Headline per table at 100 trials:
+``default_method_epochs_vs_random_asha``, the default's median trial-epochs to the first finite target (within one
+pooled SE) over random + ASHA's, with an interval whose ends censored resamples would decide are left None; every
+method's rank with a bootstrap interval. Writes bench/results/search_compare[_TABLE].json (_TABLE: when one table is
+given), one normalised-regret PNG per table (over trial-epochs and over simulated seconds), and the headline and
+ranks into summary.json.
 Tasks run budget 100 first, then 25, 50, 200, replays interleaved across methods, so ``--until`` (stop starting
 replays at that time) leaves every method with about the same number of replays.
 """
@@ -31,6 +35,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,19 +44,27 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import dump_json, results_dir, write_result  # noqa: E402
 
 ASHA = {"name": "asha", "grace_period": 1, "reduction_factor": 3, "brackets": 1}
+WIDE = yaml.safe_load((ROOT / "search_spaces" / "wide.yaml").read_text())
 METHODS = {  # name -> the space file's sections
+    # the shipped wide space's, chosen before any replay; its fixed seed left out: replay r draws seed r
+    "default": {"search": {k: v for k, v in WIDE["search"].items() if k != "seed"}, "scheduler": WIDE["scheduler"]},
     "random_fifo": {"search": {"algorithm": "random"}, "scheduler": {"name": "fifo"}},
     "random_asha": {"search": {"algorithm": "random"}, "scheduler": ASHA},
+    "random_asha_rf2": {"search": {"algorithm": "random"}, "scheduler": {**ASHA, "reduction_factor": 2}},
+    "random_asha_rf4": {"search": {"algorithm": "random"}, "scheduler": {**ASHA, "reduction_factor": 4}},
+    "random_asha_3brackets": {"search": {"algorithm": "random"}, "scheduler": {**ASHA, "brackets": 3}},
     "tpe_asha": {"search": {"algorithm": "optuna"}, "scheduler": ASHA},  # Optuna 5.0's defaults: multivariate, liar
+    "tpe_startup5_asha": {"search": {"algorithm": "optuna", "n_startup_trials": 5}, "scheduler": ASHA},
     "tpe_independent_asha": {"search": {"algorithm": "optuna", "multivariate": False, "constant_liar": False},
                              "scheduler": ASHA},
     "tpe_group_asha": {"search": {"algorithm": "optuna", "group": True}, "scheduler": ASHA},
     "hyperopt_asha": {"search": {"algorithm": "hyperopt"}, "scheduler": ASHA},
     "bohb": {"search": {"algorithm": "bohb", "reduction_factor": 3}},
+    "one_epoch_top_k": None,  # every sampled configuration one epoch, then the best tenth to the end (replay.py)
 }
-BASELINE = "random_asha"
-MODEL_BASED = [m for m in METHODS if not m.startswith("random")]
-GRID_POINTS = 60  # regret curves are kept at this many trial-epoch points
+DEFAULT, BASELINE = "default", "random_asha"
+TARGETS = ("within_se", "top_1pct", "noise")  # the headline's first; "noise": the best configuration's seed spread
+EQUAL_EPOCHS = (25, 50, 100, 200, 400)  # normalised regret of every method after this many trial-epochs
 _TABLES: dict = {}
 
 
@@ -61,23 +74,32 @@ def quiet() -> None:
 
 
 def _task(task: tuple) -> dict:
-    from tune_p7.tuning.replay import Table, incumbent_regret, reach, replay, search_space
+    from tune_p7.tuning.replay import (Table, incumbent_regret, one_epoch_top_k, reach, regret_at, replay,
+                                       search_space)
 
     quiet()
     path, method, budget, r, workers = task
     if path not in _TABLES:
         _TABLES[path] = Table.read(path)
     table = _TABLES[path]
-    space = search_space(table.meta["space"], {**METHODS[method], "num_samples": budget}, seed=r)
     t = time.perf_counter()
-    rep = replay(table, space, budget, workers=workers, seed=r)
+    if METHODS[method] is None:
+        rep = one_epoch_top_k(table, budget, max(1, budget // 10), workers=workers, seed=r)
+    else:
+        space = search_space(table.meta["space"], {**METHODS[method], "num_samples": budget}, seed=r)
+        rep = replay(table, space, budget, workers=workers, seed=r)
     cpu = time.perf_counter() - t
-    seconds, epochs = reach(table, rep)
-    _, ep, regret = incumbent_regret(table, rep)
-    return {"table": path, "method": method, "budget": budget, "replay": r, "reach_s": seconds,
-            "reach_epochs": epochs, "wall_s": rep.wall, "trial_epochs": len(rep.events), "stuck": rep.stuck,
+    targets = {**table.targets(), "noise": table.best()[2]}
+    reached = {k: reach(table, rep, targets[k]) if math.isfinite(targets[k]) else (math.nan, math.nan)
+               for k in TARGETS}
+    times, ep, regret = incumbent_regret(table, rep)
+    regret = regret / table.worst_regret()  # normalised: 0 the best configuration, 1 the worst
+    return {"table": path, "method": method, "budget": budget, "replay": r,
+            **{f"reach_epochs_{k}": v[1] for k, v in reached.items()}, **{f"reach_s_{k}": v[0] for k, v in reached.items()},
+            "wall_s": rep.wall, "trial_epochs": len(rep.events), "stuck": rep.stuck,
             "final_regret": float(regret[-1]), "replay_cpu_s": cpu,
-            "regret_epochs": ep.tolist(), "regret": regret.tolist()}
+            "regret_at": dict(zip(map(str, EQUAL_EPOCHS), regret_at(table, rep, EQUAL_EPOCHS))),
+            "regret_epochs": ep.tolist(), "regret_times": times.tolist(), "regret": regret.tolist()}
 
 
 def _pct(boots, q) -> list[float]:
@@ -95,16 +117,35 @@ def median_ci(values, rng, n=2000) -> dict:
 
 
 def ratio_ci(a, b, rng, n=2000) -> dict:
-    """median(a) / median(b) with a bootstrap interval over both sets of replays."""
+    """median(a) / median(b) with a bootstrap interval over both sets of replays. A median of inf (more than half
+    the replays never got there) is censored, not a number: a resample where only b's is inf puts the ratio at 0,
+    one where a's is inf at inf, and an end of the interval that more than 2.5% of the resamples decide that way is
+    reported as None (not identified) instead of a bound that censoring made up."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     ra = np.median(rng.choice(a, size=(n, len(a))), axis=1)
     rb = np.median(rng.choice(b, size=(n, len(b))), axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boots = ra / rb
-    boots = np.where(np.isnan(boots), np.inf, boots)  # inf / inf: neither got there
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.median(a) / np.median(b)
-    return {"median": float(np.inf if np.isnan(ratio) else ratio), "ci95": _pct(boots, [2.5, 97.5])}
+    low_censored = float((np.isinf(rb) & np.isfinite(ra)).mean())  # the baseline never got there: ratio -> 0
+    high_censored = float(np.isinf(ra).mean())
+    boots = np.where(np.isinf(ra), np.inf, np.where(np.isinf(rb), 0.0, ra / np.where(np.isinf(rb), 1.0, rb)))
+    lo, hi = _pct(boots, [2.5, 97.5])
+    ma, mb = float(np.median(a)), float(np.median(b))
+    return {"median": ma / mb if math.isfinite(ma) and math.isfinite(mb) else None,
+            "ci95": [lo if low_censored <= 0.025 else None, hi if high_censored <= 0.025 else None],
+            "censored": {"baseline_never": low_censored, "method_never": high_censored}}
+
+
+def ranks(per_method: dict[str, list[float]], rng, n=2000) -> dict:
+    """Each method's rank by median trial-epochs to reach (1 best; methods that never got there share the last
+    ranks), with a 95% bootstrap interval over every method's replays."""
+    import pandas as pd
+
+    names = list(per_method)
+    boots = np.array([[np.median(rng.choice(np.asarray(per_method[m], float), len(per_method[m]))) for m in names]
+                      for _ in range(n)])
+    r = pd.DataFrame(boots, columns=names).rank(axis=1, method="average").to_numpy()
+    point = pd.Series({m: float(np.median(v)) for m, v in per_method.items()}).rank(method="average")
+    return {m: {"rank": float(point[m]), "ci95": [float(x) for x in np.percentile(r[:, i], [2.5, 97.5])]}
+            for i, m in enumerate(names)}
 
 
 def aggregate(runs: list[dict], tables: dict) -> dict:
@@ -118,48 +159,58 @@ def aggregate(runs: list[dict], tables: dict) -> dict:
                 if not rs:
                     continue
                 per.setdefault(method, {})[str(budget)] = {
-                    "reach_epochs": median_ci([r["reach_epochs"] for r in rs], rng),
-                    "reach_s": median_ci([r["reach_s"] for r in rs], rng),
+                    **{f"reach_epochs_{k}": median_ci([r[f"reach_epochs_{k}"] for r in rs], rng) for k in TARGETS},
+                    **{f"reach_s_{k}": median_ci([r[f"reach_s_{k}"] for r in rs], rng) for k in TARGETS},
+                    "normalised_regret_at_epochs": {e: median_ci([r["regret_at"][e] for r in rs], rng)
+                                                    for e in map(str, EQUAL_EPOCHS)},
                     "wall_s": float(np.median([r["wall_s"] for r in rs])),
                     "trial_epochs": float(np.median([r["trial_epochs"] for r in rs])),
                     "final_regret": median_ci([r["final_regret"] for r in rs], rng),
                     "stuck": sum(r["stuck"] for r in rs), "replay_cpu_s": float(sum(r["replay_cpu_s"] for r in rs))}
-        head = {}
-        base = [r["reach_epochs"] for r in runs if r["table"] == path and r["method"] == BASELINE and r["budget"] == 100]
-        for method in MODEL_BASED:
-            m = [r["reach_epochs"] for r in runs if r["table"] == path and r["method"] == method and r["budget"] == 100]
-            if m and base:
-                head[method] = ratio_ci(m, base, rng)
-        best = min(head, key=lambda k: head[k]["median"]) if head else None
-        out[Path(path).stem] = {**info, "methods": per, "epochs_vs_random_asha_at_100": head,
-                                "best_method_epochs_vs_random_asha": {"method": best, **head[best]} if best else None}
+        target = next((k for k in TARGETS if math.isfinite(info["targets"].get(k, info["best_seed_noise"]))), "noise")
+
+        def at_100(method):
+            return [r[f"reach_epochs_{target}"] for r in runs
+                    if r["table"] == path and r["method"] == method and r["budget"] == 100]
+
+        done = {m: at_100(m) for m in METHODS if at_100(m)}
+        head = {m: ratio_ci(v, done[BASELINE], rng) for m, v in done.items() if m != BASELINE and BASELINE in done}
+        out[Path(path).stem] = {**info, "methods": per, "headline_target": target,
+                                "epochs_vs_random_asha_at_100": head,
+                                "ranks_at_100": ranks(done, rng) if done else {},
+                                "default_method_epochs_vs_random_asha": {"method": DEFAULT, **head[DEFAULT]}
+                                if DEFAULT in head else None}
     return out
 
 
 def plot(runs: list[dict], path: str, budget: int, png: Path) -> None:
+    """Normalised regret of the incumbent against trial-epochs and against simulated seconds: per method the median
+    over replays (a replay holds its last value after it ends); the 25-75% band for the headline's two methods."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=150)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), dpi=120)
     rs = [r for r in runs if r["table"] == path and r["budget"] == budget]
-    top = max((r["regret_epochs"][-1] for r in rs), default=1)
-    x = np.linspace(1, top, 200)
-    for method in METHODS:
-        curves = [np.interp(x, r["regret_epochs"], np.minimum(r["regret"], 1e3), right=np.nan)
-                  for r in rs if r["method"] == method]
-        if not curves:
-            continue
-        grid = np.array(curves)
-        grid = np.where(np.isnan(grid), np.array([c[~np.isnan(c)][-1] for c in grid])[:, None], grid)  # held
-        line, = ax.plot(x, np.median(grid, axis=0), label=f"{method} ({len(curves)} replays)")
-        ax.fill_between(x, *np.percentile(grid, [25, 75], axis=0), color=line.get_color(), alpha=0.15)
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xlabel("trial-epochs spent")
-    ax.set_ylabel("regret of the incumbent (table's best - its value)")
-    ax.set_title(f"{Path(path).stem}: anytime regret, {budget} trials, 4 workers (median, band 25-75%)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    for ax, xkey, xlabel in ((axes[0], "regret_epochs", "trial-epochs spent"),
+                             (axes[1], "regret_times", "simulated seconds (4 workers)")):
+        x = np.linspace(min(r[xkey][0] for r in rs), max(r[xkey][-1] for r in rs), 200) if rs else []
+        for colour, method in zip(plt.cm.tab20(np.linspace(0, 1, len(METHODS))), METHODS):
+            curves = [np.interp(x, r[xkey], np.minimum(r["regret"], 1.0), left=1.0, right=r["regret"][-1])
+                      for r in rs if r["method"] == method]
+            if curves:
+                headline = method in (DEFAULT, BASELINE)
+                ax.plot(x, np.median(curves, axis=0), color=colour, lw=2.2 if headline else 1.2,
+                        ls="-" if headline or not method.startswith("random") else "--",
+                        label=f"{method} ({len(curves)} replays)")
+                if headline:
+                    ax.fill_between(x, *np.percentile(curves, [25, 75], axis=0), color=colour, alpha=0.15)
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("normalised regret of the incumbent (0 best, 1 worst)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{Path(path).stem}: anytime normalised regret, {budget} trials (median, band 25-75%)")
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
@@ -212,39 +263,50 @@ def main(argv=None) -> None:
     for path in a.tables:  # the largest budget any replay finished
         done = [r["budget"] for r in runs if r["table"] == path] or [max(a.budgets)]
         plot(runs, path, max(done), folder / f"search_compare_{Path(path).stem}.png")
-    lean = [{k: v for k, v in r.items() if k not in ("regret", "regret_epochs")} for r in runs]
+    lean = [{k: v for k, v in r.items() if k not in ("regret", "regret_epochs", "regret_times")} for r in runs]
     name = "search_compare" + ("_" + Path(a.tables[0]).stem if len(a.tables) == 1 else "")
     write_result(name, {"figures": figures, "methods": METHODS, "workers": a.workers,
                                     "replays_requested": a.replays, "budgets": a.budgets,
                                     "replays_done": len(runs), "compute_s": time.perf_counter() - t0,
                                     "runs": lean}, quick=a.quick)
     for name, f in figures.items():
-        print(f"\n{name}: best {f['best_config']} = {f['best_value']:.4f}, seed noise {f['best_seed_noise']:.4f}")
+        print(f"\n{name}: best {f['best_config']} = {f['best_value']:.4f}; targets (regret) {f['targets']}, "
+              f"seed noise {f['best_seed_noise']:.4f}; headline target {f['headline_target']}")
+        k = f["headline_target"]
         print(f"{'method':22s} {'budget':>6s} {'epochs to reach [95% CI]':>30s} {'reached':>7s} "
-              f"{'sim s to reach':>14s} {'final regret':>12s}")
+              f"{'sim s to reach':>14s} {'regret at 100 epochs':>20s}")
         for method, per in f["methods"].items():
             for b, v in sorted(per.items(), key=lambda kv: int(kv[0])):
-                e = v["reach_epochs"]
+                e, g = v[f"reach_epochs_{k}"], v["normalised_regret_at_epochs"]["100"]
                 print(f"{method:22s} {b:>6s} {e['median']:>10.0f} [{e['ci95'][0]:.0f}, {e['ci95'][1]:.0f}]"
-                      f"{'':>8s} {e['reached']:>7.2f} {v['reach_s']['median']:>14.0f} "
-                      f"{v['final_regret']['median']:>12.4f}")
+                      f"{'':>8s} {e['reached']:>7.2f} {v[f'reach_s_{k}']['median']:>14.0f} {g['median']:>20.4f}")
         for method, h in f["epochs_vs_random_asha_at_100"].items():
-            print(f"  {method} / random_asha trial-epochs to reach, 100 trials: {h['median']:.2f} "
-                  f"[{h['ci95'][0]:.2f}, {h['ci95'][1]:.2f}]")
+            print(f"  {method} / random_asha trial-epochs to reach, 100 trials: {h['median']} {h['ci95']} "
+                  f"(censored {h['censored']}; rank {f['ranks_at_100'][method]})")
     if not a.quick:
         merge_summary(figures)
+
+
+GOALS = {"grid_synth": (0.4, 0.5), "grid_pydocs": (0.6, 0.75)}  # issue 32: median and the interval's upper end
 
 
 def merge_summary(figures: dict) -> None:
     path = results_dir(False) / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
-    summary.setdefault("best_method_epochs_vs_random_asha", {}).update(
-        {name: f["best_method_epochs_vs_random_asha"] for name, f in figures.items()})
+    summary.pop("best_method_epochs_vs_random_asha", None)  # chosen after seeing the results: replaced
+    for key in [k for k in summary.get("targets", {}) if k.startswith("best_method_epochs_vs_random_asha/")]:
+        del summary["targets"][key]
+    summary.setdefault("default_method_epochs_vs_random_asha", {}).update(
+        {name: f["default_method_epochs_vs_random_asha"] for name, f in figures.items()})
+    summary.setdefault("search_method_ranks_at_100", {}).update(
+        {name: f["ranks_at_100"] for name, f in figures.items()})
     for name, f in figures.items():
-        h = f["best_method_epochs_vs_random_asha"] or {}
-        m = h.get("median", math.nan)
-        summary.setdefault("targets", {})[f"best_method_epochs_vs_random_asha/{name}"] = {
-            "target": "<= 0.5", "bench": "search_compare", "met": bool(math.isfinite(m) and m <= 0.5),
+        h = f["default_method_epochs_vs_random_asha"] or {}
+        goal, upper = GOALS.get(name, (0.4, 0.5))
+        m, hi = h.get("median"), (h.get("ci95") or [None, None])[1]
+        summary.setdefault("targets", {})[f"default_method_epochs_vs_random_asha/{name}"] = {
+            "target": f"<= {goal} (upper end <= {upper})", "bench": "search_compare",
+            "met": bool(m is not None and m <= goal and hi is not None and hi <= upper),
             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     path.write_text(dump_json(summary))
 

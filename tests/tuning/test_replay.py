@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_p7.tuning.replay import Table, incumbent_regret, one_epoch_top_k, reach, replay, search_space, tune_run
+from tune_p7.tuning.replay import (Table, incumbent_regret, one_epoch_top_k, reach, regret_at, replay, search_space,
+                                   tune_run)
 
 LRS, TEMPS, KS = [1e-4, 1e-3, 1e-2], [0.05, 0.1], [3, 5]
 SPACE = """
@@ -73,6 +74,28 @@ def test_fifo_runs_every_trial_to_its_last_epoch_and_the_clock_charges_recorded_
     rep2 = replay(t, search_space(SPACE, {"search": {"algorithm": "random"}, "num_samples": 6}, seed=1), 6,
                   workers=3, seed=0)
     assert rep2.wall == pytest.approx(2 * per_trial)  # three workers, equal trials: two rounds
+
+
+def test_targets_pool_every_configurations_seeds_and_regret_is_read_at_equal_trial_epochs():
+    """150 configurations with 3 seeds each: configuration c's seeds are q_c - d, q_c, q_c + d with d = 0.01 c / 150
+    (one epoch), so its mean is q_c = c / 150 and its variance d^2; the pooled variance is the mean of the d^2."""
+    lrs = [float(f"{(c + 1) * 1e-5:.3e}") for c in range(150)]  # as the space file spells them
+    rows = [dict(lr=lrs[c], seed=s, epoch=1, margin=c / 150 + (s - 1) * 0.01 * c / 150, train_seconds=1.0)
+            for c in range(150) for s in range(3)]
+    t = Table.from_frame(pd.DataFrame(rows), ("lr",))
+    got = t.targets()
+    assert got["top_1pct"] == pytest.approx(1 / 150)  # the top 1% of 150: the best two, the second one's regret
+    pooled = np.mean([(0.01 * c / 150) ** 2 for c in range(150)])
+    assert got["within_se"] == pytest.approx(math.sqrt(pooled / 3))
+    assert t.worst_regret() == pytest.approx(149 / 150)
+    assert math.isnan(table(seeds=(0,)).targets()["within_se"])  # one seed: no spread to pool
+    rep = replay(t, search_space("params:\n  epochs: 1\n  lr: {grid: [%s]}\nscheduler: {name: fifo}\n"
+                                 % ", ".join(f"{v:.3e}" for v in lrs),
+                                 {"search": {"algorithm": "random"}, "num_samples": 20}, seed=0), 20, workers=1)
+    _, epochs, regret = incumbent_regret(t, rep)
+    at = regret_at(t, rep, [0, 5, 20, 1000])
+    assert at[0] == math.inf and at[1] == pytest.approx(regret[4] / (149 / 150)) and at[2] == at[3]
+    assert at[3] == pytest.approx(regret[-1] / (149 / 150)) and list(epochs) == list(range(1, 21))
 
 
 def test_one_epoch_top_k_trains_every_sample_one_epoch_then_finishes_the_k_best_on_the_clock():

@@ -100,6 +100,24 @@ class Table:
     def regret(self, cfg: tuple) -> float:
         return self.sign * (self.best()[1] - self.value(cfg)) if cfg in self.curves else math.inf
 
+    def targets(self) -> dict[str, float]:
+        """Regret tolerances a search must get within, from every configuration's seeds rather than one seed
+        difference: ``top_1pct``, the regret of the configuration at the top 1% of the table (at least the best
+        one); ``within_se``, one pooled standard error of a configuration's mean, sqrt(s_p^2 / n), s_p^2 the
+        within-configuration variance of the per-seed values pooled over the table, n the seeds per configuration
+        (NaN with one seed)."""
+        regrets = np.sort([r for r in map(self.regret, self.curves) if math.isfinite(r)])
+        values = [v for v in map(self.seed_values, self.curves) if np.isfinite(v).all()]
+        dof = sum(len(v) - 1 for v in values)
+        pooled = sum(float(np.sum((v - v.mean()) ** 2)) for v in values) / dof if dof else math.nan
+        seeds = float(np.median([len(v) for v in values])) if values else math.nan
+        return {"top_1pct": float(regrets[math.ceil(0.01 * len(regrets)) - 1]) if len(regrets) else math.nan,
+                "within_se": math.sqrt(pooled / seeds) if dof else math.nan}
+
+    def worst_regret(self) -> float:
+        """The largest finite regret of the table: the scale of normalised regret (0 best, 1 the worst)."""
+        return max((r for r in map(self.regret, self.curves) if math.isfinite(r)), default=math.nan)
+
 
 def search_space(space_text: str, sections: dict, seed: int | None = None) -> Space:
     """The recorded space (its YAML text) as a search over the table, checked as any space file is: every grid a
@@ -336,10 +354,21 @@ def reach(table: Table, rep: Replay, tolerance: float | None = None) -> tuple[fl
     return (float(times[hit[0]]), float(epochs[hit[0]])) if len(hit) else (math.inf, math.inf)
 
 
+def regret_at(table: Table, rep: Replay, budgets) -> list[float]:
+    """The incumbent's normalised regret (regret / table.worst_regret(): 0 the best, 1 the worst) once ``b``
+    trial-epochs are spent, for each b of ``budgets``: methods compared at equal compute. A replay that spent fewer
+    keeps its last incumbent; inf before its first finite result."""
+    _, epochs, regret = incumbent_regret(table, rep)
+    scale = table.worst_regret()
+    idx = np.searchsorted(epochs, np.asarray(budgets, float), side="right") - 1
+    return [float(regret[i] / scale) if i >= 0 and scale > 0 else 0.0 if i >= 0 else math.inf for i in idx]
+
+
 def describe(table: Table) -> dict[str, Any]:
     cfg, value, noise = table.best()
     return {"configurations": len(table.curves), "seeds": table.seeds, "best_config": dict(zip(table.keys, cfg)),
-            "best_value": value, "best_seed_noise": noise, "metric": table.metric, "mode": table.mode}
+            "best_value": value, "best_seed_noise": noise, "targets": table.targets(),
+            "worst_regret": table.worst_regret(), "metric": table.metric, "mode": table.mode}
 
 
 def table_trainable(config: dict, curves: dict, keys: tuple, metric: str) -> None:
