@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_p7.tuning.replay import (Table, incumbent_regret, one_epoch_top_k, reach, regret_at, replay, search_space,
-                                   tune_run)
+from tune_p7.tuning.replay import Table, incumbent_regret, one_epoch_top_k, reach, regret_at, replay, search_space
+from tune_p7.tuning.replay_check import tune_run
 
 LRS, TEMPS, KS = [1e-4, 1e-3, 1e-2], [0.05, 0.1], [3, 5]
 SPACE = """
@@ -32,18 +32,21 @@ BEST = (1e-3, 0.1, 5)
 
 def table(seeds=(0, 1), random_curves=False) -> Table:
     """12 configurations x 4 epochs. Hand-written: BEST rises to 0.5, every other one stays below 0.3; seed 1 is
-    0.01 higher. ``random_curves``: seeded random walks instead (their order changes between epochs, so ASHA's
-    decisions depend on which trial reached a rung first)."""
+    0.01 higher; an epoch e costs 1.1 + 0.1 e (+ 0.5 for seed 1) seconds. ``random_curves``: seeded random walks
+    instead (their order changes between epochs, so ASHA's decisions depend on which trial reached a rung first)
+    and seconds drawn from 0.5-1.5 per configuration and epoch (trials on several workers then report in an order
+    that depends on the clock)."""
     rng = np.random.default_rng(7)
     rows = []
     for cfg in itertools.product(LRS, TEMPS, KS):
         q = 0.5 if cfg == BEST else 0.1 * LRS.index(cfg[0]) + 0.05 * (cfg[1] == 0.1) + 0.02 * (cfg[2] == 5)
-        walk = np.cumsum(rng.normal(0, 0.1, 4))
+        walk, cost = np.cumsum(rng.normal(0, 0.1, 4)), rng.uniform(0.4, 1.4, 4)
         for seed in seeds:
             for e in range(1, 5):
                 m = walk[e - 1] if random_curves else q * e / 4 + 0.01 * seed
                 rows.append(dict(zip(("lr", "temperature", "context_length"), cfg), seed=seed, epoch=e, margin=m,
-                                 train_seconds=1.0 + 0.5 * seed + 0.1 * e, eval_seconds=0.1))
+                                 train_seconds=cost[e - 1] if random_curves else 1.0 + 0.5 * seed + 0.1 * e,
+                                 eval_seconds=0.1))
     return Table.from_frame(pd.DataFrame(rows), ("lr", "temperature", "context_length"))
 
 
@@ -126,31 +129,52 @@ def test_one_epoch_top_k_fails_where_the_epoch_1_ranking_is_reversed_later():
     assert math.isfinite(reach(t, every)[1]) and len(every.events) == 3 + 3 * 3
 
 
-@pytest.mark.parametrize("sections", [
-    {"search": {"algorithm": "random", "seed": 3}, "scheduler": ASHA},
-    {"search": {"algorithm": "optuna", "seed": 3, "n_startup_trials": 3}, "scheduler": ASHA},
-], ids=["random+asha", "tpe+asha"])
-def test_the_real_tune_controller_and_the_replay_make_the_same_stop_decisions(sections, ray_cluster, tmp_path):
+def real_runs(ray_address, tmp_path, sections: dict, seeds, num_samples: int, workers: int, time_scale: float):
+    """tune_run (the real Tune controller) on the random-curve table for each search seed, in a process of its own
+    (Ray reads its token settings when first imported, and this process imported it before the session's node was
+    up): {seed: [(configuration, last epoch) of every trial in creation order]}."""
     import json
 
     from conftest import REPO, run_cli
 
-    t = table(seeds=(0,), random_curves=True)
-    space = search_space(SPACE, {**sections, "num_samples": 10})
-    sim = replay(t, space, 10, workers=1, seed=0)
-    # the real run in a process of its own: Ray reads its token settings when first imported, and this process
-    # imported it before the session's node was up
     script = ("import json, sys; sys.path.insert(0, 'tests/tuning'); import ray; from test_replay import *; "
-              f"ray.init(address={ray_cluster!r} or 'local', include_dashboard=False, log_to_driver=False); "
-              f"sp = search_space(SPACE, {{**{sections!r}, 'num_samples': 10}}); "
-              f"print('ENDED', json.dumps(sorted(tune_run(table(seeds=(0,), random_curves=True), sp, 10, "
-              f"{str(tmp_path)!r}).values())))")
-    r = run_cli("-c", script, cwd=REPO)
+              f"ray.init(address={ray_address!r} or 'local', include_dashboard=False, log_to_driver=False); "
+              f"print('ENDED', json.dumps({{s: tune_run(table(seeds=(0,), random_curves=True), "
+              f"search_space(SPACE, {{**{sections!r}, 'num_samples': {num_samples}}}, seed=s), {num_samples}, "
+              f"{str(tmp_path)!r} + f'/{{s}}', workers={workers}, time_scale={time_scale}) for s in {list(seeds)!r}}}))")
+    r = run_cli("-c", script, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    real = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("ENDED"))[6:])
-    simulated = sorted(sim.ended.values())
-    assert [(tuple(c), e) for c, e in real] == simulated
+    ended = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("ENDED"))[6:])
+    return {int(s): [(tuple(c), e) for c, e in runs] for s, runs in ended.items()}
+
+
+def test_the_real_tune_controller_and_the_replay_make_the_same_stop_decisions_for_tpe(ray_cluster, tmp_path):
+    """One worker: TPE's suggestions and ASHA's stops trial by trial (random + ASHA: on four workers, below)."""
+    sections = {"search": {"algorithm": "optuna", "n_startup_trials": 3}, "scheduler": ASHA}
+    t = table(seeds=(0,), random_curves=True)
+    real = real_runs(ray_cluster, tmp_path, sections, [3], 10, workers=1, time_scale=0.0)[3]
+    simulated = list(replay(t, search_space(SPACE, {**sections, "num_samples": 10}, seed=3), 10, workers=1).ended
+                     .values())
+    assert real == simulated  # trial by trial, in creation order
     assert any(e < 4 for _, e in simulated) and any(e == 4 for _, e in simulated), "no decision to compare"
+
+
+def test_on_four_workers_the_replay_makes_the_real_controllers_promotions_and_stops_in_nine_trials_of_ten(
+        ray_cluster, tmp_path):
+    """Asynchrony, the clock and ASHA's promotion order as the replay has them: 12 trials of random + ASHA on 4
+    workers whose epochs sleep their recorded seconds (x 0.3), 3 search seeds; a trial matches when it ends at the
+    same epoch of the same configuration in both (trials compared in creation order)."""
+    sections, seeds = {"search": {"algorithm": "random"}, "scheduler": ASHA}, (0, 1, 2)
+    t = table(seeds=(0,), random_curves=True)
+    real = real_runs(ray_cluster, tmp_path, sections, seeds, 12, workers=4, time_scale=0.3)
+    pairs = [(a, b) for s in seeds for a, b in zip(real[s], replay(
+        t, search_space(SPACE, {**sections, "num_samples": 12}, seed=s), 12, workers=4).ended.values())]
+    assert len(pairs) == 36 and all(a[0] == b[0] for a, b in pairs)  # the same configurations, in the same order
+    matched = sum(a == b for a, b in pairs) / len(pairs)
+    print(f"{matched:.0%} of trials ended at the same epoch")
+    assert matched >= 0.9, [(a[1], b[1]) for a, b in pairs]
+    ends = [b[1] for _, b in pairs]
+    assert len(set(ends)) >= 3, "ASHA made too few different decisions to compare"
 
 
 GRID_SPACE = """

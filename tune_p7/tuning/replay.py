@@ -369,36 +369,3 @@ def describe(table: Table) -> dict[str, Any]:
     return {"configurations": len(table.curves), "seeds": table.seeds, "best_config": dict(zip(table.keys, cfg)),
             "best_value": value, "best_seed_noise": noise, "targets": table.targets(),
             "worst_regret": table.worst_regret(), "metric": table.metric, "mode": table.mode}
-
-
-def table_trainable(config: dict, curves: dict, keys: tuple, metric: str) -> None:
-    """A Ray Tune trainable that trains nothing: it reports its configuration's recorded curve, one epoch a
-    result, as tune_p7.tuning.trainable reports a trained one (``epoch``, the metric, ``gate`` None)."""
-    from ray import tune
-
-    for epoch, value in enumerate(curves[tuple(config[k] for k in keys)], 1):
-        tune.report({metric: float(value), "epoch": epoch, "gate": None})
-
-
-def tune_run(table: Table, space: Space, num_samples: int, storage: str) -> dict[str, tuple[tuple, int]]:
-    """The same search through the real Tune controller, one trial at a time (the trainable takes every CPU of
-    the Ray it joins), against a one-seed table: {trial_id: (configuration, last epoch)}. Ray must be running."""
-    import ray
-    from ray import tune
-
-    from tune_p7.tuning.algorithms import make_scheduler, search_algorithm
-
-    if len(table.seeds) != 1:
-        raise ValueError("tune_run replays a one-seed table (a real trial cannot know which seed the replay drew)")
-    curves = {cfg: per[table.seeds[0]][0] for cfg, per in table.curves.items()}
-    trainable = tune.with_resources(tune.with_parameters(table_trainable, curves=curves, keys=table.keys,
-                                                         metric=table.metric),
-                                    {"cpu": ray.cluster_resources().get("CPU", 1)})
-    alg = search_algorithm(space)
-    tuner = tune.Tuner(trainable, param_space=space.param_space(),
-                       tune_config=tune.TuneConfig(scheduler=make_scheduler(space), search_alg=alg,
-                                                   num_samples=num_samples, max_concurrent_trials=1,
-                                                   reuse_actors=True),  # trials of milliseconds: one worker
-                       run_config=tune.RunConfig(name="tune_run", storage_path=storage, verbose=0))
-    grid = tuner.fit()
-    return {r.metrics["trial_id"]: (tuple(r.config[k] for k in table.keys), int(r.metrics["epoch"])) for r in grid}
