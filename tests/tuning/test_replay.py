@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tune_p7.core.gates import Gates
 from tune_p7.tuning.replay import Table, incumbent_regret, one_epoch_top_k, reach, regret_at, replay, search_space
 from tune_p7.tuning.replay_check import tune_run
 
@@ -34,19 +35,22 @@ def table(seeds=(0, 1), random_curves=False) -> Table:
     """12 configurations x 4 epochs. Hand-written: BEST rises to 0.5, every other one stays below 0.3; seed 1 is
     0.01 higher; an epoch e costs 1.1 + 0.1 e (+ 0.5 for seed 1) seconds. ``random_curves``: seeded random walks
     instead (their order changes between epochs, so ASHA's decisions depend on which trial reached a rung first)
-    and seconds drawn from 0.5-1.5 per configuration and epoch (trials on several workers then report in an order
-    that depends on the clock)."""
-    rng = np.random.default_rng(7)
+    and seconds drawn from 0.4-1.4 per configuration and epoch (trials on several workers then report in an order
+    that depends on the clock). The gates' inputs: cos_next 0.5, cos_prev 0.3; cos_anchor 0.5, falling to -0.1 from
+    epoch 2 where lr is 1e-2 (a drift gate at 0 stops those at epoch 2), or a random walk from 0.3."""
+    rng, drift_rng = np.random.default_rng(7), np.random.default_rng(11)
     rows = []
     for cfg in itertools.product(LRS, TEMPS, KS):
         q = 0.5 if cfg == BEST else 0.1 * LRS.index(cfg[0]) + 0.05 * (cfg[1] == 0.1) + 0.02 * (cfg[2] == 5)
         walk, cost = np.cumsum(rng.normal(0, 0.1, 4)), rng.uniform(0.4, 1.4, 4)
+        anchor = 0.3 + np.cumsum(drift_rng.normal(0, 0.15, 4)) if random_curves else \
+            [0.5] + [-0.1 if cfg[0] == 1e-2 else 0.5] * 3
         for seed in seeds:
             for e in range(1, 5):
                 m = walk[e - 1] if random_curves else q * e / 4 + 0.01 * seed
                 rows.append(dict(zip(("lr", "temperature", "context_length"), cfg), seed=seed, epoch=e, margin=m,
                                  train_seconds=cost[e - 1] if random_curves else 1.0 + 0.5 * seed + 0.1 * e,
-                                 eval_seconds=0.1))
+                                 eval_seconds=0.1, cos_anchor=anchor[e - 1], cos_next=0.5, cos_prev=0.3))
     return Table.from_frame(pd.DataFrame(rows), ("lr", "temperature", "context_length"))
 
 
@@ -77,6 +81,19 @@ def test_fifo_runs_every_trial_to_its_last_epoch_and_the_clock_charges_recorded_
     rep2 = replay(t, search_space(SPACE, {"search": {"algorithm": "random"}, "num_samples": 6}, seed=1), 6,
                   workers=3, seed=0)
     assert rep2.wall == pytest.approx(2 * per_trial)  # three workers, equal trials: two rounds
+
+
+def test_the_spaces_gates_stop_a_replayed_trial_at_the_epoch_its_recorded_metrics_trip_them():
+    t = table()
+    fifo = {"search": {"algorithm": "random"}, "scheduler": {"name": "fifo"}, "num_samples": 12}
+    gated = replay(t, search_space(SPACE, {**fifo, "gates": {"drift": 0.0, "margin": -2.0}}, seed=0), 12, workers=2)
+    ended = list(gated.ended.values())
+    assert ended and all(e == (2 if cfg[0] == 1e-2 else 4) for cfg, e in ended), ended
+    assert any(cfg[0] == 1e-2 for cfg, _ in ended)
+    open_ = replay(t, search_space(SPACE, fifo, seed=0), 12, workers=2)  # SPACE's gates (-2) never trip
+    assert all(e == 4 for _, e in open_.ended.values())
+    assert t.gate(BEST, 0, 1, Gates(drift=0.6), 1) == "drift" and t.gate(BEST, 0, 3, Gates(margin=0.9), 1) == "margin"
+    assert t.gate(BEST, 0, 2, Gates(margin=0.9), 1) is None  # epoch 2: within warm-up + grace
 
 
 def test_targets_pool_every_configurations_seeds_and_regret_is_read_at_equal_trial_epochs():
@@ -161,10 +178,11 @@ def test_the_real_tune_controller_and_the_replay_make_the_same_stop_decisions_fo
 
 def test_on_four_workers_the_replay_makes_the_real_controllers_promotions_and_stops_in_nine_trials_of_ten(
         ray_cluster, tmp_path):
-    """Asynchrony, the clock and ASHA's promotion order as the replay has them: 12 trials of random + ASHA on 4
-    workers whose epochs sleep their recorded seconds (x 0.3), 3 search seeds; a trial matches when it ends at the
-    same epoch of the same configuration in both (trials compared in creation order)."""
-    sections, seeds = {"search": {"algorithm": "random"}, "scheduler": ASHA}, (0, 1, 2)
+    """Asynchrony, the clock, ASHA's promotion order and the gates as the replay has them: 12 trials of random +
+    ASHA with a drift gate on 4 workers whose epochs sleep their recorded seconds (x 0.3), 3 search seeds; a trial
+    matches when it ends at the same epoch of the same configuration in both (trials compared in creation order)."""
+    sections = {"search": {"algorithm": "random"}, "scheduler": ASHA, "gates": {"drift": 0.0, "margin": -2.0}}
+    seeds = (0, 1, 2)
     t = table(seeds=(0,), random_curves=True)
     real = real_runs(ray_cluster, tmp_path, sections, seeds, 12, workers=4, time_scale=0.3)
     pairs = [(a, b) for s in seeds for a, b in zip(real[s], replay(
@@ -175,6 +193,8 @@ def test_on_four_workers_the_replay_makes_the_real_controllers_promotions_and_st
     assert matched >= 0.9, [(a[1], b[1]) for a, b in pairs]
     ends = [b[1] for _, b in pairs]
     assert len(set(ends)) >= 3, "ASHA made too few different decisions to compare"
+    drifted = [a for a, _ in pairs if t.gate(a[0], 0, a[1], Gates(drift=0.0, margin=-2.0), 2)]
+    assert drifted, "no trial was stopped by its gate"
 
 
 GRID_SPACE = """

@@ -13,7 +13,8 @@ told to both with its last result; a new trial is asked for only when a worker i
 
 Simplifications (a real search differs here): a trial's seed is drawn from the table's seeds by its creation order;
 a BOHB trial resumed after a pause does not report its stored epochs again (tune_p7.tuning.trainable does, marked
-``resumed``); a gate never trips (the table is recorded without gates); actor start-up costs nothing.
+``resumed``); actor start-up costs nothing. The space's gates are applied to each recorded epoch's val metrics (a
+table recorded without gates holds every epoch) as the trainable applies them, where the table holds those metrics.
 """
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tune_p7.core.config import P7Config
+from tune_p7.core.gates import Gates, gate
 from tune_p7.space.file import Space
 
 META_KEY = b"tune_p7_grid"
+GATE_INPUTS = ("cos_anchor", "cos_next", "cos_prev", "margin")  # the val metrics core.gates.gate reads
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Table:
     mode: str
     curves: dict[tuple, dict[int, tuple[np.ndarray, np.ndarray]]]
     meta: dict = field(default_factory=dict)
+    gate_inputs: dict[tuple, dict[int, np.ndarray]] = field(default_factory=dict)  # (epochs, 4): GATE_INPUTS
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame, keys, metric: str = "margin", mode: str = "max", meta=None) -> "Table":
@@ -53,10 +58,13 @@ class Table:
         seconds = df["train_seconds"] + (df["eval_seconds"] if "eval_seconds" in df else 0.0)
         df = df.assign(_cost=seconds).sort_values("epoch")
         curves: dict = {}
+        gated: dict = {}
         for group, g in df.groupby([*columns, "seed"], sort=False):
             cfg = tuple(v.item() if isinstance(v, np.generic) else v for v in group[:-1])
             curves.setdefault(cfg, {})[int(group[-1])] = (g[metric].to_numpy(float), g["_cost"].to_numpy(float))
-        return cls(keys, metric, mode, curves, dict(meta or {}))
+            if set(GATE_INPUTS) <= set(g.columns):
+                gated.setdefault(cfg, {})[int(group[-1])] = g[list(GATE_INPUTS)].to_numpy(float)
+        return cls(keys, metric, mode, curves, dict(meta or {}), gated)
 
     @classmethod
     def read(cls, path) -> "Table":
@@ -66,6 +74,14 @@ class Table:
         meta = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
         return cls.from_frame(t.to_pandas(), meta["grid_keys"], meta.get("metric", "margin"),
                               meta.get("mode", "max"), meta)
+
+    def gate(self, cfg: tuple, seed: int, epoch: int, gates: Gates, warmup_epochs: int) -> str | None:
+        """The gate the trainable would report at ``epoch`` of this run: tune_p7.core.gates.gate on the epoch's
+        recorded val metrics (None where the table does not hold all of GATE_INPUTS)."""
+        m = self.gate_inputs.get(cfg, {}).get(seed)
+        if m is None:
+            return None
+        return gate({**dict(zip(GATE_INPUTS, map(float, m[epoch - 1]))), "epoch": epoch}, gates, warmup_epochs)
 
     @property
     def sign(self) -> float:
@@ -204,6 +220,13 @@ def build(space: Space, num_samples: int, workers: int, storage: str, keys=None)
     return alg, scheduler
 
 
+def warmup_epochs(space: Space, config: dict) -> int:
+    """A trial's warm-up epochs (the margin gate waits them out): its config's, else the space's fixed value, else
+    P7Config's default."""
+    fixed = space.params.get("warmup_epochs")
+    return int(config.get("warmup_epochs", fixed if isinstance(fixed, int) else P7Config.warmup_epochs))
+
+
 def trial_seed(n: int, seeds: list[int], replay_seed: int) -> int:
     """The table seed the n-th trial (in creation order) reads: a fixed draw from (replay seed, n)."""
     return seeds[zlib.crc32(f"{replay_seed}:{n}".encode()) % len(seeds)]
@@ -242,6 +265,10 @@ def replay(table: Table, space: Space, num_samples: int, workers: int = 4, seed:
                 raise KeyError(f"configuration {dict(zip(table.keys, cfg))} is not in the table")
             return cfg, table.curves[cfg][trial_seed(number[trial.trial_id], seeds, seed)]
 
+        def gate_of(trial, cfg, epoch):
+            s = trial_seed(number[trial.trial_id], seeds, seed)
+            return table.gate(cfg, s, epoch, space.gates, warmup_epochs(space, trial.config))
+
         def start(trial):
             trial.set_status(Trial.RUNNING)
             e = progress.setdefault(trial.trial_id, 0) + 1
@@ -269,7 +296,7 @@ def replay(table: Table, space: Space, num_samples: int, workers: int = 4, seed:
             progress[trial.trial_id] = epoch
             config = dict(trial.config)
             result = {table.metric: float(values[epoch - 1]), "epoch": epoch, "training_iteration": epoch,
-                      "gate": None, "trial_id": trial.trial_id, "config": config, "done": False}
+                      "gate": gate_of(trial, cfg, epoch), "trial_id": trial.trial_id, "config": config, "done": False}
             flat = flatten_dict(result)
             decision = scheduler.on_trial_result(ctl, trial, flat)
             if decision != TrialScheduler.STOP:

@@ -6,22 +6,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from tune_p7.space.file import Space
-from tune_p7.tuning.replay import Table
+from tune_p7.tuning.replay import Table, warmup_epochs
 
 
-def table_trainable(config: dict, curves: dict, keys: tuple, metric: str, time_scale: float = 0.0,
+def table_trainable(config: dict, table: Table, seed: int, space: Space, time_scale: float = 0.0,
                     barrier: tuple[str, int] | None = None) -> None:
-    """A Ray Tune trainable that trains nothing: it reports its configuration's recorded curve, one epoch a
-    result, as tune_p7.tuning.trainable reports a trained one (``epoch``, the metric, ``gate`` None). Each epoch
-    first sleeps its recorded seconds x ``time_scale``, so that trials on several workers report in the order of
-    the replay's clock. ``barrier`` (folder, n): the first n trials wait there until n have started, so that the
-    first wave starts together as it does on that clock (an actor's start-up is not on the table's)."""
+    """A Ray Tune trainable that trains nothing: it reports its configuration's recorded curve of ``seed``, one
+    epoch a result, as tune_p7.tuning.trainable reports a trained one (``epoch``, the metric, ``gate`` from the
+    recorded val metrics and ``space``'s gates: Table.gate). Each epoch first sleeps its recorded seconds x
+    ``time_scale``, so that trials on several workers report in the order of the replay's clock. ``barrier``
+    (folder, n): the first n trials wait there until n have started, so that the first wave starts together as it
+    does on that clock (an actor's start-up is not on the table's)."""
     import time
     import uuid
 
     from ray import tune
 
-    values, seconds = curves[tuple(config[k] for k in keys)]
+    cfg = tuple(config[k] for k in table.keys)
+    values, seconds = table.curves[cfg][seed]
     if barrier:
         folder = Path(barrier[0])
         folder.mkdir(parents=True, exist_ok=True)
@@ -30,7 +32,8 @@ def table_trainable(config: dict, curves: dict, keys: tuple, metric: str, time_s
             time.sleep(0.005)
     for epoch, (value, cost) in enumerate(zip(values, seconds), 1):
         time.sleep(cost * time_scale)
-        tune.report({metric: float(value), "epoch": epoch, "gate": None})
+        tune.report({table.metric: float(value), "epoch": epoch,
+                     "gate": table.gate(cfg, seed, epoch, space.gates, warmup_epochs(space, config))})
 
 
 def tune_run(table: Table, space: Space, num_samples: int, storage: str, workers: int = 1,
@@ -46,10 +49,9 @@ def tune_run(table: Table, space: Space, num_samples: int, storage: str, workers
 
     if len(table.seeds) != 1:
         raise ValueError("tune_run replays a one-seed table (a real trial cannot know which seed the replay drew)")
-    curves = {cfg: per[table.seeds[0]] for cfg, per in table.curves.items()}
     barrier = (str(Path(storage) / "barrier"), min(workers, num_samples)) if workers > 1 else None
-    trainable = tune.with_resources(tune.with_parameters(table_trainable, curves=curves, keys=table.keys,
-                                                         metric=table.metric, time_scale=time_scale,
+    trainable = tune.with_resources(tune.with_parameters(table_trainable, table=table, seed=table.seeds[0],
+                                                         space=space, time_scale=time_scale,
                                                          barrier=barrier),
                                     {"cpu": ray.cluster_resources().get("CPU", 1) / workers})
     alg = search_algorithm(space)
