@@ -44,11 +44,15 @@ _DATA = None
 
 def grid(space_file: str) -> tuple[dict, list[str], list[dict]]:
     """(fixed params, grid keys, every configuration of the grid as {key: value}), in grid order."""
-    params = read_yaml(space_file)["params"]
+    return grid_of(read_yaml(space_file)["params"], space_file)
+
+
+def grid_of(params: dict, source: str) -> tuple[dict, list[str], list[dict]]:
+    """grid() of a space's ``params`` section (``source`` names it in the error)."""
     fixed = {k: v for k, v in params.items() if not isinstance(v, dict)}
     keys = [k for k, v in params.items() if isinstance(v, dict)]
     if any(next(iter(params[k])) != "grid" for k in keys):
-        raise SystemExit(f"{space_file}: every sampled key must be a grid for a full-grid recording")
+        raise SystemExit(f"{source}: every sampled key must be a grid for a full-grid recording")
     configs = [dict(zip(keys, vals)) for vals in itertools.product(*(params[k]["grid"] for k in keys))]
     return fixed, keys, configs
 

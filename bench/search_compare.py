@@ -8,7 +8,8 @@ method (the ``search:`` / ``scheduler:`` sections of METHODS, applied to the tab
 made a choice; ``default`` is the shipped wide space's, fixed before any replay; ``one_epoch_top_k`` the baseline of
 replay.one_epoch_top_k with k a tenth of the budget) and each budget (num_samples), ``--replays`` replays (replay r:
 search seed r, table seeds drawn with r) on ``--workers`` simulated workers through tune_p7/tuning/replay.py: the real
-Tune scheduler and searcher objects, each epoch charged its recorded seconds. A configuration's value is the mean over
+Tune scheduler and searcher objects, each epoch charged the seconds bench/epoch_cost.py timed alone for its
+configuration's work (``--seconds recorded``: the table's own). A configuration's value is the mean over
 its seeds of its best epoch. Per replay: the trial-epochs and simulated seconds until the incumbent (the configuration
 of the best value seen so far) is within each target of the table's best (Table.targets: one pooled standard error,
 the top 1% of configurations; and the best configuration's own seed spread, as before), inf if never; its normalised
@@ -78,9 +79,9 @@ def _task(task: tuple) -> dict:
                                        search_space)
 
     quiet()
-    path, method, budget, r, workers = task
+    path, method, budget, r, workers, costs = task
     if path not in _TABLES:
-        _TABLES[path] = Table.read(path)
+        _TABLES[path] = Table.read(path).with_costs(json.loads(Path(costs).read_text())) if costs else Table.read(path)
     table = _TABLES[path]
     t = time.perf_counter()
     if METHODS[method] is None:
@@ -225,6 +226,9 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--seconds", choices=("model", "recorded"), default="model",
+                   help="epoch seconds charged: the cost model bench/epoch_cost.py measured alone "
+                        "(bench/results/epoch_cost_<table>.json), or the table's recorded ones [default: model]")
     p.add_argument("--until", help="HH:MM: start no replay after this time (the figures say how many ran)")
     p.add_argument("--quick", action="store_true", help="5 replays, budgets 100 and 25, into bench/results/quick/")
     a = p.parse_args(argv)
@@ -237,7 +241,15 @@ def main(argv=None) -> None:
     for path in a.tables:
         t = Table.read(path)
         tables[path] = {**describe(t), "recording": {k: v for k, v in t.meta.items() if k != "space"}}
-    tasks = [(path, m, b, r, a.workers) for b in a.budgets for r in range(a.replays) for path in a.tables
+    costs = {path: str(results_dir(False) / f"epoch_cost_{Path(path).stem}.json") if a.seconds == "model" else None
+             for path in a.tables}
+    missing = [c for c in costs.values() if c and not Path(c).exists()]
+    if missing:
+        raise SystemExit(f"error: no cost model {missing[0]}: run bench/epoch_cost.py --table TABLE, or --seconds "
+                         "recorded")
+    for path, c in costs.items():
+        tables[path]["seconds"] = {"charged": a.seconds, "cost_model": c}
+    tasks = [(path, m, b, r, a.workers, costs[path]) for b in a.budgets for r in range(a.replays) for path in a.tables
              for m in a.methods]
     deadline = None
     if a.until:

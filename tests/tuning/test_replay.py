@@ -118,6 +118,18 @@ def test_targets_pool_every_configurations_seeds_and_regret_is_read_at_equal_tri
     assert at[3] == pytest.approx(regret[-1] / (149 / 150)) and list(epochs) == list(range(1, 21))
 
 
+def test_a_cost_model_replaces_the_recorded_seconds_by_the_keys_that_set_an_epochs_work():
+    t = table()  # recorded: 1.1 + 0.1 e (+ 0.5 with seed 1) seconds
+    model = {"keys": ["context_length"], "runs": [{"values": {"context_length": 3}, "seconds": [1.0, 1.0, 1.0, 1.0]},
+                                                  {"values": {"context_length": 5}, "seconds": [2.0, 2.0, 2.0, 2.0]}]}
+    timed = t.with_costs(model)
+    assert timed.curves[BEST][1][1].tolist() == [2.0] * 4 and timed.curves[(1e-4, 0.05, 3)][0][1].tolist() == [1.0] * 4
+    assert timed.curves[BEST][0][0] is t.curves[BEST][0][0] and timed.best() == t.best()  # the values untouched
+    one = replay(timed, search_space(SPACE, {"search": {"algorithm": "random"}, "num_samples": 6}, seed=1), 6,
+                 workers=1)
+    assert one.wall == pytest.approx(sum(4.0 * (1.0 if cfg[2] == 3 else 2.0) for cfg, _ in one.ended.values()))
+
+
 def test_one_epoch_top_k_trains_every_sample_one_epoch_then_finishes_the_k_best_on_the_clock():
     t = table(seeds=(0,))  # BEST leads from epoch 1; an epoch e costs 1.1 + 0.1 e seconds
     one = one_epoch_top_k(t, samples=12, k=2, workers=1)

@@ -75,6 +75,17 @@ class Table:
         return cls.from_frame(t.to_pandas(), meta["grid_keys"], meta.get("metric", "margin"),
                               meta.get("mode", "max"), meta)
 
+    def with_costs(self, model: dict) -> "Table":
+        """This table charging each epoch the seconds of ``model`` (bench/epoch_cost.py: {"keys": the grid keys that
+        set an epoch's work, "runs": [{"values": {key: value}, "seconds": per epoch}]}, timed alone) instead of its
+        recorded ones (which its file keeps)."""
+        at = [self.keys.index(k) for k in model["keys"]]
+        cost = {tuple(r["values"][k] for k in model["keys"]): np.asarray(r["seconds"], float) for r in model["runs"]}
+        curves = {cfg: {s: (v, cost[tuple(cfg[i] for i in at)][:len(v)]) for s, (v, _) in per.items()}
+                  for cfg, per in self.curves.items()}
+        return Table(self.keys, self.metric, self.mode, curves, {**self.meta, "seconds": "cost model"},
+                     self.gate_inputs)
+
     def gate(self, cfg: tuple, seed: int, epoch: int, gates: Gates, warmup_epochs: int) -> str | None:
         """The gate the trainable would report at ``epoch`` of this run: tune_p7.core.gates.gate on the epoch's
         recorded val metrics (None where the table does not hold all of GATE_INPUTS)."""
