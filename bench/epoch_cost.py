@@ -8,7 +8,7 @@ much work an epoch is (COST_KEYS; the others, such as lr or temperature, change 
 the table with those values trains all its epochs in this process alone (one torch thread, the table's data),
 ``--repeats`` times with seeds 0, 1, ...; the model is the median over repeats of each epoch's train + eval seconds.
 Writes bench/results/epoch_cost_<table>.json (the keys, each combination's seconds per epoch, every repeat, the load
-average before and after); ``replay.Table.with_costs`` charges it, and the table file keeps its recorded seconds.
+average before and after); ``replay_table.Table.with_costs`` charges it, and the table file keeps its recorded seconds.
 Run it on a quiet machine: the figures are only as quiet as the machine was.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--table", required=True)
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args(argv)
-    from tune_p7.tuning.replay import Table
+    from tune_p7.tuning.replay_table import Table
 
     table = Table.read(a.table)
     fixed, keys, configs = record_grid.grid_of(yaml.safe_load(table.meta["space"])["params"], a.table)

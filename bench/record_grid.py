@@ -185,6 +185,11 @@ def main(argv=None) -> None:
                 write(out, rows, meta)
                 print(f"{len(done) + n}/{len(configs) * len(a.seeds)} runs, {meta['wall_s']:.0f} s, "
                       f"load {loads[-1]:.1f}", flush=True)
+    if meta["complete"]:  # what the table can show a multi-fidelity method, in its own metadata
+        from tune_p7.tuning.replay_table import Table
+
+        meta["diagnostics"] = Table.from_frame(pd.DataFrame(rows), keys).diagnostics()
+        write(out, rows, meta)
     print(json.dumps({k: v for k, v in meta.items() if k != "space"}, indent=1))
 
 

@@ -75,8 +75,8 @@ def quiet() -> None:
 
 
 def _task(task: tuple) -> dict:
-    from tune_p7.tuning.replay import (Table, incumbent_regret, one_epoch_top_k, reach, regret_at, replay,
-                                       search_space)
+    from tune_p7.tuning.replay import incumbent_regret, one_epoch_top_k, reach, regret_at, replay, search_space
+    from tune_p7.tuning.replay_table import Table
 
     quiet()
     path, method, budget, r, workers, costs = task
@@ -234,7 +234,8 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     a.replays = a.replays or (5 if a.quick else 100)
     a.budgets = a.budgets or ([100, 25] if a.quick else [100, 25, 50, 200])
-    from tune_p7.tuning.replay import Table, describe
+    from tune_p7.tuning.replay import describe
+    from tune_p7.tuning.replay_table import Table
 
     quiet()
     tables = {}

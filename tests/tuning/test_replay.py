@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from tune_p7.core.gates import Gates
-from tune_p7.tuning.replay import Table, incumbent_regret, one_epoch_top_k, reach, regret_at, replay, search_space
-from tune_p7.tuning.replay_check import tune_run
+from tune_p7.tuning.replay import incumbent_regret, one_epoch_top_k, reach, regret_at, replay, search_space
+from tune_p7.tuning.replay_table import Table
+from tune_p7.tuning.replay_check import tune_run  # noqa: F401  (real_runs' script imports it from here)
 
 LRS, TEMPS, KS = [1e-4, 1e-3, 1e-2], [0.05, 0.1], [3, 5]
 SPACE = """
@@ -116,6 +117,16 @@ def test_targets_pool_every_configurations_seeds_and_regret_is_read_at_equal_tri
     at = regret_at(t, rep, [0, 5, 20, 1000])
     assert at[0] == math.inf and at[1] == pytest.approx(regret[4] / (149 / 150)) and at[2] == at[3]
     assert at[3] == pytest.approx(regret[-1] / (149 / 150)) and list(epochs) == list(range(1, 21))
+
+
+def test_diagnostics_say_which_keys_matter_and_whether_epoch_1_already_ranks_the_configurations():
+    """lr alone sets the final value and temperature nothing; epoch 1 ranks the configurations in reverse."""
+    rows = [dict(lr=lr, temperature=temp, seed=s, epoch=e, margin=(1.0 - lr * 100) if e == 1 else lr * 100 + e,
+                 train_seconds=1.0) for lr in (1e-3, 2e-3, 3e-3) for temp in (0.05, 0.1) for s in (0, 1)
+            for e in (1, 2)]
+    d = Table.from_frame(pd.DataFrame(rows), ("lr", "temperature")).diagnostics()
+    assert d["variance_share"] == pytest.approx({"lr": 1.0, "temperature": 0.0})
+    assert d["epoch1_spearman"] == pytest.approx(-1.0)
 
 
 def test_a_cost_model_replaces_the_recorded_seconds_by_the_keys_that_set_an_epochs_work():

@@ -1,11 +1,11 @@
 """Replay a search against a recorded full grid in simulated time: no Ray processes, no training.
 
-A *table* holds every configuration of a finite space trained to its last epoch with one or more seeds (one row per
-configuration, seed and epoch: the grid keys, the metric, the epoch's seconds). ``replay`` drives the very scheduler
+The table (tune_p7.tuning.replay_table) holds every configuration of a finite space trained to its last epoch with
+one or more seeds. ``replay`` drives the very scheduler
 and searcher objects a real search builds from the space (algorithms.make_scheduler, algorithms.search_algorithm: gated
 ASHA, FIFO, BOHB's HyperBand; Tune's BasicVariantGenerator, the Optuna / HyperOpt / BOHB searchers behind Tune's
 SearchGenerator and ConcurrencyLimiter, Ray's own Trial objects) with results read from the table, on W simulated
-workers: each epoch costs its recorded seconds on a simulated clock. ``SimController`` offers what those objects
+workers: each epoch costs the table's seconds for it on a simulated clock. ``SimController`` offers what those objects
 call on Tune's controller (get_trials, stop_trial, search_alg) and follows TuneController's order of calls:
 a result goes to the scheduler first, to the searcher only if the trial goes on; a stopped or finished trial is
 told to both with its last result; a new trial is asked for only when a worker is free (max_concurrent = W).
@@ -20,131 +20,19 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import math
 import random
 import tempfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tune_p7.core.config import P7Config
-from tune_p7.core.gates import Gates, gate
 from tune_p7.space.file import Space
-
-META_KEY = b"tune_p7_grid"
-GATE_INPUTS = ("cos_anchor", "cos_next", "cos_prev", "margin")  # the val metrics core.gates.gate reads
-
-
-@dataclass
-class Table:
-    """Learning curves of a full grid: ``curves[config][seed]`` = (metric per epoch, seconds per epoch)."""
-    keys: tuple[str, ...]
-    metric: str
-    mode: str
-    curves: dict[tuple, dict[int, tuple[np.ndarray, np.ndarray]]]
-    meta: dict = field(default_factory=dict)
-    gate_inputs: dict[tuple, dict[int, np.ndarray]] = field(default_factory=dict)  # (epochs, 4): GATE_INPUTS
-
-    @classmethod
-    def from_frame(cls, df: pd.DataFrame, keys, metric: str = "margin", mode: str = "max", meta=None) -> "Table":
-        keys = tuple(keys)
-        # a key's column is config/<key> (Tune's name; the hinge's ``margin`` shares the metric's name) or <key>
-        columns = [f"config/{k}" if f"config/{k}" in df else k for k in keys]
-        seconds = df["train_seconds"] + (df["eval_seconds"] if "eval_seconds" in df else 0.0)
-        df = df.assign(_cost=seconds).sort_values("epoch")
-        curves: dict = {}
-        gated: dict = {}
-        for group, g in df.groupby([*columns, "seed"], sort=False):
-            cfg = tuple(v.item() if isinstance(v, np.generic) else v for v in group[:-1])
-            curves.setdefault(cfg, {})[int(group[-1])] = (g[metric].to_numpy(float), g["_cost"].to_numpy(float))
-            if set(GATE_INPUTS) <= set(g.columns):
-                gated.setdefault(cfg, {})[int(group[-1])] = g[list(GATE_INPUTS)].to_numpy(float)
-        return cls(keys, metric, mode, curves, dict(meta or {}), gated)
-
-    @classmethod
-    def read(cls, path) -> "Table":
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(path)
-        meta = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
-        return cls.from_frame(t.to_pandas(), meta["grid_keys"], meta.get("metric", "margin"),
-                              meta.get("mode", "max"), meta)
-
-    def with_costs(self, model: dict) -> "Table":
-        """This table charging each epoch the seconds of ``model`` (bench/epoch_cost.py: {"keys": the grid keys that
-        set an epoch's work, "runs": [{"values": {key: value}, "seconds": per epoch}]}, timed alone) instead of its
-        recorded ones (which its file keeps)."""
-        at = [self.keys.index(k) for k in model["keys"]]
-        cost = {tuple(r["values"][k] for k in model["keys"]): np.asarray(r["seconds"], float) for r in model["runs"]}
-        curves = {cfg: {s: (v, cost[tuple(cfg[i] for i in at)][:len(v)]) for s, (v, _) in per.items()}
-                  for cfg, per in self.curves.items()}
-        return Table(self.keys, self.metric, self.mode, curves, {**self.meta, "seconds": "cost model"},
-                     self.gate_inputs)
-
-    def gate(self, cfg: tuple, seed: int, epoch: int, gates: Gates, warmup_epochs: int) -> str | None:
-        """The gate the trainable would report at ``epoch`` of this run: tune_p7.core.gates.gate on the epoch's
-        recorded val metrics (None where the table does not hold all of GATE_INPUTS)."""
-        m = self.gate_inputs.get(cfg, {}).get(seed)
-        if m is None:
-            return None
-        return gate({**dict(zip(GATE_INPUTS, map(float, m[epoch - 1]))), "epoch": epoch}, gates, warmup_epochs)
-
-    @property
-    def sign(self) -> float:
-        return 1.0 if self.mode == "max" else -1.0
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted({s for per in self.curves.values() for s in per})
-
-    def seed_values(self, cfg: tuple) -> np.ndarray:
-        """The configuration's value per seed: its best epoch (what checkpoint selection keeps), NaN-safe."""
-        return np.array([self.sign * np.nanmax(self.sign * c) if np.isfinite(c).any() else np.nan
-                         for c, _ in self.curves[cfg].values()])
-
-    def value(self, cfg: tuple) -> float:
-        """The configuration's quality: the mean over seeds of its best epoch's metric."""
-        if not hasattr(self, "_values"):  # computed once: a replay asks for it after every epoch
-            self._values = {}
-        if cfg not in self._values:
-            v = self.seed_values(cfg)
-            self._values[cfg] = float(np.mean(v)) if np.isfinite(v).all() else -self.sign * math.inf
-        return self._values[cfg]
-
-    def best(self) -> tuple[tuple, float, float]:
-        """(the best configuration, its value, its own seed noise: the spread of its per-seed values)."""
-        if not hasattr(self, "_best"):
-            cfg = max(self.curves, key=lambda c: self.sign * self.value(c))
-            v = self.seed_values(cfg)
-            self._best = cfg, self.value(cfg), float(np.nanmax(v) - np.nanmin(v))
-        return self._best
-
-    def regret(self, cfg: tuple) -> float:
-        return self.sign * (self.best()[1] - self.value(cfg)) if cfg in self.curves else math.inf
-
-    def targets(self) -> dict[str, float]:
-        """Regret tolerances a search must get within, from every configuration's seeds rather than one seed
-        difference: ``top_1pct``, the regret of the configuration at the top 1% of the table (at least the best
-        one); ``within_se``, one pooled standard error of a configuration's mean, sqrt(s_p^2 / n), s_p^2 the
-        within-configuration variance of the per-seed values pooled over the table, n the seeds per configuration
-        (NaN with one seed)."""
-        regrets = np.sort([r for r in map(self.regret, self.curves) if math.isfinite(r)])
-        values = [v for v in map(self.seed_values, self.curves) if np.isfinite(v).all()]
-        dof = sum(len(v) - 1 for v in values)
-        pooled = sum(float(np.sum((v - v.mean()) ** 2)) for v in values) / dof if dof else math.nan
-        seeds = float(np.median([len(v) for v in values])) if values else math.nan
-        return {"top_1pct": float(regrets[math.ceil(0.01 * len(regrets)) - 1]) if len(regrets) else math.nan,
-                "within_se": math.sqrt(pooled / seeds) if dof else math.nan}
-
-    def worst_regret(self) -> float:
-        """The largest finite regret of the table: the scale of normalised regret (0 best, 1 the worst)."""
-        return max((r for r in map(self.regret, self.curves) if math.isfinite(r)), default=math.nan)
-
+from tune_p7.tuning.replay_table import Table
 
 def search_space(space_text: str, sections: dict, seed: int | None = None) -> Space:
     """The recorded space (its YAML text) as a search over the table, checked as any space file is: every grid a
@@ -405,5 +293,5 @@ def regret_at(table: Table, rep: Replay, budgets) -> list[float]:
 def describe(table: Table) -> dict[str, Any]:
     cfg, value, noise = table.best()
     return {"configurations": len(table.curves), "seeds": table.seeds, "best_config": dict(zip(table.keys, cfg)),
-            "best_value": value, "best_seed_noise": noise, "targets": table.targets(),
+            "best_value": value, "best_seed_noise": noise, "targets": table.targets(), **table.diagnostics(),
             "worst_regret": table.worst_regret(), "metric": table.metric, "mode": table.mode}

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tune_p7.space.file import Space
-from tune_p7.tuning.replay import Table, warmup_epochs
+from tune_p7.tuning.replay import warmup_epochs
+from tune_p7.tuning.replay_table import Table
 
 
 def table_trainable(config: dict, table: Table, seed: int, space: Space, time_scale: float = 0.0,

@@ -29,7 +29,7 @@ def experiment_table(exp: Path):
     import pandas as pd
 
     from tune_p7.space.file import load_space
-    from tune_p7.tuning.replay import Table
+    from tune_p7.tuning.replay_table import Table
 
     record = Experiment(exp).record()
     if record is None:
