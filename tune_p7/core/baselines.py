@@ -73,8 +73,12 @@ class RidgeMoments:
         """W = (X^T X + alpha I)^-1 X^T Y (p, D) float32, alpha = alpha_scale * mean(diag X^T X): scale-aware."""
         if alpha_scale not in self.solved:
             alpha = alpha_scale * self.xtx.diagonal().mean()
-            eye = torch.eye(len(self.xtx), dtype=torch.float64)
-            self.solved[alpha_scale] = torch.linalg.solve(self.xtx + alpha * eye, self.xty).float()
+            a = self.xtx + alpha * torch.eye(len(self.xtx), dtype=torch.float64)
+            # symmetric positive definite (alpha > 0): Cholesky, a quarter faster than LU (docs/measurements.md);
+            # LU where rounding leaves it not numerically positive definite
+            factor, info = torch.linalg.cholesky_ex(a)
+            w = torch.cholesky_solve(self.xty, factor) if info == 0 else torch.linalg.solve(a, self.xty)
+            self.solved[alpha_scale] = w.float()
         return self.solved[alpha_scale]
 
 
