@@ -30,13 +30,25 @@ import record_grid  # noqa: E402
 from common import results_dir, write_result  # noqa: E402
 
 COST_KEYS = ("arch", "context_length", "batch_size", "d_model", "n_layers", "n_heads", "d_ff", "lstm_layers",
-             "epochs", "negatives", "precision")  # what an epoch's work depends on; a grid key outside is free
+             "epochs", "hard_negatives", "precision", "eval_batch_size", "train_eval_windows")  # an epoch's work
 
 
 def data_source(meta: dict) -> str:
     """The table's data: a store path, or a synthetic store made again from its spec ("... A:C:D:S:SEED")."""
     spec = meta["data"].split()[-1]
     return record_grid.synth_store(spec) if spec.count(":") == 4 and not Path(spec).exists() else spec
+
+
+def timed(candidates: list[dict], fixed: dict, repeats: int) -> list[list[float]]:
+    """Each epoch's train + eval seconds of ``repeats`` runs (seeds 0, 1, ...) of the first candidate configuration
+    whose every run trains all its epochs (a run stopped by a non-finite loss has too few to time)."""
+    for config in candidates:
+        epochs = {**fixed, **config}["epochs"]
+        got = [[r["train_seconds"] + r.get("eval_seconds", 0.0) for r in record_grid._run((0, seed, config, fixed))]
+               for seed in range(repeats)]
+        if all(len(g) == epochs for g in got):
+            return got
+    raise SystemExit(f"error: no configuration with {candidates[0]} trained all its epochs: nothing to time")
 
 
 def main(argv=None) -> None:
@@ -49,14 +61,13 @@ def main(argv=None) -> None:
     table = Table.read(a.table)
     fixed, keys, configs = record_grid.grid_of(yaml.safe_load(table.meta["space"])["params"], a.table)
     cost_keys = [k for k in keys if k in COST_KEYS]
-    combos: dict[tuple, dict] = {}
-    for c in configs:  # the first configuration of each combination, in grid order
-        combos.setdefault(tuple(c[k] for k in cost_keys), c)
+    combos: dict[tuple, list[dict]] = {}
+    for c in configs:  # each combination's configurations, in grid order
+        combos.setdefault(tuple(c[k] for k in cost_keys), []).append(c)
     record_grid._init(data_source(table.meta))
     load_before, t0, runs = os.getloadavg()[0], time.perf_counter(), []
-    for values, config in combos.items():
-        repeats = [[r["train_seconds"] + r.get("eval_seconds", 0.0)
-                    for r in record_grid._run((0, seed, config, fixed))] for seed in range(a.repeats)]
+    for values, candidates in combos.items():
+        repeats = timed(candidates, fixed, a.repeats)
         runs.append({"values": dict(zip(cost_keys, values)), "seconds": np.median(repeats, axis=0).tolist(),
                      "repeats": repeats})
         print(f"{dict(zip(cost_keys, values))}: {' '.join(f'{s:.3f}' for s in runs[-1]['seconds'])} s per epoch",

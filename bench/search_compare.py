@@ -94,7 +94,7 @@ def _task(task: tuple) -> dict:
     reached = {k: reach(table, rep, targets[k]) if math.isfinite(targets[k]) else (math.nan, math.nan)
                for k in TARGETS}
     times, ep, regret = incumbent_regret(table, rep)
-    regret = regret / table.worst_regret()  # normalised: 0 the best configuration, 1 the worst
+    regret = table.normalised(regret)  # 0 the best configuration, 1 the worst
     return {"table": path, "method": method, "budget": budget, "replay": r,
             **{f"reach_epochs_{k}": v[1] for k, v in reached.items()}, **{f"reach_s_{k}": v[0] for k, v in reached.items()},
             "wall_s": rep.wall, "trial_epochs": len(rep.events), "stuck": rep.stuck,
@@ -103,36 +103,37 @@ def _task(task: tuple) -> dict:
             "regret_epochs": ep.tolist(), "regret_times": times.tolist(), "regret": regret.tolist()}
 
 
-def _pct(boots, q) -> list[float]:
-    """Percentiles of bootstrap medians that may be inf (more than half of a resample never got there)."""
-    finite = np.where(np.isinf(boots), np.sign(boots) * 1e300, boots)
-    return [float(x) if abs(x) < 1e299 else math.copysign(math.inf, x) for x in np.percentile(finite, q)]
+def _ends(boots) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of bootstrap medians that may be inf, as order statistics (never an
+    interpolation between a finite median and inf)."""
+    return float(np.percentile(boots, 2.5, method="lower")), float(np.percentile(boots, 97.5, method="higher"))
 
 
 def median_ci(values, rng, n=2000) -> dict:
     v = np.asarray(values, float)
-    boots = np.median(rng.choice(v, size=(n, len(v))), axis=1)
-    lo, hi = _pct(boots, [2.5, 97.5])
-    return {"median": float(np.median(v)), "ci95": [float(lo), float(hi)], "reached": float(np.isfinite(v).mean()),
+    lo, hi = _ends(np.median(rng.choice(v, size=(n, len(v))), axis=1))
+    return {"median": float(np.median(v)), "ci95": [lo, hi], "reached": float(np.isfinite(v).mean()),
             "replays": len(v)}
 
 
-def ratio_ci(a, b, rng, n=2000) -> dict:
-    """median(a) / median(b) with a bootstrap interval over both sets of replays. A median of inf (more than half
-    the replays never got there) is censored, not a number: a resample where only b's is inf puts the ratio at 0,
-    one where a's is inf at inf, and an end of the interval that more than 2.5% of the resamples decide that way is
-    reported as None (not identified) instead of a bound that censoring made up."""
+def ratio_ci(a, b, spent_a, spent_b, rng, n=2000) -> dict:
+    """median(a) / median(b) of trial-epochs to reach, with a bootstrap interval over both sets of replays. A replay
+    that never got there (inf) is censored: it would have got there after more than the ``spent`` trial-epochs it
+    ran. So each median is known between a lower bound (censored replays counted at what they spent) and an upper
+    one (at inf), the ratio between lower(a) / upper(b) and upper(a) / lower(b); the interval runs from the 2.5th
+    percentile of the first to the 97.5th of the second over resamples, and an end that is 0 or inf is None (not
+    identified). ``median`` is the ratio where censoring leaves it one number, else None beside ``median_bounds``."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    ra = np.median(rng.choice(a, size=(n, len(a))), axis=1)
-    rb = np.median(rng.choice(b, size=(n, len(b))), axis=1)
-    low_censored = float((np.isinf(rb) & np.isfinite(ra)).mean())  # the baseline never got there: ratio -> 0
-    high_censored = float(np.isinf(ra).mean())
-    boots = np.where(np.isinf(ra), np.inf, np.where(np.isinf(rb), 0.0, ra / np.where(np.isinf(rb), 1.0, rb)))
-    lo, hi = _pct(boots, [2.5, 97.5])
-    ma, mb = float(np.median(a)), float(np.median(b))
-    return {"median": ma / mb if math.isfinite(ma) and math.isfinite(mb) else None,
-            "ci95": [lo if low_censored <= 0.025 else None, hi if high_censored <= 0.025 else None],
-            "censored": {"baseline_never": low_censored, "method_never": high_censored}}
+    la, lb = np.where(np.isinf(a), spent_a, a), np.where(np.isinf(b), spent_b, b)
+    ia, ib = rng.integers(len(a), size=(n, len(a))), rng.integers(len(b), size=(n, len(b)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low = np.median(la[ia], axis=1) / np.median(b[ib], axis=1)  # inf baseline: 0
+        high = np.median(a[ia], axis=1) / np.median(lb[ib], axis=1)  # inf method: inf
+        bounds = [float(np.median(la) / np.median(b)), float(np.median(a) / np.median(lb))]
+    lo, hi = _ends(low)[0], _ends(high)[1]
+    return {"median": bounds[0] if bounds[0] == bounds[1] else None, "median_bounds": bounds,
+            "ci95": [lo if lo > 0 else None, hi if math.isfinite(hi) else None],
+            "censored": {"baseline_never": float(np.isinf(b).mean()), "method_never": float(np.isinf(a).mean())}}
 
 
 def ranks(per_method: dict[str, list[float]], rng, n=2000) -> dict:
@@ -170,12 +171,13 @@ def aggregate(runs: list[dict], tables: dict) -> dict:
                     "stuck": sum(r["stuck"] for r in rs), "replay_cpu_s": float(sum(r["replay_cpu_s"] for r in rs))}
         target = next((k for k in TARGETS if math.isfinite(info["targets"].get(k, info["best_seed_noise"]))), "noise")
 
-        def at_100(method):
-            return [r[f"reach_epochs_{target}"] for r in runs
-                    if r["table"] == path and r["method"] == method and r["budget"] == 100]
+        def at_100(method, key):
+            return [r[key] for r in runs if r["table"] == path and r["method"] == method and r["budget"] == 100]
 
-        done = {m: at_100(m) for m in METHODS if at_100(m)}
-        head = {m: ratio_ci(v, done[BASELINE], rng) for m, v in done.items() if m != BASELINE and BASELINE in done}
+        done = {m: at_100(m, f"reach_epochs_{target}") for m in METHODS if at_100(m, "trial_epochs")}
+        spent = {m: at_100(m, "trial_epochs") for m in done}
+        head = {m: ratio_ci(v, done[BASELINE], spent[m], spent[BASELINE], rng) for m, v in done.items()
+                if m != BASELINE and BASELINE in done}
         out[Path(path).stem] = {**info, "methods": per, "headline_target": target,
                                 "epochs_vs_random_asha_at_100": head,
                                 "ranks_at_100": ranks(done, rng) if done else {},
@@ -294,7 +296,7 @@ def main(argv=None) -> None:
                 print(f"{method:22s} {b:>6s} {e['median']:>10.0f} [{e['ci95'][0]:.0f}, {e['ci95'][1]:.0f}]"
                       f"{'':>8s} {e['reached']:>7.2f} {v[f'reach_s_{k}']['median']:>14.0f} {g['median']:>20.4f}")
         for method, h in f["epochs_vs_random_asha_at_100"].items():
-            print(f"  {method} / random_asha trial-epochs to reach, 100 trials: {h['median']} {h['ci95']} "
+            print(f"  {method} / random_asha trial-epochs to reach, 100 trials: {h['median_bounds']} {h['ci95']} "
                   f"(censored {h['censored']}; rank {f['ranks_at_100'][method]})")
     if not a.quick:
         merge_summary(figures)
@@ -316,7 +318,7 @@ def merge_summary(figures: dict) -> None:
     for name, f in figures.items():
         h = f["default_method_epochs_vs_random_asha"] or {}
         goal, upper = GOALS.get(name, (0.4, 0.5))
-        m, hi = h.get("median"), (h.get("ci95") or [None, None])[1]
+        m, hi = (h.get("median_bounds") or [None, None])[1], (h.get("ci95") or [None, None])[1]
         summary.setdefault("targets", {})[f"default_method_epochs_vs_random_asha/{name}"] = {
             "target": f"<= {goal} (upper end <= {upper})", "bench": "search_compare",
             "met": bool(m is not None and m <= goal and hi is not None and hi <= upper),

@@ -110,6 +110,10 @@ def test_targets_pool_every_configurations_seeds_and_regret_is_read_at_equal_tri
     assert got["within_se"] == pytest.approx(math.sqrt(pooled / 3))
     assert t.worst_regret() == pytest.approx(149 / 150)
     assert math.isnan(table(seeds=(0,)).targets()["within_se"])  # one seed: no spread to pool
+    assert t.normalised([0.0, 149 / 300, math.inf]).tolist() == pytest.approx([0.0, 0.5, math.inf])
+    flat = Table.from_frame(pd.DataFrame([dict(lr=lr, seed=0, epoch=1, margin=0.3, train_seconds=1.0)
+                                          for lr in (1e-3, 2e-3)]), ("lr",))
+    assert flat.normalised([0.0, math.inf]).tolist() == [0.0, math.inf]  # all configurations equal: scale 0
     rep = replay(t, search_space("params:\n  epochs: 1\n  lr: {grid: [%s]}\nscheduler: {name: fifo}\n"
                                  % ", ".join(f"{v:.3e}" for v in lrs),
                                  {"search": {"algorithm": "random"}, "num_samples": 20}, seed=0), 20, workers=1)
@@ -136,6 +140,9 @@ def test_a_cost_model_replaces_the_recorded_seconds_by_the_keys_that_set_an_epoc
     timed = t.with_costs(model)
     assert timed.curves[BEST][1][1].tolist() == [2.0] * 4 and timed.curves[(1e-4, 0.05, 3)][0][1].tolist() == [1.0] * 4
     assert timed.curves[BEST][0][0] is t.curves[BEST][0][0] and timed.best() == t.best()  # the values untouched
+    short = {**model, "runs": [{**r, "seconds": r["seconds"][:2]} for r in model["runs"]]}
+    with pytest.raises(ValueError, match="no 4 epochs"):  # a model that cannot charge every epoch is refused
+        t.with_costs(short)
     one = replay(timed, search_space(SPACE, {"search": {"algorithm": "random"}, "num_samples": 6}, seed=1), 6,
                  workers=1)
     assert one.wall == pytest.approx(sum(4.0 * (1.0 if cfg[2] == 3 else 2.0) for cfg, _ in one.ended.values()))

@@ -281,13 +281,13 @@ def reach(table: Table, rep: Replay, tolerance: float | None = None) -> tuple[fl
 
 
 def regret_at(table: Table, rep: Replay, budgets) -> list[float]:
-    """The incumbent's normalised regret (regret / table.worst_regret(): 0 the best, 1 the worst) once ``b``
+    """The incumbent's normalised regret (Table.normalised: 0 the best, 1 the worst) once ``b``
     trial-epochs are spent, for each b of ``budgets``: methods compared at equal compute. A replay that spent fewer
     keeps its last incumbent; inf before its first finite result."""
     _, epochs, regret = incumbent_regret(table, rep)
-    scale = table.worst_regret()
+    normalised = table.normalised(regret)
     idx = np.searchsorted(epochs, np.asarray(budgets, float), side="right") - 1
-    return [float(regret[i] / scale) if i >= 0 and scale > 0 else 0.0 if i >= 0 else math.inf for i in idx]
+    return [float(normalised[i]) if i >= 0 else math.inf for i in idx]
 
 
 def describe(table: Table) -> dict[str, Any]:

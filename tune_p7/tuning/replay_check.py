@@ -3,11 +3,14 @@ recorded curves (tune_p7.tuning.replay replays it in simulated time; tests/tunin
 trial by trial)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from tune_p7.space.file import Space
 from tune_p7.tuning.replay import warmup_epochs
 from tune_p7.tuning.replay_table import Table
+
+BARRIER_TIMEOUT = 120.0  # s for the first wave of trials to start (actor start-ups on a busy machine)
 
 
 def table_trainable(config: dict, table: Table, seed: int, space: Space, time_scale: float = 0.0,
@@ -26,10 +29,13 @@ def table_trainable(config: dict, table: Table, seed: int, space: Space, time_sc
     cfg = tuple(config[k] for k in table.keys)
     values, seconds = table.curves[cfg][seed]
     if barrier:
-        folder = Path(barrier[0])
+        folder, deadline = Path(barrier[0]), time.monotonic() + BARRIER_TIMEOUT
         folder.mkdir(parents=True, exist_ok=True)
         (folder / uuid.uuid4().hex).touch()
-        while sum(1 for _ in folder.iterdir()) < barrier[1]:
+        while (started := sum(1 for _ in folder.iterdir())) < barrier[1]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {started} of the first {barrier[1]} trials started within "
+                                   f"{BARRIER_TIMEOUT:.0f} s: fewer can run at once (CPUs per trial?)")
             time.sleep(0.005)
     for epoch, (value, cost) in enumerate(zip(values, seconds), 1):
         time.sleep(cost * time_scale)
@@ -51,6 +57,8 @@ def tune_run(table: Table, space: Space, num_samples: int, storage: str, workers
     if len(table.seeds) != 1:
         raise ValueError("tune_run replays a one-seed table (a real trial cannot know which seed the replay drew)")
     barrier = (str(Path(storage) / "barrier"), min(workers, num_samples)) if workers > 1 else None
+    if barrier:
+        shutil.rmtree(barrier[0], ignore_errors=True)  # an earlier call's would let every trial through
     trainable = tune.with_resources(tune.with_parameters(table_trainable, table=table, seed=table.seeds[0],
                                                          space=space, time_scale=time_scale,
                                                          barrier=barrier),

@@ -61,8 +61,13 @@ class Table:
         recorded ones (which its file keeps)."""
         at = [self.keys.index(k) for k in model["keys"]]
         cost = {tuple(r["values"][k] for k in model["keys"]): np.asarray(r["seconds"], float) for r in model["runs"]}
-        curves = {cfg: {s: (v, cost[tuple(cfg[i] for i in at)][:len(v)]) for s, (v, _) in per.items()}
-                  for cfg, per in self.curves.items()}
+        curves = {}
+        for cfg, per in self.curves.items():
+            seconds = cost.get(tuple(cfg[i] for i in at))
+            epochs = max(len(v) for v, _ in per.values())
+            if seconds is None or len(seconds) < epochs:
+                raise ValueError(f"the cost model has no {epochs} epochs for {dict(zip(self.keys, cfg))}")
+            curves[cfg] = {s: (v, seconds[:len(v)]) for s, (v, _) in per.items()}
         return Table(self.keys, self.metric, self.mode, curves, {**self.meta, "seconds": "cost model"},
                      self.gate_inputs)
 
@@ -138,6 +143,14 @@ class Table:
         first = [np.nanmean([curve[0][0] for curve in self.curves[c].values()]) for c in cfgs]
         return {"variance_share": share, "epoch1_spearman": float(spearmanr(first, v).statistic) if len(v) > 2 else
                 math.nan}
+
+    def normalised(self, regret: np.ndarray) -> np.ndarray:
+        """Regrets over worst_regret(): 0 the best configuration, 1 the worst; inf stays inf, and a table whose
+        configurations are all equal (scale 0) makes every finite regret 0."""
+        regret, scale = np.asarray(regret, float), self.worst_regret()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = regret / scale if scale > 0 else np.where(np.isfinite(regret), 0.0, np.inf)
+        return np.where(np.isinf(regret), np.inf, out)
 
     def worst_regret(self) -> float:
         """The largest finite regret of the table: the scale of normalised regret (0 best, 1 the worst)."""
