@@ -47,7 +47,8 @@ from common import dump_json, results_dir, write_result  # noqa: E402
 ASHA = {"name": "asha", "grace_period": 1, "reduction_factor": 3, "brackets": 1}
 WIDE = yaml.safe_load((ROOT / "search_spaces" / "wide.yaml").read_text())
 METHODS = {  # name -> the space file's sections
-    # the shipped wide space's, chosen before any replay; its fixed seed left out: replay r draws seed r
+    # the shipped wide space's search and scheduler, chosen before any replay (its seed left to replay r; its gates
+    # not taken: every method runs with the table's own)
     "default": {"search": {k: v for k, v in WIDE["search"].items() if k != "seed"}, "scheduler": WIDE["scheduler"]},
     "random_fifo": {"search": {"algorithm": "random"}, "scheduler": {"name": "fifo"}},
     "random_asha": {"search": {"algorithm": "random"}, "scheduler": ASHA},

@@ -223,7 +223,8 @@ def one_epoch_top_k(table: Table, samples: int, k: int, workers: int = 4, seed: 
     configurations drawn from the table without replacement train one epoch each, then the ``k`` best by that
     epoch's value (NaN last) train on to their last epoch: ``samples + k * (epochs - 1)`` trial-epochs. On
     ``workers`` simulated workers, as in ``replay``: each epoch costs its recorded seconds, a job goes to the
-    first free worker, and the second stage starts once every first epoch has ended (it ranks all of them)."""
+    first free worker, and the second stage starts once every first epoch has ended (it ranks all of them). No gate
+    stops its runs."""
     configs = random.Random(seed).sample(sorted(table.curves), min(samples, len(table.curves)))
     seeds = table.seeds  # a property that walks every curve: once, not per configuration
     runs = {f"top_k_{n:05d}": (cfg, table.curves[cfg][trial_seed(n, seeds, seed)]) for n, cfg in enumerate(configs)}
