@@ -51,6 +51,20 @@ def start_prometheus(workdir: Path, sd_file: Path) -> tuple[subprocess.Popen, st
     return proc, f"http://127.0.0.1:{port}"
 
 
+def job_driver_env(launcher: int, name: str) -> dict | None:
+    """The environment the job's driver started with (``search.py ... --name NAME`` under Ray's job supervisor, not
+    the launcher ``launcher``), or None before it runs."""
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if proc.name.isdigit() and int(proc.name) != launcher and str(SEARCH).encode() in args and \
+                    name.encode() in args:
+                return dict(v.split("=", 1) for v in (proc / "environ").read_bytes().decode().split("\0") if "=" in v)
+        except OSError:
+            continue
+    return None
+
+
 def promql(url: str, query: str) -> list[dict]:
     try:
         status, body = http_get(f"{url}/api/v1/query?query={urllib.parse.quote(query)}", token=None, timeout=3)
@@ -67,6 +81,7 @@ def watched(strong_store):
             "servers": []}
     with private_workdir() as work:
         env = {**private_env(), "RAY_TMPDIR": str(work), "RAY_metrics_report_interval_ms": "500"}
+        env.pop("OMP_NUM_THREADS", None)  # the user's default: torch takes every core the process may use
         name = "watched"
         log, err = work / "search.log", work / "search.err"
         with open(log, "wb") as out, open(err, "wb") as errors:  # stdout and stderr apart, as in a terminal
@@ -97,6 +112,7 @@ def watched(strong_store):
                 job = next((j for j in seen["jobs"] if (j.get("metadata") or {}).get("job_name") == name), None)
                 if job and job.get("submission_id"):
                     seen["log"] = (api(url, f"/api/jobs/{job['submission_id']}/logs") or {}).get("logs") or seen["log"]
+                seen["driver_env"] = seen.get("driver_env") or job_driver_env(proc.pid, name)
                 if not seen["servers"] and list((work / "results" / name).glob("*/result.json")):
                     seen["servers"] = listeners_of(process_tree(proc.pid))  # while trials run
                 actors = api(url, "/api/v0/actors?detail=true&limit=1000")
@@ -145,6 +161,14 @@ def test_the_local_search_is_a_job_named_as_the_experiment_with_a_plain_log(watc
     # the console is the command's own: the same lines, the ranked table last
     assert PROGRESS.search(watched["output"]) and "Traceback" not in watched["output"]
     assert watched["output"].rstrip().splitlines()[-1].startswith("| 4 |"), watched["output"][-2000:]
+
+
+def test_the_jobs_driver_runs_torch_with_the_launchers_threads(watched):
+    """Ray's job supervisor (an actor without a CPU) sets OMP_NUM_THREADS=1 for what it starts; the driver would
+    then run the probe, the summary and the reference fits on one thread of an idle machine. It gets the launcher's
+    setting (here none: torch's default) instead."""
+    assert watched.get("driver_env"), "the job's driver was not seen"
+    assert "OMP_NUM_THREADS" not in watched["driver_env"], watched["driver_env"].get("OMP_NUM_THREADS")
 
 
 def test_no_actor_names_a_trial_it_does_not_run_and_each_trial_is_found_by_its_workers_pid(watched):

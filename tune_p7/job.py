@@ -27,6 +27,7 @@ from tune_p7.errors import one_line
 
 CONSOLE_VAR = "TUNE_P7_CONSOLE"  # the launcher's socket, in the job driver's environment
 IN_PROCESS_VAR = "TUNE_P7_IN_PROCESS"
+OMP_VAR = "OMP_NUM_THREADS"  # torch reads it at import
 SEARCH = Path(__file__).resolve().with_name("search.py")
 _JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # ray.init reads the driver's job config (its name) from it
 
@@ -86,6 +87,14 @@ class _Console(threading.Thread):
             pass
 
 
+def _launcher_threads() -> str:
+    """The shell words that give the job's driver this process's OpenMP thread count: Ray's job supervisor (an actor
+    with no CPU) sets OMP_NUM_THREADS=1, which its driver would inherit and run the probe, the summary and the
+    confirmation's reference fits on one core of an otherwise idle machine."""
+    threads = os.environ.get(OMP_VAR)
+    return f"export {OMP_VAR}={shlex.quote(threads)}" if threads is not None else f"unset {OMP_VAR}"
+
+
 def wait_for(client, job: str, console: _Console):
     """(the job's final status, how many Ctrl-C came meanwhile); each Ctrl-C goes to the driver as SIGINT, as in
     its terminal (a job whose driver has not started yet is stopped)."""
@@ -121,7 +130,7 @@ def launch(name: str, dashboard: str, argv: list[str]) -> int:
         console = _Console(sock)
         console.start()
         args = shlex.join([*argv, "--name", name])
-        entrypoint = (f"cd {shlex.quote(os.getcwd())} && RAY_ADDRESS={shlex.quote(gcs)} "
+        entrypoint = (f"cd {shlex.quote(os.getcwd())} && {_launcher_threads()} && RAY_ADDRESS={shlex.quote(gcs)} "
                       f"{CONSOLE_VAR}={shlex.quote(sock)} exec {shlex.quote(sys.executable)} {shlex.quote(str(SEARCH))} "
                       f"{args}")
         client = JobSubmissionClient(dashboard)
