@@ -226,6 +226,9 @@ def main(argv=None) -> None:
                                                     str(ROOT / "bench/results/grid_pydocs.parquet")])
     p.add_argument("--replays", type=int, help="replays per table, method and budget (default 100; --quick 5)")
     p.add_argument("--budgets", type=int, nargs="+", help="trials (default 100 25 50 200; --quick 100 25)")
+    p.add_argument("--first-replay", type=int, default=0,
+                   help="seed of the first replay: replays FIRST..FIRST+R-1, e.g. fresh ones for a final run after "
+                        "the methods were chosen on replays 0..R-1 [default: 0]")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -253,7 +256,8 @@ def main(argv=None) -> None:
                          "recorded")
     for path, c in costs.items():
         tables[path]["seconds"] = {"charged": a.seconds, "cost_model": c}
-    tasks = [(path, m, b, r, a.workers, costs[path]) for b in a.budgets for r in range(a.replays) for path in a.tables
+    tasks = [(path, m, b, r, a.workers, costs[path]) for b in a.budgets
+             for r in range(a.first_replay, a.first_replay + a.replays) for path in a.tables
              for m in a.methods]
     deadline = None
     if a.until:
@@ -282,7 +286,7 @@ def main(argv=None) -> None:
     lean = [{k: v for k, v in r.items() if k not in ("regret", "regret_epochs", "regret_times")} for r in runs]
     name = "search_compare" + ("_" + Path(a.tables[0]).stem if len(a.tables) == 1 else "")
     write_result(name, {"figures": figures, "methods": METHODS, "workers": a.workers,
-                                    "replays_requested": a.replays, "budgets": a.budgets,
+                                    "replays_requested": a.replays, "first_replay": a.first_replay, "budgets": a.budgets,
                                     "replays_done": len(runs), "compute_s": time.perf_counter() - t0,
                                     "runs": lean}, quick=a.quick)
     for name, f in figures.items():
@@ -300,20 +304,21 @@ def main(argv=None) -> None:
             print(f"  {method} / random_asha trial-epochs to reach, 100 trials: {h['median_bounds']} {h['ci95']} "
                   f"(censored {h['censored']}; rank {f['ranks_at_100'][method]})")
     if not a.quick:
-        merge_summary(figures)
+        merge_summary(figures, [a.first_replay, a.first_replay + a.replays - 1])
 
 
 GOALS = {"grid_synth": (0.4, 0.5), "grid_pydocs": (0.6, 0.75)}  # issue 32: median and the interval's upper end
 
 
-def merge_summary(figures: dict) -> None:
+def merge_summary(figures: dict, replays: list[int]) -> None:
     path = results_dir(False) / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
     summary.pop("best_method_epochs_vs_random_asha", None)  # chosen after seeing the results: replaced
     for key in [k for k in summary.get("targets", {}) if k.startswith("best_method_epochs_vs_random_asha/")]:
         del summary["targets"][key]
     summary.setdefault("default_method_epochs_vs_random_asha", {}).update(
-        {name: f["default_method_epochs_vs_random_asha"] for name, f in figures.items()})
+        {name: {**f["default_method_epochs_vs_random_asha"], "replays": replays, "default": METHODS[DEFAULT]}
+         for name, f in figures.items()})
     summary.setdefault("search_method_ranks_at_100", {}).update(
         {name: f["ranks_at_100"] for name, f in figures.items()})
     for name, f in figures.items():
