@@ -304,20 +304,24 @@ def main(argv=None) -> None:
             print(f"  {method} / random_asha trial-epochs to reach, 100 trials: {h['median_bounds']} {h['ci95']} "
                   f"(censored {h['censored']}; rank {f['ranks_at_100'][method]})")
     if not a.quick:
-        merge_summary(figures, [a.first_replay, a.first_replay + a.replays - 1])
+        ran = [r["replay"] for r in runs]  # --until may stop early
+        merge_summary(figures, [min(ran), max(ran)] if ran else [])
 
 
 GOALS = {"grid_synth": (0.4, 0.5), "grid_pydocs": (0.6, 0.75)}  # issue 32: median and the interval's upper end
 
 
 def merge_summary(figures: dict, replays: list[int]) -> None:
+    """Fold the figures into summary.json: the default's headline per table (with the replay seeds it ran, first and
+    last, and the default's sections; None where no 100-trial ratio was measured), the ranks and the goals."""
     path = results_dir(False) / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
     summary.pop("best_method_epochs_vs_random_asha", None)  # chosen after seeing the results: replaced
     for key in [k for k in summary.get("targets", {}) if k.startswith("best_method_epochs_vs_random_asha/")]:
         del summary["targets"][key]
     summary.setdefault("default_method_epochs_vs_random_asha", {}).update(
-        {name: {**f["default_method_epochs_vs_random_asha"], "replays": replays, "default": METHODS[DEFAULT]}
+        {name: f["default_method_epochs_vs_random_asha"] and {**f["default_method_epochs_vs_random_asha"],
+                                                             "replays": replays, "default": METHODS[DEFAULT]}
          for name, f in figures.items()})
     summary.setdefault("search_method_ranks_at_100", {}).update(
         {name: f["ranks_at_100"] for name, f in figures.items()})

@@ -57,8 +57,9 @@ def job_driver_env(launcher: int, name: str) -> dict | None:
     for proc in Path("/proc").iterdir():
         try:
             args = (proc / "cmdline").read_bytes().split(b"\0")
-            if proc.name.isdigit() and int(proc.name) != launcher and str(SEARCH).encode() in args and \
-                    name.encode() in args:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) if proc.name.isdigit() else None
+            if parent is not None and launcher not in (int(proc.name), parent) and str(SEARCH).encode() in args \
+                    and name.encode() in args:  # not the launcher, nor a child of it caught before its exec
                 return dict(v.split("=", 1) for v in (proc / "environ").read_bytes().decode().split("\0") if "=" in v)
         except OSError:
             continue
