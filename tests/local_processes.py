@@ -191,6 +191,29 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.5, procs=()):
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last!r})")
 
 
+def trial_workers(gcs_address: str, seen: set, done) -> None:
+    """Until ``done`` (a threading.Event) is set, add to ``seen`` the pid of every trial worker (a process titled
+    ray::ImplicitFunc, started by the raylet of the node at ``gcs_address``), polled every 50 ms from /proc: a worker
+    Tune starts and ends before it runs a trial is seen too."""
+    def cmdline(pid) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    raylet = next(p for p in os.listdir("/proc") if p.isdigit() and "/raylet " in cmdline(p)
+                  and f"--gcs-address={gcs_address} " in cmdline(p))
+    while not done.is_set():
+        for p in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                ppid = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            if ppid == raylet and cmdline(p).startswith("ray::ImplicitFunc"):
+                seen.add(int(p))
+        done.wait(0.05)
+
+
 def tail(path: Path, n: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]

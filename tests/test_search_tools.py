@@ -1,11 +1,12 @@
 """A search in the tools researchers use (issue 33): tracked in MLflow (a SQLite store, then a real `mlflow server`
-on a loopback port), its Optuna study read by optuna-dashboard while trials run, and continued with 8 more trials
+on a loopback port), its Optuna study read by optuna-dashboard while trials run, and continued with 4 more trials
 that start from the first 8. Two searches in all, shared by the tests (module-scoped)."""
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -14,16 +15,18 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, run_cli
-from local_processes import free_port
+from local_processes import free_port, trial_workers
 from test_search import SEARCH, refused, search
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # searches join the session's Ray node (conftest)
 mlflow = pytest.importorskip("mlflow")  # the tracking extra (requirements-tracking.txt, in requirements-test.txt)
 
-# 8 Optuna trials of 2 epochs, 2 random before TPE; the margin gate stops some at epoch 1 (PRUNED in Optuna)
+# 8 Optuna trials of 6 epochs on the strong store, 2 random before TPE; the margin gate stops those without warm-up
+# at epoch 1 (PRUNED in Optuna). The search runs for several seconds after its first trials end: optuna-dashboard
+# re-reads a study's trials at most every 2 s
 SPACE = """
 num_samples: 8
-params: {d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, batch_size: 128, epochs: 2, warmup_epochs: {choice: [0, 2]},
+params: {d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32, batch_size: 128, epochs: 6, warmup_epochs: {choice: [0, 6]},
          lr: {loguniform: [5.0e-4, 3.0e-3]}, margin: {choice: [0.05, 0.07]}}
 gates: {drift: -1.0, margin: 2.0, grace_epochs: 0}
 scheduler: {name: fifo}
@@ -59,19 +62,22 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def first(tmp_path_factory, small_store, shared_ray):
+def first(tmp_path_factory, strong_store, shared_ray):
     """The first search, tracked in the SQLite store in its folder; optuna-dashboard watches its journal while it
-    runs (what it saw: ``seen``)."""
+    runs (what it saw: ``seen``), and /proc its trial workers (``workers``: every one that started)."""
     root = tmp_path_factory.mktemp("tools")
     space = root / "space.yaml"
     space.write_text(SPACE)
     exp = root / "a"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **shared_ray}  # module-scoped: before ray_cluster sets them
     proc = subprocess.Popen([sys.executable, str(SEARCH), "--num-cpus", "2", "--space", str(space), "--data",
-                             str(small_store), "--storage", str(root), "--name", "a", "--no-probe", "--reuse-actors",
+                             str(strong_store), "--storage", str(root), "--name", "a", "--no-probe", "--reuse-actors",
                              "--track", "mlflow"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     port, seen, dashboard = free_port(), [], None
+    workers, done = set(), threading.Event()
+    watcher = threading.Thread(target=trial_workers, args=(shared_ray["RAY_ADDRESS"], workers, done), daemon=True)
+    watcher.start()
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and not (exp / "optuna_journal.log").exists():
@@ -92,12 +98,14 @@ def first(tmp_path_factory, small_store, shared_ray):
             time.sleep(0.3)
         out = proc.communicate(timeout=600)[0]
     finally:
+        done.set()
+        watcher.join()
         if dashboard:
             stop(dashboard)
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
-    return {"root": root, "exp": exp, "space": space, "seen": seen, "store": small_store}
+    return {"root": root, "exp": exp, "space": space, "seen": seen, "store": strong_store, "workers": workers}
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +126,9 @@ def server(first):
 
 @pytest.fixture(scope="module")
 def second(first, server, shared_ray):
-    """8 more trials continuing the first, logged through the server."""
-    search("--continue", first["exp"], "--num-samples", 8, "--storage", first["root"], "--name", "b", "--no-probe",
-           "--reuse-actors", "--max-concurrent", 1,  # one worker runs the 8 short trials: a second one's start, saved
+    """4 more trials continuing the first, logged through the server."""
+    search("--continue", first["exp"], "--num-samples", 4, "--storage", first["root"], "--name", "b", "--no-probe",
+           "--reuse-actors", "--max-concurrent", 1,  # one worker runs the 4 short trials: a second one's start, saved
            "--confirm-top", 0, "--track", "mlflow", "--track-uri", server, env=shared_ray)
     return first["root"] / "b"
 
@@ -137,6 +145,20 @@ def children(client, h: dict, kind: str):
 def test_optuna_dashboard_shows_finished_trials_of_a_running_search(first):
     last = first["seen"][-1]
     assert "Running" in last and {"Complete", "Pruned"} & set(last), first["seen"]
+
+
+def test_trials_as_short_as_a_workers_start_run_on_one_worker_per_cpu_and_none_is_thrown_away(first):
+    """The first search's 8 Optuna trials last about as long as a worker's start; on 2 CPUs with reused workers
+    (the default) two workers run all of them, and the confirmation's two runs one each: no other trial worker
+    started. (Without a limit on live trials, tune_p7.tuning.algorithms.max_concurrent, Tune staged the next trial
+    while both workers were busy and started a third worker for it, which it threw away when a running trial ended
+    first: one after another, so that one worker ran every trial while the other CPU started workers.)"""
+    def pids(folder):
+        return {json.loads(line)["pid"] for f in folder.glob("*/result.json") for line in f.read_text().splitlines()}
+
+    searched, confirmed = pids(first["exp"]), pids(first["exp"] / "confirm")
+    assert len(searched) == 2 and len(confirmed) == 2, (searched, confirmed)
+    assert first["workers"] == searched | confirmed, f"{len(first['workers'])} trial workers started"
 
 
 def test_the_sqlite_store_holds_the_search_its_nested_trials_every_epoch_and_the_confirmation(first):
@@ -163,7 +185,7 @@ def test_the_sqlite_store_holds_the_search_its_nested_trials_every_epoch_and_the
     conf = pd.read_parquet(first["exp"] / "confirm.parquet")
     runs = children(client, h, "confirmation")  # one seed in each of the 2 cross-fitting folds
     assert sorted(r.data.metrics["margin"] for r in runs) == pytest.approx(sorted(conf["margin"])) and len(runs) == 2
-    assert all(len(client.get_metric_history(r.info.run_id, "margin")) == 2 for r in runs)
+    assert all(len(client.get_metric_history(r.info.run_id, "margin")) == 6 for r in runs)  # every epoch
     m = parent.data.metrics
     assert m["confirmed.1.margin_lo"] <= m["confirmed.1.margin"] <= m["confirmed.1.margin_hi"]
     assert "r_at_5_minus_direct" in " ".join(m) and "No configuration" in parent.data.tags["recommendation"]
@@ -174,8 +196,8 @@ def test_a_continued_search_starts_from_the_first_trials_and_ranks_both(first, s
     record = json.loads((second / "tune_p7_search.json").read_text())
     assert record["continues"] == str(first["exp"])
     df = pd.read_parquet(second / "summary.parquet")
-    assert len(df) == 16 and df["rank"].tolist() == list(range(1, 17))
-    assert df["experiment"].value_counts().to_dict() == {"a": 8, "b": 8}
+    assert len(df) == 12 and df["rank"].tolist() == list(range(1, 13))
+    assert df["experiment"].value_counts().to_dict() == {"a": 8, "b": 4}
     assert "continues a (8 trials)" in (second / "summary.md").read_text()
     import optuna  # the searcher's study, read back from the new search's journal
 
@@ -183,7 +205,7 @@ def test_a_continued_search_starts_from_the_first_trials_and_ranks_both(first, s
         str(second / "optuna_journal.log")))
     trials = optuna.load_study(study_name="b", storage=storage).trials
     told = [t for t in trials if "continued_from" in t.user_attrs]
-    assert len(trials) == 16 and [t.number for t in told] == list(range(8))  # told before its first suggestion
+    assert len(trials) == 12 and [t.number for t in told] == list(range(8))  # told before its first suggestion
     first_df = df[df["experiment"] == "a"].set_index("trial_id")
     for t in told:
         row = first_df.loc[t.user_attrs["continued_from"]]
@@ -199,10 +221,10 @@ def test_the_continued_search_is_a_nested_parent_run_on_the_mlflow_server(first,
     assert h["uri"] == server
     client = mlflow.MlflowClient(server)
     parent = client.get_run(h["parent_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.metrics["trials"] == 16  # its summary ranks both
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials"] == 12  # its summary ranks both
     assert parent.data.tags["tune_p7.continues_run"] == handle(first["exp"])["parent_run_id"]
     trials = children(client, h, "trial")
-    assert len(trials) == 8
+    assert len(trials) == 4
     for run in trials:
         epochs = [m.step for m in client.get_metric_history(run.info.run_id, "margin")]
         assert epochs == list(range(1, len(epochs) + 1)) and epochs and run.data.tags["status"]
@@ -251,7 +273,7 @@ print("code", code, "imported", sorted(m for m in sys.modules if m.startswith("t
 
 def test_a_search_without_the_extra_and_without_track_runs_and_imports_no_tracking_code(tmp_path, small_store):
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE.replace("num_samples: 8", "num_samples: 1").replace("epochs: 2", "epochs: 1")
+    space.write_text(SPACE.replace("num_samples: 8", "num_samples: 1").replace("epochs: 6", "epochs: 1")
                      .replace("confirm: {top: 1, seeds: 1}", "confirm: {top: 0}").split("search:")[0])
     r = run_cli("-c", HIDDEN, "--space", space, "--data", small_store, "--storage", tmp_path, "--name", "n",
                 "--no-probe", timeout=300)

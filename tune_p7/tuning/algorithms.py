@@ -50,3 +50,20 @@ def make_scheduler(space: Space):
 
         return build_scheduler(space)
     return GatedFIFO()
+
+
+def max_concurrent(requested: int, cpus_per_trial: float, space: Space | None = None) -> int | None:
+    """Tune's ``max_concurrent_trials``: ``requested`` if > 0, else as many trials as the cluster's CPUs hold when
+    the search starts. Then a trial is created only when a worker is free, and a reused worker that has just
+    ended its trial takes the next one. Without the limit Tune stages the next trial while every worker is busy
+    and starts a new worker for it; with trials shorter than a worker's start (about 3 CPU-s) a running trial
+    usually ends first, takes the staged trial over, and the starting worker is thrown away, one after another
+    (docs/measurements.md, 2026-12-07). A ``space`` searched by BOHB's HyperBand, PBT or PB2 keeps Tune's default,
+    None: those schedulers pause trials to wait for others, and a limit on live trials could leave only paused ones.
+    The confirmation (FIFO) passes no space."""
+    pausing = space is not None and (space.search.algorithm == "bohb" or space.scheduler.name in ("pbt", "pb2"))
+    if requested or pausing:
+        return requested or None
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 0) // cpus_per_trial))

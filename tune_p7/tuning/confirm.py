@@ -138,7 +138,7 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune_p7.tuning import actors, checkpoint, progress
+    from tune_p7.tuning import actors, algorithms, checkpoint, progress
     from tune_p7.tuning.ending import WatchSignals
     from tune_p7.tuning.trainable import train_trial
 
@@ -157,7 +157,8 @@ def tuner(exp: str, record: dict, data, space, cpus: float, max_concurrent: int,
         param_space={"seed": tune.grid_search(record["seed_values"]),
                      RUN_KEY: tune.grid_search([run_config(c) for c in record["configs"]]),
                      **({CROSSFIT_KEY: tune.grid_search(crossfits(record))} if record.get("folds") else {})},
-        tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), max_concurrent_trials=max_concurrent or None,
+        tune_config=tune.TuneConfig(scheduler=FIFOScheduler(),
+                                    max_concurrent_trials=algorithms.max_concurrent(max_concurrent, cpus),
                                     reuse_actors=reuse_actors),
         run_config=tune.RunConfig(
             name=CONFIRM_FOLDER, storage_path=exp,
