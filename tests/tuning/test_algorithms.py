@@ -1,5 +1,6 @@
-"""How many trials a search runs at once (tune_p7.tuning.algorithms.max_concurrent); the default's effect on a real
-search: tests/test_search_tools.py::test_trials_as_short_as_a_workers_start_run_on_one_worker_per_cpu_and_none_is_thrown_away."""
+"""How many trials a search runs at once (tune_p7.tuning.algorithms.max_concurrent). The default's effect on a real
+search: test_trials_as_short_as_a_workers_start_run_on_one_worker_per_cpu_and_none_is_thrown_away in
+tests/test_search_tools.py."""
 import pytest
 
 from conftest import REPO
