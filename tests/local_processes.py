@@ -191,27 +191,34 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.5, procs=()):
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last!r})")
 
 
-def trial_workers(gcs_address: str, seen: set, done) -> None:
-    """Until ``done`` (a threading.Event) is set, add to ``seen`` the pid of every trial worker (a process titled
-    ray::ImplicitFunc, started by the raylet of the node at ``gcs_address``), polled every 50 ms from /proc: a worker
-    Tune starts and ends before it runs a trial is seen too."""
-    def cmdline(pid) -> str:
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return ""
+def _cmdline(pid) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
-    raylet = next(p for p in os.listdir("/proc") if p.isdigit() and "/raylet " in cmdline(p)
-                  and f"--gcs-address={gcs_address} " in cmdline(p))
+
+def raylet_of(gcs_address: str) -> str:
+    """The pid of the raylet of the Ray node whose GCS is at ``gcs_address`` (HOST:PORT)."""
+    found = [p for p in os.listdir("/proc") if p.isdigit() and "/raylet " in _cmdline(p)
+             and f"--gcs-address={gcs_address} " in _cmdline(p)]
+    assert found, f"no raylet of {gcs_address} on this machine"
+    return found[0]
+
+
+def trial_workers(raylet: str, seen: set, done) -> None:
+    """Until ``done`` (a threading.Event) is set, add to ``seen`` the pid of every trial worker (a process titled
+    ray::ImplicitFunc) that ``raylet`` started, polled every 0.2 s from /proc: a worker that Tune starts and ends
+    before it runs a trial (1.5-3 s of its start) is seen too."""
     while not done.is_set():
         for p in filter(str.isdigit, os.listdir("/proc")):
             try:
                 ppid = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]
             except (OSError, IndexError):
                 continue
-            if ppid == raylet and cmdline(p).startswith("ray::ImplicitFunc"):
+            if ppid == raylet and _cmdline(p).startswith("ray::ImplicitFunc"):
                 seen.add(int(p))
-        done.wait(0.05)
+        done.wait(0.2)
 
 
 def tail(path: Path, n: int = 4000) -> str:

@@ -23,7 +23,7 @@ from tune_p7.space.search_settings import search_warnings
 from tune_p7.space.tracking_settings import TrackingSettings
 from tune_p7.space.tracking_settings import resolve as resolve_tracking
 from tune_p7.tuning import confirm, continuation
-from tune_p7.tuning.algorithms import make_scheduler, max_concurrent, search_algorithm
+from tune_p7.tuning.algorithms import limited, make_scheduler, max_concurrent, search_algorithm
 
 
 def experiment_uri(opts: SearchOptions, space_path: str) -> tuple[str, str]:
@@ -117,12 +117,12 @@ def build_tuner(space: Space, data, opts: SearchOptions, root: str, name: str, p
             raise InputError(exp, "no experiment to resume here (no Tune state found)")
         return checkpoint.restore_tuner(exp, trainable, "resume")  # with its searcher and callbacks
     s = space.scheduler
+    search_alg, limit = limited(search_algorithm(space, exp, prior), max_concurrent(opts.max_concurrent, cpus, space))
     return tune.Tuner(
         trainable,
         param_space=space.param_space(),
-        tune_config=tune.TuneConfig(scheduler=make_scheduler(space), search_alg=search_algorithm(space, exp, prior),
-                                    num_samples=space.num_samples,
-                                    max_concurrent_trials=max_concurrent(opts.max_concurrent, cpus, space),
+        tune_config=tune.TuneConfig(scheduler=make_scheduler(space), search_alg=search_alg,
+                                    num_samples=space.num_samples, max_concurrent_trials=limit,
                                     reuse_actors=opts.reuse_actors),
         run_config=tune.RunConfig(
             name=name, storage_path=root,

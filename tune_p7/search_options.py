@@ -35,7 +35,8 @@ class SearchOptions:
                                     "when it names a cluster (not `local`, not the dashboard's http:// URL), as in a "
                                     "`ray job submit` job; else start a local Ray]")
     cpus_per_trial: float | None = opt(None, "CPUs per trial [default: the space's, else 1]")
-    max_concurrent: int = opt(0, "trials at once, 0: as many as the cluster's CPUs hold when the search starts")
+    max_concurrent: int = opt(0, "trials at once, 0: as many as the cluster's CPUs hold when the search starts "
+                                  "(the confirmation's too; BOHB, PBT, PB2: no limit)")
     epochs: int | None = opt(None, "override every trial's epochs (not with --resume)")
     seed: int | None = opt(None, "override every trial's seed (not with --resume)")
     scheduler: str | None = opt(None, "override the space's scheduler (not with --resume)", ("asha", "fifo"))
