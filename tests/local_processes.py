@@ -208,16 +208,10 @@ def raylet_of(gcs_address: str) -> str:
 
 def trial_workers(raylet: str, seen: set, done) -> None:
     """Until ``done`` (a threading.Event) is set, add to ``seen`` the pid of every trial worker (a process titled
-    ray::ImplicitFunc) that ``raylet`` started, polled every 0.2 s from /proc: a worker that Tune starts and ends
-    before it runs a trial (1.5-3 s of its start) is seen too."""
+    ray::ImplicitFunc) under ``raylet``, polled every 0.2 s from /proc: a worker that Tune starts and ends before
+    it runs a trial (1.5-3 s of its start) is seen too."""
     while not done.is_set():
-        for p in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                ppid = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]
-            except (OSError, IndexError):
-                continue
-            if ppid == raylet and _cmdline(p).startswith("ray::ImplicitFunc"):
-                seen.add(int(p))
+        seen.update(p for p in process_tree(int(raylet)) if _cmdline(p).startswith("ray::ImplicitFunc"))
         done.wait(0.2)
 
 
