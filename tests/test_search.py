@@ -315,29 +315,3 @@ def test_unknown_data_format(tmp_path):
     bad.write_text("1,2,3\n")
     r = run_cli(SEARCH, "--data", bad, "--storage", tmp_path / "out", timeout=120)
     assert r.returncode == 2 and "vectors.csv: unknown data format" in r.stderr
-
-
-def test_a_failed_save_of_tunes_state_reaches_the_console_as_one_line(monkeypatch):
-    """Tune logs a failed upload of its experiment state with a traceback and goes on: the console gets one line."""
-    import io
-    import logging
-
-    from tune_p7.search import quiet_tune
-
-    for var in ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "RAY_AIR_NEW_OUTPUT"):
-        monkeypatch.setenv(var, os.environ.get(var, "0"))  # quiet_tune sets them; restored after the test
-    logger = logging.getLogger("ray.tune.execution.experiment_state")
-    monkeypatch.setattr(logger, "filters", [])
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    logger.addHandler(handler)
-    try:
-        quiet_tune(verbose=False)
-        try:
-            raise FileNotFoundError("/s/e/experiment_state.json.tmp")
-        except FileNotFoundError:
-            logger.error("Saving experiment state to storage at '%s' failed with exception: ", "/s/e", exc_info=True)
-    finally:
-        logger.removeHandler(handler)
-    assert out.getvalue().splitlines() == ["Saving experiment state to storage at '/s/e' failed with exception: "
-                                           "FileNotFoundError: /s/e/experiment_state.json.tmp"]

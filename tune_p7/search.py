@@ -6,8 +6,6 @@ checkpoints every epoch, and writes the ranked summary into the experiment folde
 """
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from tune_p7.space.search_settings import search_warnings
 from tune_p7.space.tracking_settings import TrackingSettings
 from tune_p7.space.tracking_settings import resolve as resolve_tracking
 from tune_p7.tuning import confirm, continuation
+from tune_p7.tuning.driver import quiet_tune, skip_telemetry_import_of_mlflow
 from tune_p7.tuning.algorithms import limited, make_scheduler, max_concurrent, search_algorithm
 
 
@@ -174,31 +173,6 @@ class Plan:
     track: TrackingSettings
     confirming: ConfirmSettings
     precision: dict | None = None  # decided once, for the record (decide_precision)
-
-
-class OneLine(logging.Filter):
-    """A record's exception as ``Type: message`` on its one line instead of a traceback: Tune logs a failed upload of
-    its experiment state with one, then goes on and uploads again at its next save."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            record.msg, record.args = f"{record.getMessage()}{type(exc).__name__}: {exc}".replace("\n", " "), None
-            record.exc_info = record.exc_text = None
-        return True
-
-
-def quiet_tune(verbose: bool) -> None:
-    """Keep off the console what is not the user's error: Tune's warnings about slow experiment-state saves (slow
-    storage), the traceback of a failed one (OneLine), and, restoring a killed experiment, its "Failed to fetch
-    metrics" for each trial killed before its first result (it has none yet and simply starts)."""
-    if not verbose:
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-        state = logging.getLogger("ray.tune.execution.experiment_state")
-        if not any(isinstance(f, OneLine) for f in state.filters):
-            state.addFilter(OneLine())
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 
 
 def stored_record(opts: SearchOptions, folder: Experiment) -> dict | None:
@@ -373,6 +347,8 @@ def main(argv=None) -> int:
         from tune_p7.report import tracking
 
         handle = tracking.start(folder.path, name, p.track, p.space, folder.record())
+    else:
+        skip_telemetry_import_of_mlflow()
     run_search(opts, p, handle)
 
     from tune_p7.report.summary import summarize
