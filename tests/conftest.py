@@ -8,7 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+# Before anything loads torch (libgomp reads it then), for this process and every one it starts (xdist workers,
+# searches, the session's Ray node): two pytest workers and their searches share two cores, and OpenMP threads
+# that spin-wait at the end of each parallel region burn the CPU the other side needs (docs/measurements.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 from tune_p7.core.config import P7Config
 from tune_p7.data.store import write_store
