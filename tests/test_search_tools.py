@@ -1,5 +1,5 @@
 """A search in the tools researchers use (issue 33): tracked in MLflow (a SQLite store, then a real `mlflow server`
-on a loopback port), its Optuna study read by optuna-dashboard while trials run, and continued with 4 more trials
+on a loopback port), its Optuna study read by optuna-dashboard while trials run, and continued with 8 more trials
 that start from the first 8. Two searches in all, shared by the tests (module-scoped)."""
 import json
 import os
@@ -130,9 +130,9 @@ def server(first):
 
 @pytest.fixture(scope="module")
 def second(first, server, shared_ray):
-    """4 more trials continuing the first, logged through the server."""
-    search("--continue", first["exp"], "--num-samples", 4, "--storage", first["root"], "--name", "b", "--no-probe",
-           "--reuse-actors", "--max-concurrent", 1,  # one worker runs the 4 short trials: a second one's start, saved
+    """8 more trials continuing the first 8, logged through the server."""
+    search("--continue", first["exp"], "--num-samples", 8, "--storage", first["root"], "--name", "b", "--no-probe",
+           "--reuse-actors", "--max-concurrent", 1,  # one worker runs the 8 short trials: a second one's start, saved
            "--confirm-top", 0, "--track", "mlflow", "--track-uri", server, env=shared_ray)
     return first["root"] / "b"
 
@@ -203,8 +203,8 @@ def test_a_continued_search_starts_from_the_first_trials_and_ranks_both(first, s
     record = json.loads((second / "tune_p7_search.json").read_text())
     assert record["continues"] == str(first["exp"])
     df = pd.read_parquet(second / "summary.parquet")
-    assert len(df) == 12 and df["rank"].tolist() == list(range(1, 13))
-    assert df["experiment"].value_counts().to_dict() == {"a": 8, "b": 4}
+    assert len(df) == 16 and df["rank"].tolist() == list(range(1, 17))
+    assert df["experiment"].value_counts().to_dict() == {"a": 8, "b": 8}
     assert "continues a (8 trials)" in (second / "summary.md").read_text()
     import optuna  # the searcher's study, read back from the new search's journal
 
@@ -212,7 +212,7 @@ def test_a_continued_search_starts_from_the_first_trials_and_ranks_both(first, s
         str(second / "optuna_journal.log")))
     trials = optuna.load_study(study_name="b", storage=storage).trials
     told = [t for t in trials if "continued_from" in t.user_attrs]
-    assert len(trials) == 12 and [t.number for t in told] == list(range(8))  # told before its first suggestion
+    assert len(trials) == 16 and [t.number for t in told] == list(range(8))  # told before its first suggestion
     first_df = df[df["experiment"] == "a"].set_index("trial_id")
     for t in told:
         row = first_df.loc[t.user_attrs["continued_from"]]
@@ -228,10 +228,10 @@ def test_the_continued_search_is_a_nested_parent_run_on_the_mlflow_server(first,
     assert h["uri"] == server
     client = mlflow.MlflowClient(server)
     parent = client.get_run(h["parent_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.metrics["trials"] == 12  # its summary ranks both
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials"] == 16  # its summary ranks both
     assert parent.data.tags["tune_p7.continues_run"] == handle(first["exp"])["parent_run_id"]
     trials = children(client, h, "trial")
-    assert len(trials) == 4
+    assert len(trials) == 8
     for run in trials:
         epochs = [m.step for m in client.get_metric_history(run.info.run_id, "margin")]
         assert epochs == list(range(1, len(epochs) + 1)) and epochs and run.data.tags["status"]
