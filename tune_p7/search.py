@@ -21,8 +21,8 @@ from tune_p7.space.search_settings import search_warnings
 from tune_p7.space.tracking_settings import TrackingSettings
 from tune_p7.space.tracking_settings import resolve as resolve_tracking
 from tune_p7.tuning import confirm, continuation
-from tune_p7.tuning.driver import quiet_tune, skip_telemetry_import_of_mlflow
 from tune_p7.tuning.algorithms import limited, make_scheduler, max_concurrent, search_algorithm
+from tune_p7.tuning.driver import quiet_tune, skip_telemetry_import_of_mlflow
 
 
 def experiment_uri(opts: SearchOptions, space_path: str) -> tuple[str, str]:
