@@ -38,8 +38,9 @@ def skip_telemetry_import_of_mlflow() -> None:
     """Import Ray's MLflow integration with mlflow hidden, so that it holds ``mlflow = None``: Tune's usage telemetry
     (``ray.air._internal.usage.tag_callbacks``, in every ``fit`` with callbacks) imports that integration only to
     read its class names, and with it mlflow wherever mlflow is installed, about a CPU-second of a search that does
-    not track. Only for such a search: Ray's MLflow callback is then unusable in this process, and tune_p7's
-    tracking (tune_p7/report/tracking.py) talks to MLflow through its own client, never through Ray's."""
+    not track. Only for such a search: Ray's MLflow callback, which tune_p7's tracking subclasses
+    (tune_p7/tuning/mlflow_trials.py), is then unusable in this process; a search that tracks has imported mlflow
+    before (space.tracking_settings.resolve) and is left as it is."""
     if "mlflow" in sys.modules or "ray.air.integrations.mlflow" in sys.modules:
         return
     sys.modules["mlflow"] = None  # `import mlflow` raises ImportError, which Ray's module catches
