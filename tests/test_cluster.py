@@ -283,7 +283,11 @@ def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, slower_store):
     uploaded its epoch-2 checkpoint: the search finishes, that trial goes on from a checkpoint on the head,
     every trial is in the summary. Runs last: it leaves the module's cluster with the head node only."""
     exp = "exp/killed"
-    worker_id, head_id = cluster.node_ids["worker"], cluster.node_ids["head"]
+    # the worker as it is now, its CPU offered: after the head's restart (the test before) it may have rejoined
+    # again under a new id, and a search started before its CPU counts runs one trial at a time on the head
+    worker_id, head_id = cluster.wait_worker(120), cluster.node_ids["head"]
+    wait_for(lambda: sum(n.get("resources_total", {}).get("CPU", 0) for n in cluster.alive_nodes()) >= 2, 120,
+             "both nodes' CPUs")
     space = yaml.safe_load(SMOKE.read_text())
     space["gates"] = {"drift": -1.0, "margin": -10.0, "grace_epochs": 0}  # no gate stops a trial: the kill is mid-trial
     cluster.lab.head.outside(cluster.lab.head.tmp("no_gates.yaml")).write_text(yaml.safe_dump(space))
