@@ -24,22 +24,30 @@ SMALL = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, lstm_layers=1, batch_s
              warmup_epochs=1, epochs=3, precision="fp32")
 
 
-# run on the cluster tests' worker, which mostly waits, so that the two workers carry similar loads (the README's
-# first command, in test_dashboard.py, holds about a core for a minute; per-file times: docs/measurements.md)
-BESIDE_CLUSTER = {"test_pbt.py", "test_searchers.py", "test_dashboard.py", "test_evaluate.py"}
+def _module_scoped(item) -> bool:
+    return any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Two groups, one per xdist worker (pyproject's ``-n 2 --dist loadgroup``): the multi-host cluster tests,
-    which mostly wait (health checks, restarts, link cuts), with the PBT and searcher tests beside them; the
-    rest on the other worker. Both then carry similar loads and both cores stay busy. Within a group the tests run
-    in their usual order, one at a time, as without xdist."""
+    """Work units for the two xdist workers (pyproject's ``-n 2 --dist loadgroup --no-loadscope-reorder``): the
+    multi-host cluster tests are one unit (they share module-scoped clusters and mostly wait), a module with a
+    module-scoped fixture is one unit (its search or cluster is set up once), every other test is a unit of its
+    own. A worker takes the next unit when it is nearly done with its own, so both cores stay busy to the end:
+    the cluster unit first, then the other shared units, the tests that start Ray or a search, the quick rest."""
+    def rank(item):
+        if item.get_closest_marker("cluster"):
+            return 0
+        return 1 if _module_scoped(item) else 2 if item.get_closest_marker("ray") else 3
+
     for item in items:
-        first = item.get_closest_marker("cluster") or item.path.name in BESIDE_CLUSTER
-        item.add_marker(pytest.mark.xdist_group("first" if first else "second"))
         if item.get_closest_marker("cluster") or "shared_ray" in item.fixturenames:  # the fast tier leaves these out
             item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+        elif _module_scoped(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items.sort(key=rank)  # stable: in their usual order within each rank
 
 
 def small_config(**changes) -> P7Config:

@@ -284,7 +284,7 @@ def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, slower_store):
     every trial is in the summary. Runs last: it leaves the module's cluster with the head node only."""
     exp = "exp/killed"
     # the worker as it is now, its CPU offered: after the head's restart (the test before) it may have rejoined
-    # again under a new id, and a search started before its CPU counts runs one trial at a time on the head
+    # again under a new id; a search started before its CPU counts runs one trial at a time on the head
     worker_id, head_id = cluster.wait_worker(120), cluster.node_ids["head"]
     wait_for(lambda: sum(n.get("resources_total", {}).get("CPU", 0) for n in cluster.alive_nodes()) >= 2, 120,
              "both nodes' CPUs")
@@ -293,8 +293,10 @@ def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, slower_store):
     cluster.lab.head.outside(cluster.lab.head.tmp("no_gates.yaml")).write_text(yaml.safe_dump(space))
     proc, log = driver(cluster, "killed", "--address", cluster.address, "--storage", f"s3://{BUCKET}/exp",
                        "--data", slower_store, "--epochs", 8, "--scheduler", "fifo", "--no-probe",
+                       "--no-reuse-actors",  # else a busy machine can run every trial on the head (see "both")
                        space=cluster.lab.head.tmp("no_gates.yaml"))
     read: dict[str, tuple[str, int] | None] = {}  # checkpoint key -> (trial folder, epoch) on the worker, or None
+    ran_on: dict[str, set] = {}  # trial folder -> the nodes its checkpoints name (said if no trial ran on the worker)
     try:
         def worker_checkpoints() -> dict[str, int]:
             """{trial folder: newest epoch} of the checkpoints in S3 that trials wrote on the worker node. Each
@@ -306,13 +308,18 @@ def test_killed_worker_node_trials_resume_elsewhere(cluster, s3, slower_store):
                     except Exception:  # deleted meanwhile (num_to_keep)
                         continue
                     read[key] = (key.split("/")[2], m["epoch"]) if m.get("node") == worker_id else None
+                    ran_on.setdefault(key.split("/")[2], set()).add(m.get("node"))
             found: dict[str, int] = {}
             for trial, epoch in filter(None, read.values()):
                 found[trial] = max(found.get(trial, 0), epoch)
             return found
 
-        seen = wait_for(lambda: {t: e for t, e in worker_checkpoints().items() if e >= 2}, 300,
-                        "an epoch-2 checkpoint of a trial on the worker node", interval=0.5, procs=[(proc, log)])
+        try:
+            seen = wait_for(lambda: {t: e for t, e in worker_checkpoints().items() if e >= 2}, 300,
+                            "an epoch-2 checkpoint of a trial on the worker node", interval=0.5, procs=[(proc, log)])
+        except pytest.fail.Exception as e:
+            nodes = {n["node_id"]: n.get("resources_total") for n in cluster.alive_nodes()}
+            pytest.fail(f"worker {worker_id}, head {head_id}, alive {nodes}, trials ran on {ran_on}\n{e}")
         kill_worker_machine(cluster)
         trial = next(iter(seen))
         newest = max(seen[trial], worker_checkpoints().get(trial, 0))
