@@ -247,7 +247,8 @@ DRIVER_SECRET = "driver-secret-" + TOKEN[:12]
 def driver(c: Cluster, name: str, *args, space: Path | str = SMOKE, env: dict | None = None):
     """search.py on the head host (the checkout is there); its output in the test's folder."""
     log = c.lab.workdir / f"driver-{name}.log"
-    cmd = [sys.executable, str(SEARCH), "--name", name, "--space", str(space), "--confirm-top", "0", *map(str, args)]
+    cmd = [sys.executable, str(SEARCH), "--name", name, "--space", str(space), "--confirm-top", "0", "--no-plots",
+           *map(str, args)]
     return spawn(c.lab.head.argv(cmd, cwd=str(REPO)), env or c.env, log), log
 
 

@@ -254,7 +254,8 @@ def test_head_restart_then_resume_of_a_job_submitted_search(cluster, s3):
     env = {**cluster.env, "DASHBOARD": cluster.dashboard_url, "P7_NO_WAIT": "1"}
     exp = "exp/restarted"
     r = cluster.script("head", "cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "restarted",
-                       "--epochs", 3, "--no-probe", "--confirm-top", 0, "--scheduler", "fifo", env=env, timeout=120)
+                       "--epochs", 3, "--no-probe", "--no-plots", "--confirm-top", 0, "--scheduler", "fifo", env=env,
+                       timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     wait_for(lambda: any("/checkpoint_" in k for k in s3.keys(exp + "/")), 300, "a first checkpoint", interval=1)
     cluster.stop_node("head")
@@ -266,7 +267,7 @@ def test_head_restart_then_resume_of_a_job_submitted_search(cluster, s3):
     assert cluster.wait_worker(240) != old_worker  # rejoined by itself
     print(f"the worker rejoined {time.monotonic() - t0:.0f} s after the head was back")
     r = cluster.script("head", "cluster_submit.sh", "--storage", f"s3://{BUCKET}/exp", "--name", "restarted",
-                       "--resume", env={**env, "P7_NO_WAIT": "0"}, timeout=600)
+                       "--resume", "--no-plots", env={**env, "P7_NO_WAIT": "0"}, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "succeeded" in out, out[-5000:]
     assert "data/pydocs.parquet (train" in out and "dim 384" in out, out[-4000:]  # the upload, found again

@@ -26,7 +26,7 @@ def test_killed_trial_worker_resumes_and_ends_where_an_uninterrupted_run_ends(tm
     sp = space(tmp_path, SMALL + "  epochs: 6\n  seed: 7\nruns:\n  - {margin: 0.07}\nscheduler: {name: fifo}\n"
                                  "gates: {margin: -2.0}\n")
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
-            "--name", "kill", "--no-probe"]
+            "--name", "kill", "--no-probe", "--no-plots"]
     exp = tmp_path / "kill"
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=REPO, start_new_session=True)
@@ -78,7 +78,8 @@ def test_a_killed_driver_resumed_leaves_no_trial_folder_that_tunes_state_does_no
                "checkpoints: {num_to_keep: 3}\n")  # no save forced by a trial's checkpoints: one every 10 s
     exp = tmp_path / "orphan"
     proc = subprocess.Popen([sys.executable, SEARCH, "--num-cpus", "2", "--space", sp, "--data", strong_store,
-                             "--storage", tmp_path, "--name", "orphan", "--no-probe", "--max-concurrent", "2"],
+                             "--storage", tmp_path, "--name", "orphan", "--no-probe", "--no-plots",
+                             "--max-concurrent", "2"],
                             stdout=subprocess.DEVNULL,
                             stderr=open(tmp_path / "err", "wb"), cwd=REPO, start_new_session=True)
 

@@ -27,8 +27,10 @@ SUMMARY_COLUMNS = {"trial_id", "status", "gate", "stopped_epoch", "verdict", "de
                    "config/arch", "config/margin", "margin", "cos_next", "r_at_5", "direct_r_at_5"}
 
 
-def search(*args, timeout=600, code=0, env=None):
-    r = run_cli(SEARCH, "--num-cpus", 2, *args, timeout=timeout, env=env or {})
+def search(*args, timeout=600, code=0, env=None, plots=False):
+    """search.py on 2 CPUs; without its plots unless the test reads them (drawing is 1-1.5 CPU-s a search, and
+    the suite's searches share two cores)."""
+    r = run_cli(SEARCH, "--num-cpus", 2, *([] if plots else ["--no-plots"]), *args, timeout=timeout, env=env or {})
     assert r.returncode == code, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
@@ -95,7 +97,7 @@ params:
 def test_smoke_search_runs_gates_asha_ranks_pass_first_and_ends_with_the_table(tmp_path, strong_store):
     r = search("--data", strong_store, "--storage", tmp_path, "--name", "smoke", "--max-concurrent", 1,
                "--confirm-top", 0,  # the README test below runs the default space's confirmation
-               "--reuse-actors")  # four trials one after another: one worker start, not four
+               "--reuse-actors", plots=True)  # four trials one after another: one worker start, not four
     assert_clean_console(r)
     exp = tmp_path / "smoke"
     joined = bool(os.environ.get("RAY_ADDRESS"))  # the session's node, which has no dashboard (cluster_harness)
@@ -165,7 +167,7 @@ def test_killed_driver_resumes_from_checkpoints(tmp_path, strong_store):
     sp = space(tmp_path, SMALL + f"  epochs: {epochs}\n"
                + "  margin: {grid: [0.05, 0.07, 0.1]}\nscheduler: {name: fifo}\ngates: {margin: -2.0}\n")
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
-            "--name", "res", "--reuse-actors"]  # the actors' names are tests/test_dashboard.py's
+            "--name", "res", "--reuse-actors", "--no-plots"]  # the actors' names are tests/test_dashboard.py's
     exp = tmp_path / "res"
     kill_when(args, exp, "checkpoint_000002", settle=0.5)
     before = {k: [r["epoch"] for r in v] for k, v in results(exp).items()}

@@ -52,7 +52,7 @@ def lab(tmp_path):
                # --storage-is-shared: a bind mount, not NFS. --no-reuse-actors: a new worker per trial; a reused one
                # can take the other trial before the other node's first worker has started (under load), and then
                # only the head trains
-               "P7_SEARCH_ARGS": "--storage-is-shared --no-probe --no-reuse-actors",
+               "P7_SEARCH_ARGS": "--storage-is-shared --no-probe --no-reuse-actors --no-plots",
                "P7_HEAD_GONE_S": "8"}
         yield cluster, env
 

@@ -353,7 +353,7 @@ def main(argv=None) -> int:
 
     from tune_p7.report.summary import summarize
 
-    table = summarize(folder.path)
+    table = summarize(folder.path, draw=not opts.no_plots)
     confirmed, unfinished = run_confirmation(opts, p)
     if confirmed is not None and not unfinished:
         summarize(folder.path, draw=False)  # again, with the Confirmed section

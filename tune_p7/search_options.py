@@ -55,6 +55,8 @@ class SearchOptions:
     dashboard_host: str = opt("127.0.0.1", "address the local dashboard listens on; anything but 127.0.0.1 "
                                            "exposes it (see docs/reliability.md)")
     no_probe: bool = opt(False, "skip the data probe (ridge/DIRECT baselines)")
+    no_plots: bool = opt(False, "write the summary without its plots (1-1.5 CPU-s less a search; "
+                                "`tune-p7 summarize EXPERIMENT` draws them later)")
     storage_is_shared: bool = opt(False, "the local --storage path is mounted on every node (multi-node without "
                                          "NFS detection)")
     confirm_top: int | None = opt(None, "configurations the confirmation stage trains again with new seeds, 0: none "

@@ -4,13 +4,14 @@ intervals that under-cover somewhere: runs only, articles only, and the earlier 
 
 Run with -s to print the table recorded in docs/statistics.md."""
 import functools
+import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from tune_p7.core.clustered import (LEVEL, bell_mccaffrey_df, claims_confidence, cluster_estimate, effective_articles,
-                                    p_not_above, t_interval)
+                                    holm, p_not_above, t_interval)
 
 REPS = 400
 SHIPPED = [38, 23, 8, 7, 4, 2, 2]  # windows of the ood split's articles at K = 5 on the shipped store
@@ -178,3 +179,10 @@ def test_the_percentile_bootstrap_over_articles_under_covers_one_fixed_model_at_
     boot, miss = coverage(percentile_bootstrap, SHIPPED, 1.0, 0.0, crossfit=False, runs_per_fold=1)
     print(f"\none fixed model, shipped: percentile bootstrap coverage {boot:.3f}, one-sided miss {miss:.3f}")
     assert boot < 0.93
+
+
+def test_holm_steps_down_and_p_values_match_the_lower_bound():
+    assert holm([0.001, 0.02, 0.04], 0.05) == [True, True, True]  # 0.001 <= .0167, 0.02 <= .025, 0.04 <= .05
+    assert holm([0.001, 0.03, 0.04], 0.05) == [True, False, False]  # 0.03 > 0.025 stops the steps
+    assert holm([0.04, 0.001], 0.05) == [True, True]
+    assert holm([math.nan, 0.001], 0.05) == [False, True]

@@ -16,7 +16,8 @@ from tune_p7.core.config import P7Config
 from tune_p7.core.model import build_model
 from tune_p7.core.ranking import ranked_index
 from tune_p7.errors import InputError
-from tune_p7.evaluation.evaluate import evaluate, load_exported, predict
+from tune_p7.evaluation.evaluate import evaluate
+from tune_p7.evaluation.export import load_exported, predict
 from tune_p7.tuning import checkpoint
 
 SHOWN = ("margin", "cos_next", "cos_prev", "cos_anchor", "r_at_1", "r_at_5", "r_at_10", "mrr_at_10")
@@ -29,7 +30,7 @@ def experiment(tmp_path_factory, shared_ray):
     store = make_store(root / "s.parquet", articles=120, chunks=16, dim=32, signal=2.0)
     r = run_cli(REPO / "tune_p7" / "search.py", "--space", REPO / "search_spaces" / "smoke.yaml", "--data", store,
                 "--storage", root, "--name", "e", "--epochs", 2, "--num-cpus", 2, "--confirm-top", 0,
-                "--reuse-actors", timeout=300, env=shared_ray)
+                "--reuse-actors", "--no-plots", timeout=300, env=shared_ray)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp, out = root / "e", root / "exported"
     r = run_cli("-m", "tune_p7.evaluation.evaluate", exp, "--top", 2, "--split", "ood", "--export", out, timeout=300)

@@ -1,15 +1,10 @@
 """What a confirmation concludes: intervals over seeds and articles that cover the truth, and a recommendation
 that judges every confirmed configuration (on hand-made per-article tables: no training)."""
 import json
-import math
 
 import numpy as np
 import pandas as pd
-import pytest
-import torch
-from scipy import stats
 
-from tune_p7.core.intervals import holm
 from tune_p7.report.conclusions import aggregate, caveat, heldout_split, markdown, recommendation, where
 
 KEYS = ("margin", "cos_next", "cos_anchor", "r_at_5", "mrr_at_10")
@@ -37,13 +32,6 @@ def truth(model_logit, direct_logit, sd_article, sd_seed, n=2_000_000):
     rng = np.random.default_rng(123)
     u, v = rng.normal(0, sd_article, n), rng.normal(0, sd_seed, n)
     return float(np.mean(1 / (1 + np.exp(-(model_logit + u + v))) - 1 / (1 + np.exp(-(direct_logit + u)))))
-
-
-def test_holm_steps_down_and_p_values_match_the_lower_bound():
-    assert holm([0.001, 0.02, 0.04], 0.05) == [True, True, True]  # 0.001 <= .0167, 0.02 <= .025, 0.04 <= .05
-    assert holm([0.001, 0.03, 0.04], 0.05) == [True, False, False]  # 0.03 > 0.025 stops the steps
-    assert holm([0.04, 0.001], 0.05) == [True, True]
-    assert holm([math.nan, 0.001], 0.05) == [False, True]
 
 
 def confirmed(rng, specs):

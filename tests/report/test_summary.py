@@ -167,6 +167,22 @@ def test_summarizing_again_without_drawing_writes_the_same_summary_and_draws_not
     assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == written
 
 
+def test_a_summary_without_plots_says_how_to_draw_them_and_summarizing_draws_them(search40, tmp_path):
+    """A search with --no-plots summarizes with draw=False before any plot exists: every section but the plots,
+    and the command that draws them."""
+    exp = tmp_path / "e"
+    shutil.copytree(search40[0], exp)
+    for f in [*exp.glob("*.png"), exp / "importance.json"]:
+        f.unlink()
+    summarize(str(exp), draw=False)
+    md = (exp / "summary.md").read_text()
+    assert not list(exp.glob("*.png")) and "## What matters" in md and (exp / "importance.json").exists()
+    assert f"None drawn (the search ran with --no-plots): `tune-p7 summarize {exp}` draws them." in md
+    summarize(str(exp))
+    assert {"curves.png", "importance.png", "parallel_coordinates.png"} <= {p.name for p in exp.glob("*.png")}
+    assert "None drawn" not in (exp / "summary.md").read_text()
+
+
 def test_trials_a_gate_stopped_while_they_passed_the_deployment_check_are_counted_and_marked(search40, tmp_path):
     exp = tmp_path / "e"
     shutil.copytree(search40[0], exp)

@@ -1,7 +1,6 @@
 """The confirmation stage: real confirmation runs under Ray, scored on the held-out split (its statistics on
 hand-made tables: tests/report/test_conclusions.py)."""
 import json
-import math
 import subprocess
 import sys
 import time
@@ -81,7 +80,7 @@ def test_confirming_a_finished_search_survives_a_killed_driver_and_flat_data_nev
     assert ranked["status"].tolist() == ["gate_stopped"]  # the margin gate stopped the search's trial
 
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--resume", "--name", "flat", "--storage", tmp_path,
-            "--confirm-top", 1, "--confirm-seeds", 1]
+            "--confirm-top", 1, "--confirm-seeds", 1, "--no-plots"]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
                             start_new_session=True)
     try:
@@ -127,7 +126,7 @@ def test_ctrl_c_during_the_search_stops_before_any_confirmation_and_resume_confi
     sp = space(tmp_path, SMALL + "  epochs: 4\n  margin: {grid: [0.07, 0.1]}\nscheduler: {name: fifo}\n"
                          "gates: {margin: -2.0}\nconfirm: {top: 1, seeds: 1}\n")
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--space", sp, "--data", strong_store, "--storage", tmp_path,
-            "--name", "int"]
+            "--name", "int", "--no-plots"]
     exp = tmp_path / "int"
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO, start_new_session=True)

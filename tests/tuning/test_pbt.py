@@ -170,7 +170,7 @@ def test_pb2_search_runs_end_to_end_inside_its_bounds(tmp_path, small_store):
 def test_killed_pbt_driver_resumes_and_every_trial_ends(tmp_path, small_store):
     epochs = 6  # long enough that the kill lands mid-search
     args = [sys.executable, SEARCH, "--num-cpus", 2, "--reuse-actors", "--space", population(tmp_path, epochs=epochs),
-            "--data", small_store, "--storage", tmp_path, "--name", "res", "--no-probe"]
+            "--data", small_store, "--storage", tmp_path, "--name", "res", "--no-probe", "--no-plots"]
     exp = tmp_path / "res"
     kill_when(args, exp, "checkpoint_000001")
     # killed mid-search: the summary comes only after every trial ended (result.json lines may still be unflushed)

@@ -107,3 +107,17 @@ def p_not_above(est: dict, threshold: float) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         t = (est["theta"] - threshold) / np.sqrt(est["var"])
     return special.stdtr(est["df"], -t)
+
+
+def holm(pvalues: list[float], alpha: float) -> list[bool]:
+    """Holm's step-down test of K hypotheses at family-wise error ``alpha``: with p sorted ascending, reject
+    p_(i) while p_(i) <= alpha / (K - i + 1) (i = 1..K), stop at the first that is not. NaN is never rejected.
+    Returns, in the input order, whether each hypothesis is rejected."""
+    k = len(pvalues)
+    order = sorted(range(k), key=lambda i: (pvalues[i] != pvalues[i], pvalues[i]))  # NaN last
+    rejected = [False] * k
+    for rank, i in enumerate(order):
+        if not pvalues[i] <= alpha / (k - rank):
+            break
+        rejected[i] = True
+    return rejected

@@ -43,17 +43,3 @@ def interval_keys(columns: dict[str, torch.Tensor], article: torch.Tensor) -> di
     names = list(columns)
     lo, hi = article_intervals(torch.stack([columns[k].double() for k in names], 1), article)
     return {**{k + "_lo": float(v) for k, v in zip(names, lo)}, **{k + "_hi": float(v) for k, v in zip(names, hi)}}
-
-
-def holm(pvalues: list[float], alpha: float) -> list[bool]:
-    """Holm's step-down test of K hypotheses at family-wise error ``alpha``: with p sorted ascending, reject
-    p_(i) while p_(i) <= alpha / (K - i + 1) (i = 1..K), stop at the first that is not. NaN is never rejected.
-    Returns, in the input order, whether each hypothesis is rejected."""
-    k = len(pvalues)
-    order = sorted(range(k), key=lambda i: (pvalues[i] != pvalues[i], pvalues[i]))  # NaN last
-    rejected = [False] * k
-    for rank, i in enumerate(order):
-        if not pvalues[i] <= alpha / (k - rank):
-            break
-        rejected[i] = True
-    return rejected

@@ -43,7 +43,7 @@ from tune_p7.core.ranking import RANKING, fmt
 from tune_p7.data.loading import P7Data, load
 from tune_p7.errors import InputError
 from tune_p7.experiment import EVALUATION, EVALUATION_MD, PROBE, RECORD, SUMMARY_MD, Experiment
-from tune_p7.evaluation.export import export, load_exported, predict  # noqa: F401  (re-exported as before export.py)
+from tune_p7.evaluation.export import export
 from tune_p7.evaluation.selection import build, check_fits, choose_candidates, chosen_index, load_state, read_summary
 
 SPLIT_ALIASES = {"ood": "ood", "test": "ood", "val": "val"}

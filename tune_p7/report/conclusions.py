@@ -22,8 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tune_p7.core.clustered import (CONFIDENT_ARTICLES, CONFIDENT_EFFECTIVE_ARTICLES, LEVEL, claims_confidence,
-                                    cluster_estimate, p_not_above, t_interval)
-from tune_p7.core.intervals import holm
+                                    cluster_estimate, holm, p_not_above, t_interval)
 from tune_p7.core.verdicts import DEPLOY_MRR, DEPLOY_R5, PASS, verdict
 from tune_p7.data.folds import HELDOUT
 from tune_p7.experiment import Experiment

@@ -290,7 +290,7 @@ def section(exp: str, df: pd.DataFrame, record: dict | None = None, evaluator: s
             draw: bool = True) -> tuple[list[str], dict[str, bytes]]:
     """Write importance.json and its PNGs into experiment ``exp``; return the summary.md section's lines and the
     PNGs (name -> bytes, for summary.html to embed). ``draw=False`` takes the report and PNGs written before for
-    the same trials instead of fitting and drawing them again."""
+    the same trials instead of fitting and drawing them again; without a report before, it fits and draws none."""
     stored = Experiment(exp)
     before = None if draw else stored.importance()
     if before is not None:
@@ -300,6 +300,8 @@ def section(exp: str, df: pd.DataFrame, record: dict | None = None, evaluator: s
     stored.write_importance(report)
     md = markdown(report)
     files = {}
+    if not draw:
+        return md, files
     if report["importance"]:
         files[IMPORTANCE_PLOTS[0]] = bar_plot(report)
     finished = df[df["status"].isin(FINISHED)] if "status" in df else df

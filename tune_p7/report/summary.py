@@ -252,13 +252,17 @@ def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dic
     md += list(sections)
     if images:
         md += ["## Plots", ""] + [f"![{n}]({n})" for n in images] + [""]
+    elif not df.empty:
+        md += ["## Plots", "", f"None drawn (the search ran with --no-plots): `tune-p7 summarize {exp}` draws them.",
+               ""]
     return "\n".join(md)
 
 
 def summarize(exp: str, draw: bool = True) -> str:
     """Build and write summary.md, summary.html, summary.parquet and the plots of experiment ``exp`` (path or
     URI); returns the ranked table (its first rows) as text. ``draw=False`` takes the plots this search's summary
-    wrote before (summarizing again after the confirmation stage, which adds a section, not a curve)."""
+    wrote before, if any (summarizing again after the confirmation stage, which adds a section, not a curve; a
+    search with --no-plots)."""
     stored = Experiment(exp)
     exp = stored.path
     if not stored.exists():
