@@ -150,6 +150,10 @@ class Experiment:
         """Those of ``names`` (plots) the folder holds, by name."""
         return storage.read_present(self.path, names)
 
+    def remove_files(self, names) -> None:
+        """Delete those of ``names`` (plots) the folder holds."""
+        storage.remove_present(self.path, names)
+
     def importance(self) -> dict | None:
         return self._json(IMPORTANCE)
 

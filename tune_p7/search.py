@@ -356,7 +356,7 @@ def main(argv=None) -> int:
     table = summarize(folder.path, draw=not opts.no_plots)
     confirmed, unfinished = run_confirmation(opts, p)
     if confirmed is not None and not unfinished:
-        summarize(folder.path, draw=False)  # again, with the Confirmed section
+        summarize(folder.path, reuse=True)  # again, with the Confirmed section
     if handle:
         tracking.finish(folder.path, handle, finished=not unfinished)
     import ray

@@ -56,7 +56,7 @@ class SearchOptions:
                                            "exposes it (see docs/reliability.md)")
     no_probe: bool = opt(False, "skip the data probe (ridge/DIRECT baselines)")
     no_plots: bool = opt(False, "write the summary without its plots (1-1.5 CPU-s less a search; "
-                                "`tune-p7 summarize EXPERIMENT` draws them later)")
+                                "`python tune_p7/summarize.py EXPERIMENT` draws them later)")
     storage_is_shared: bool = opt(False, "the local --storage path is mounted on every node (multi-node without "
                                          "NFS detection)")
     confirm_top: int | None = opt(None, "configurations the confirmation stage trains again with new seeds, 0: none "

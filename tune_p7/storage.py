@@ -72,6 +72,14 @@ def read_present(folder: str, names) -> dict[str, bytes]:
     return {n: read_bytes(p) for n, p in paths.items() if exists(p)}
 
 
+def remove_present(folder: str, names) -> None:
+    """Delete the files among ``names`` that exist in ``folder`` (path or URI)."""
+    for name in names:
+        fs, path = filesystem(join(folder, name))
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_file(path)
+
+
 def read_parquet(uri_or_path: str):
     """A (small) Parquet file as a DataFrame, read from an Arrow buffer on the calling thread: a Python file object
     (``pd.read_parquet(io.BytesIO(...))``) leaves Arrow threads that need the GIL, and a process that has imported

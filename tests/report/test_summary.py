@@ -149,8 +149,8 @@ def test_summary_survives_a_torn_result_line(search40, tmp_path):
     assert len(after) == 40 and after.sort_index().equals(before.sort_index())  # the torn line is skipped
 
 
-def test_summarizing_again_without_drawing_writes_the_same_summary_and_draws_nothing(search40, tmp_path,
-                                                                                     monkeypatch):
+def test_summarizing_again_with_what_it_wrote_writes_the_same_summary_and_draws_nothing(search40, tmp_path,
+                                                                                       monkeypatch):
     exp = tmp_path / "e"
     shutil.copytree(search40[0], exp)
     summarize(str(exp))
@@ -158,26 +158,30 @@ def test_summarizing_again_without_drawing_writes_the_same_summary_and_draws_not
     assert {"curves.png", "importance.png", "parallel_coordinates.png"} <= set(written)
 
     def drawn(*args, **kwargs):
-        raise AssertionError("summarize(draw=False) drew or fitted again")
+        raise AssertionError("summarize(reuse=True) drew or fitted again")
 
     for module, name in ((summary_module, "plots"), (importance, "importances"), (importance, "bar_plot"),
                          (importance, "parallel_plot")):
         monkeypatch.setattr(module, name, drawn)
-    summarize(str(exp), draw=False)
+    summarize(str(exp), reuse=True)
     assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == written
 
 
-def test_a_summary_without_plots_says_how_to_draw_them_and_summarizing_draws_them(search40, tmp_path):
-    """A search with --no-plots summarizes with draw=False before any plot exists: every section but the plots,
-    and the command that draws them."""
+def test_a_summary_without_plots_says_how_to_draw_them_and_never_shows_an_earlier_summarys(search40, tmp_path):
+    """A search with --no-plots summarizes with draw=False: every section but the plots, and the command that draws
+    them. Plots and an importance report an earlier summary wrote (a search interrupted, then resumed with
+    --no-plots) showed other trials: the report is fitted again on these trials, and the plots are deleted."""
     exp = tmp_path / "e"
     shutil.copytree(search40[0], exp)
-    for f in [*exp.glob("*.png"), exp / "importance.json"]:
-        f.unlink()
+    stale = json.loads((exp / "importance.json").read_text())
+    (exp / "importance.json").write_text(json.dumps({**stale, "n_trials": {"margin": 3, "r_at_5": 3}}))
+    assert {"curves.png", "importance.png"} <= {p.name for p in exp.glob("*.png")}
     summarize(str(exp), draw=False)
     md = (exp / "summary.md").read_text()
-    assert not list(exp.glob("*.png")) and "## What matters" in md and (exp / "importance.json").exists()
-    assert f"None drawn (the search ran with --no-plots): `tune-p7 summarize {exp}` draws them." in md
+    assert not list(exp.glob("*.png")) and "## What matters" in md and "see the plots" not in md
+    assert json.loads((exp / "importance.json").read_text())["n_trials"] == stale["n_trials"]  # these 40 trials
+    assert f"None drawn (the search ran with --no-plots): `python tune_p7/summarize.py {exp.resolve()}` draws " \
+           "them." in md
     summarize(str(exp))
     assert {"curves.png", "importance.png", "parallel_coordinates.png"} <= {p.name for p in exp.glob("*.png")}
     assert "None drawn" not in (exp / "summary.md").read_text()

@@ -177,8 +177,8 @@ def _too_few(n: int, keys: list[str], values: pd.Series) -> str | None:
     return None
 
 
-def markdown(report: dict) -> list[str]:
-    """The "What matters" section of summary.md."""
+def markdown(report: dict, plotted: bool = True) -> list[str]:
+    """The "What matters" section of summary.md (``plotted``: with its PNGs)."""
     md = ["## What matters", ""]
     md += [f"Importance for the {TARGETS[t]} not computed: {why}." for t, why in report["skipped"].items()]
     done = [t for t in TARGETS if t in report["importance"]]
@@ -191,8 +191,8 @@ def markdown(report: dict) -> list[str]:
            f"Importance of each varied hyperparameter ({report['evaluator']}), from "
            f"{counts}. {report['stopped_trials']} ({report['n_stopped']} such). "
            f"Left out: {', '.join(left) or 'none'}. Importance: {report['meaning']}, rescaled to sum to 1 "
-           "for each target; they hold within this search's ranges and say nothing of the size of the effect "
-           "(see the plots).", "",
+           "for each target; they hold within this search's ranges and say nothing of the size of the effect"
+           + (" (see the plots)." if plotted else "."), "",
            "| hyperparameter | sampled as | " + " | ".join(f"importance for {TARGETS[t]}" for t in done) + " |",
            "|---|---|" + "---|" * len(done)]
     for k in report["importance"][done[0]]:
@@ -287,18 +287,18 @@ def parallel_plot(df: pd.DataFrame, keys: list[str], kinds: dict[str, str]) -> b
 
 
 def section(exp: str, df: pd.DataFrame, record: dict | None = None, evaluator: str = EVALUATORS[0],
-            draw: bool = True) -> tuple[list[str], dict[str, bytes]]:
+            draw: bool = True, reuse: bool = False) -> tuple[list[str], dict[str, bytes]]:
     """Write importance.json and its PNGs into experiment ``exp``; return the summary.md section's lines and the
-    PNGs (name -> bytes, for summary.html to embed). ``draw=False`` takes the report and PNGs written before for
-    the same trials instead of fitting and drawing them again; without a report before, it fits and draws none."""
+    PNGs (name -> bytes, for summary.html to embed). ``draw=False``: the report without PNGs. ``reuse`` takes the
+    report and PNGs written just before for the same trials instead of fitting and drawing them again."""
     stored = Experiment(exp)
-    before = None if draw else stored.importance()
+    before = stored.importance() if reuse else None
     if before is not None:
         files = stored.stored_files(IMPORTANCE_PLOTS)
-        return markdown(before) + [f"![{n}]({n})" for n in files] + [""], files
+        return markdown(before, plotted=bool(files)) + [f"![{n}]({n})" for n in files] + [""], files
     report = importances(df, record, evaluator)
     stored.write_importance(report)
-    md = markdown(report)
+    md = markdown(report, plotted=draw)
     files = {}
     if not draw:
         return md, files

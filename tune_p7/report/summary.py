@@ -18,7 +18,7 @@ from tune_p7.core.config import P7Config
 from tune_p7.core.ranking import RANKING, fmt, ranked_index, varied
 from tune_p7.core.verdicts import deploy_ok, verdict
 from tune_p7.errors import InputError, one_line
-from tune_p7.experiment import PLOTS, Experiment
+from tune_p7.experiment import IMPORTANCE_PLOTS, PLOTS, Experiment
 from tune_p7.report import conclusions, importance
 from tune_p7.report.plots import References, hp_label, plots
 from tune_p7.report.report_html import to_html
@@ -253,16 +253,17 @@ def markdown(exp: str, df: pd.DataFrame, search: dict, probe: dict, sampler: dic
     if images:
         md += ["## Plots", ""] + [f"![{n}]({n})" for n in images] + [""]
     elif not df.empty:
-        md += ["## Plots", "", f"None drawn (the search ran with --no-plots): `tune-p7 summarize {exp}` draws them.",
-               ""]
+        md += ["## Plots", "", "None drawn (the search ran with --no-plots): `python tune_p7/summarize.py "
+               f"{exp}` draws them.", ""]
     return "\n".join(md)
 
 
-def summarize(exp: str, draw: bool = True) -> str:
+def summarize(exp: str, draw: bool = True, reuse: bool = False) -> str:
     """Build and write summary.md, summary.html, summary.parquet and the plots of experiment ``exp`` (path or
-    URI); returns the ranked table (its first rows) as text. ``draw=False`` takes the plots this search's summary
-    wrote before, if any (summarizing again after the confirmation stage, which adds a section, not a curve; a
-    search with --no-plots)."""
+    URI); returns the ranked table (its first rows) as text. ``draw=False`` (a search with --no-plots) draws none
+    and deletes the plots an earlier summary of the experiment drew (they showed other trials or epochs).
+    ``reuse`` takes the plots and the importance report this search's summary wrote just before, if any
+    (summarizing again after the confirmation stage, which adds a section, not a curve or a trial)."""
     stored = Experiment(exp)
     exp = stored.path
     if not stored.exists():
@@ -271,12 +272,15 @@ def summarize(exp: str, draw: bool = True) -> str:
     df, curves = collect(exp, "search" in search.get("ended", {}))
     df = rank(df)
     sampler = samplers(df, search)
-    if draw:
+    if reuse:
+        files = stored.stored_files(PLOTS)
+    elif draw:
         files = plots(df, curves, references(probe, df, search.get("gates", {})), varied(df), sampler)
         stored.write_files(files)
     else:
-        files = stored.stored_files(PLOTS)
-    matters, matters_files = importance.section(exp, df, search, draw=draw)
+        files = {}
+        stored.remove_files(PLOTS + IMPORTANCE_PLOTS)
+    matters, matters_files = importance.section(exp, df, search, draw=draw, reuse=reuse)
     confirmed = [conclusions.markdown(exp), ""] if stored.has_confirmed() else []  # the confirmation, if made since
     md = markdown(exp, df, search, probe, sampler, list(files), confirmed + schedules(df, curves) + matters)
     files.update(matters_files)
