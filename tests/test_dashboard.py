@@ -135,6 +135,8 @@ def watched(strong_store):
                 seen["results"][rows[0]["trial_id"]] = rows
                 if f.parent.parent.name == name:
                     seen["search"].add(rows[0]["trial_id"])
+            # a Python worker of no job (Ray names its log worker-ID-ffffffff-PID.out) was started and never used
+            seen["jobless_workers"] = sorted(p.name for p in work.glob("ray/session_*/logs/worker-*-ffffffff-*.out"))
         finally:
             stop(proc, grace=20)
             if prom is not None:
@@ -170,6 +172,13 @@ def test_the_jobs_driver_runs_torch_with_the_launchers_threads(watched):
     setting (here none: torch's default) instead."""
     assert watched.get("driver_env"), "the job's driver was not seen"
     assert "OMP_NUM_THREADS" not in watched["driver_env"], watched["driver_env"].get("OMP_NUM_THREADS")
+
+
+def test_the_local_ray_starts_no_worker_that_no_job_uses(watched):
+    """Ray starts a worker per CPU for its first driver, the launcher, which runs nothing on them, and the job's
+    supervisor and trials take new ones: two processes importing ray while the job starts."""
+    assert watched["code"] == 0, watched["output"][-3000:]
+    assert watched["jobless_workers"] == []
 
 
 def test_no_actor_names_a_trial_it_does_not_run_and_each_trial_is_found_by_its_workers_pid(watched):

@@ -8,11 +8,16 @@ the terminal gets the same two streams as before, unbuffered and in order. Where
 shows Tune's tables and the log gets plain progress lines (tune_p7.tuning.progress). Ctrl-C in the launcher is sent to
 the driver as SIGINT (the interruption a driver in the foreground got), and the launcher exits with the driver's
 exit code. ``TUNE_P7_IN_PROCESS=1`` runs the search in the launcher's process instead, as before this module.
+
+While Ray's job supervisor and then the driver start (a few seconds in which one process at a time works), the
+launcher computes what the driver would compute first (the data probe) and hands it over on the same socket
+(``launch(..., ahead=)``, ``handed_over()``), so that the search's start does not wait for it.
 """
 from __future__ import annotations
 
 import json
 import os
+import struct
 import shlex
 import shutil
 import signal
@@ -30,6 +35,7 @@ IN_PROCESS_VAR = "TUNE_P7_IN_PROCESS"
 OMP_VAR = "OMP_NUM_THREADS"  # torch reads it at import
 SEARCH = Path(__file__).resolve().with_name("search.py")
 _JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # ray.init reads the driver's job config (its name) from it
+_PRESTART_VAR = "RAY_prestart_worker_first_driver"  # the raylet reads its config from RAY_<name> at start
 
 
 def launching(opts, name: str) -> bool:
@@ -38,6 +44,9 @@ def launching(opts, name: str) -> bool:
     if opts.address or os.environ.get(IN_PROCESS_VAR) == "1" or CONSOLE_VAR in os.environ:
         return False
     os.environ[_JOB_CONFIG_VAR] = json.dumps({"metadata": {"job_name": f"{name} (launcher)"}})
+    # Ray starts a worker per CPU for the first driver (this launcher, which runs nothing on them) that the job's
+    # supervisor and trials never take: processes importing ray on the cores the job's start needs
+    os.environ.setdefault(_PRESTART_VAR, "0")
     _free_agent_port()
     return True
 
@@ -64,14 +73,32 @@ def _free_agent_port() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the launcher
-class _Console(threading.Thread):
-    """Accepts the driver's connection: reads its pid, sends it this process's stdout and stderr descriptors."""
+class _Ahead(threading.Thread):
+    """``work()`` computed beside the job's start; ``body``, its JSON, is null where it failed (the driver then
+    computes it again and reports what went wrong, as without a launcher)."""
 
-    def __init__(self, path: str):
+    def __init__(self, work):
+        super().__init__(daemon=True)
+        self.work = work
+        self.body = b"null"
+
+    def run(self) -> None:
+        try:
+            self.body = json.dumps(self.work()).encode()
+        except Exception:  # noqa: BLE001 - the driver's own attempt reports it
+            pass
+
+
+class _Console(threading.Thread):
+    """Accepts the driver's connection: reads its pid, sends it this process's stdout and stderr descriptors, then
+    ``ahead``'s result (one length-prefixed JSON value, null without one)."""
+
+    def __init__(self, path: str, ahead: _Ahead | None = None):
         super().__init__(daemon=True)
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(path)
         self.server.listen(1)
+        self.ahead = ahead
         self.pid: int | None = None
 
     def run(self) -> None:
@@ -83,6 +110,10 @@ class _Console(threading.Thread):
                 sys.stderr.flush()
                 socket.send_fds(conn, [b"console"], [sys.stdout.fileno(), sys.stderr.fileno()])
                 self.pid = pid
+                if self.ahead:
+                    self.ahead.join()
+                body = self.ahead.body if self.ahead else b"null"
+                conn.sendall(struct.pack("!Q", len(body)) + body)
         except (OSError, ValueError):
             pass
 
@@ -114,8 +145,9 @@ def wait_for(client, job: str, console: _Console):
                 client.stop_job(job)
 
 
-def launch(name: str, dashboard: str, argv: list[str]) -> int:
-    """Submit ``search.py ARGV --name NAME`` to the local Ray's job API, wait for it, return its exit code."""
+def launch(name: str, dashboard: str, argv: list[str], ahead=None) -> int:
+    """Submit ``search.py ARGV --name NAME`` to the local Ray's job API, wait for it, return its exit code.
+    ``ahead``: a function whose JSON-able result the driver takes with ``handed_over()``, computed here meanwhile."""
     os.environ.pop(_JOB_CONFIG_VAR, None)
     import ray
     from ray.job_submission import JobSubmissionClient
@@ -127,7 +159,8 @@ def launch(name: str, dashboard: str, argv: list[str]) -> int:
     folder = tempfile.mkdtemp(prefix="p7j-", dir="/tmp")  # short: a unix socket path has at most 107 bytes
     sock = os.path.join(folder, "console")
     try:
-        console = _Console(sock)
+        work = _Ahead(ahead) if ahead else None
+        console = _Console(sock, work)
         console.start()
         args = shlex.join([*argv, "--name", name])
         entrypoint = (f"cd {shlex.quote(os.getcwd())} && {_launcher_threads()} && RAY_ADDRESS={shlex.quote(gcs)} "
@@ -138,6 +171,8 @@ def launch(name: str, dashboard: str, argv: list[str]) -> int:
         while True:  # a fresh Ray's dashboard refuses jobs until its node's agent has registered
             try:
                 job = client.submit_job(entrypoint=entrypoint, metadata={"job_name": name})
+                if work:
+                    work.start()
                 break
             except RuntimeError as exc:
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:
@@ -173,19 +208,39 @@ def _pump(source: int, targets: list[int]) -> None:
                 targets.remove(fd)
 
 
+_launcher: socket.socket | None = None  # the connection handed_over() reads
+
+
+def handed_over():
+    """In a search submitted by ``launch``: what the launcher computed ahead for it (``launch(ahead=)``), waiting for
+    it; None where it computed nothing, failed, or there is no launcher. Read once."""
+    global _launcher
+    if _launcher is None:
+        return None
+    conn, _launcher = _launcher, None
+    with conn:
+        head = conn.recv(8, socket.MSG_WAITALL)
+        if len(head) < 8:
+            return None
+        size, = struct.unpack("!Q", head)
+        body = conn.recv(size, socket.MSG_WAITALL) if size else b""
+    return json.loads(body) if len(body) == size else None
+
+
 def attach_console() -> None:
     """In a search submitted by ``launch``: take the launcher's console. File descriptors 1 and 2 become pipes whose
     every byte goes to the job's log (what they were) and to the console, so Python's prints, Ray's and Tune's
     loggers and the C++ core's messages all reach both, as they reached the terminal of a driver run in place."""
+    global _launcher
     path = os.environ.pop(CONSOLE_VAR, None)
     if not path:
         return
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # Ray's job supervisor blocks it in its children
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(path)
-        s.sendall(str(os.getpid()).encode())
-        _, fds, _, _ = socket.recv_fds(s, 16, 2)
+    _launcher = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    _launcher.connect(path)
+    _launcher.sendall(str(os.getpid()).encode())
+    _, fds, _, _ = socket.recv_fds(_launcher, 16, 2)
     if len(fds) < 2:  # the launcher's stdout is not a file descriptor: the log alone
         return
     import atexit

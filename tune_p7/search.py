@@ -79,14 +79,19 @@ def samplers(space: Space) -> dict[str, str]:
     return {**out, **{k: "grid" for r in space.runs for k in r}}
 
 
-def write_probe(data, space: Space, exp: str) -> None:
-    """Store the data probe with the experiment (the summary shows it above the ranked table) and print its
-    ``warning:`` lines (the oracle judged by the space's gates and the verdict) on stderr, before any trial starts."""
-    from tune_p7.probe import markdown, probe
+def probe_data(data, space: Space) -> dict:
+    """The data probe (tune_p7.probe) at the space's context length (5 where it has it) with its gates."""
+    from tune_p7.probe import probe
 
     ks = space.values_of("context_length")
-    result = probe(data, 5 if 5 in ks else ks[0], gates=space.gates,
-                   warmup_epochs=max(space.values_of("warmup_epochs")))
+    return probe(data, 5 if 5 in ks else ks[0], gates=space.gates, warmup_epochs=max(space.values_of("warmup_epochs")))
+
+
+def write_probe(result: dict, exp: str) -> None:
+    """Store the data probe with the experiment (the summary shows it above the ranked table) and print its
+    ``warning:`` lines (the oracle judged by the space's gates and the verdict) on stderr, before any trial starts."""
+    from tune_p7.probe import markdown
+
     Experiment(exp).write_probe(result, markdown(result))
     val = result["splits"]["val"]
     print(f"  probe:     val Delta {val['delta']:+.4f}; ridge margin {val['baselines']['ridge']['margin']:+.3f}, "
@@ -173,6 +178,7 @@ class Plan:
     track: TrackingSettings
     confirming: ConfirmSettings
     precision: dict | None = None  # decided once, for the record (decide_precision)
+    probe: dict | None = None  # the data probe where the launcher computed it (tune_p7.job), else made at the record
 
 
 def stored_record(opts: SearchOptions, folder: Experiment) -> dict | None:
@@ -246,7 +252,7 @@ def record_search(opts: SearchOptions, p: Plan, argv: list[str]) -> None:
         "created": time.strftime("%Y-%m-%d %H:%M:%S"), **kept_inputs.keep(p.folder.path, p.space_path, p.data_path),
         **({"continues": p.before["path"]} if p.before else {})})
     if not opts.no_probe:
-        write_probe(p.data, space, p.folder.path)
+        write_probe(p.probe or probe_data(p.data, space), p.folder.path)
 
 
 def announce(p: Plan, dashboard: str) -> None:
@@ -329,6 +335,7 @@ def main(argv=None) -> int:
         return 0
     p = plan(opts, root, name, folder, stored)
     launch = job.launching(opts, name)  # no --address: start Ray here, run the search as a job in it
+    p.probe = job.handed_over()  # a launched driver waits for its launcher's probe: it would disturb the timing
     if not opts.resume and not launch:  # before Ray starts: its start-up would disturb the timing
         p.space, p.precision = decide_precision(p.space)
     preflight.check_storage_uri(root)
@@ -336,7 +343,8 @@ def main(argv=None) -> int:
     connect.check_address(opts.address)
     dashboard = connect.init_ray(opts)
     if launch and dashboard:
-        return job.launch(name, dashboard, argv)
+        ahead = None if opts.no_probe or opts.resume else (lambda: probe_data(p.data, p.space))
+        return job.launch(name, dashboard, argv, ahead)
     check_cluster(opts, root)
     if not opts.resume:
         record_search(opts, p, argv)
