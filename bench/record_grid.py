@@ -37,6 +37,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from tune_p7.cli import read_yaml  # noqa: E402
+from tune_p7.tuning.replay_table import Table, objective  # noqa: E402
 
 SKIP = ("direct_", "centroid_")
 _DATA = None
@@ -169,6 +170,7 @@ def main(argv=None) -> None:
             "command": "nice -n 19 python " + shlex.join(["bench/record_grid.py", *(argv or sys.argv[1:])]),
             "niceness": os.nice(0), "workers": a.workers, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "complete": False}
+    meta["metric"], meta["mode"] = objective(meta)
     print(f"{len(jobs)} runs to record ({len(configs)} configurations x {len(a.seeds)} seeds, {len(done)} done)",
           flush=True)
     t0, loads = time.perf_counter(), []
@@ -186,9 +188,7 @@ def main(argv=None) -> None:
                 print(f"{len(done) + n}/{len(configs) * len(a.seeds)} runs, {meta['wall_s']:.0f} s, "
                       f"load {loads[-1]:.1f}", flush=True)
     if meta["complete"]:  # what the table can show a multi-fidelity method, in its own metadata
-        from tune_p7.tuning.replay_table import Table
-
-        meta["diagnostics"] = Table.from_frame(pd.DataFrame(rows), keys).diagnostics()
+        meta["diagnostics"] = Table.from_frame(pd.DataFrame(rows), keys, meta["metric"], meta["mode"]).diagnostics()
         write(out, rows, meta)
     print(json.dumps({k: v for k, v in meta.items() if k != "space"}, indent=1))
 

@@ -36,3 +36,28 @@ def test_an_end_that_a_few_censored_resamples_decide_is_not_an_interpolation_tow
     base = [40.0] * 11 + [INF] * 9
     h = ratio_ci([20.0] * 20, base, [100] * 20, [60] * 20, np.random.default_rng(1))
     assert h["ci95"][1] is not None and h["ci95"][1] <= 0.5 + 1e-12  # at most 20 / 40
+
+
+def test_a_table_replayed_without_100_trials_keeps_its_headline_and_a_real_data_table_gets_the_real_goal(
+        tmp_path, monkeypatch):
+    import json
+
+    import search_compare
+
+    monkeypatch.setattr(search_compare, "results_dir", lambda quick: tmp_path)
+    kept = {"median": 0.9, "replays": [1000, 1099]}
+    (tmp_path / "summary.json").write_text(json.dumps({"default_method_epochs_vs_random_asha": {"grid_a": kept}}))
+    figures = {  # grid_a replayed at 25 and 50 trials only; grid_b, real data, at 100
+        "grid_a": {"ranks_at_100": {}, "default_method_epochs_vs_random_asha": None,
+                   "recording": {"data": "tune_p7.data.synth 120:24:64:2.0:0"}},
+        "grid_b": {"ranks_at_100": {"default": {"rank": 1.0, "ci95": [1.0, 2.0]}},
+                   "default_method_epochs_vs_random_asha": {"method": "default", "median_bounds": [0.55, 0.55],
+                                                            "ci95": [0.4, 0.7]},
+                   "recording": {"data": "data/pydocs.parquet"}}}
+    search_compare.merge_summary(figures, [1000, 1099])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["default_method_epochs_vs_random_asha"]["grid_a"] == kept
+    assert "grid_a" not in summary["search_method_ranks_at_100"]
+    assert summary["default_method_epochs_vs_random_asha"]["grid_b"]["median_bounds"] == [0.55, 0.55]
+    target = summary["targets"]["default_method_epochs_vs_random_asha/grid_b"]
+    assert target["target"] == "<= 0.6 (upper end <= 0.75)" and target["met"]  # the synthetic goal (0.4) would fail

@@ -123,6 +123,25 @@ def test_targets_pool_every_configurations_seeds_and_regret_is_read_at_equal_tri
     assert at[3] == pytest.approx(regret[-1] / (149 / 150)) and list(epochs) == list(range(1, 21))
 
 
+def test_a_recorded_table_is_read_on_its_space_files_metric(tmp_path):
+    """A table recorded from a space ranked by MRR@10 (lower margin where MRR is higher) is replayed on MRR@10: its
+    best configuration is MRR's, not the margin's."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [dict(config_id=i, seed=s, epoch=1, **{"config/lr": lr}, margin=-lr, mrr_at_10=lr, train_seconds=1.0)
+            for i, lr in enumerate((1e-3, 3e-3)) for s in (0, 1)]
+    meta = {"grid_keys": ["lr"], "space": "metric: mrr_at_10\nmode: max\nparams:\n  lr: {grid: [1.0e-3, 3.0e-3]}\n"}
+    t = pa.Table.from_pandas(pd.DataFrame(rows))
+    pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b"tune_p7_grid": json.dumps(meta).encode()}),
+                   tmp_path / "grid.parquet")
+    table = Table.read(tmp_path / "grid.parquet")
+    assert (table.metric, table.mode) == ("mrr_at_10", "max")
+    assert table.best()[:2] == ((3e-3,), pytest.approx(3e-3))
+
+
 def test_diagnostics_say_which_keys_matter_and_whether_epoch_1_already_ranks_the_configurations():
     """lr alone sets the final value and temperature nothing; epoch 1 ranks the configurations in reverse."""
     rows = [dict(lr=lr, temperature=temp, seed=s, epoch=e, margin=(1.0 - lr * 100) if e == 1 else lr * 100 + e,

@@ -20,6 +20,15 @@ META_KEY = b"tune_p7_grid"
 GATE_INPUTS = ("cos_anchor", "cos_next", "cos_prev", "margin")  # the val metrics core.gates.gate reads
 
 
+def objective(meta: dict) -> tuple[str, str]:
+    """(metric, mode) of a recorded table: its metadata's, else its space file's (``meta["space"]``, the text
+    bench/record_grid.py keeps), else the search's defaults (margin, max)."""
+    import yaml
+
+    space = yaml.safe_load(meta.get("space") or "") or {}
+    return meta.get("metric", space.get("metric", "margin")), meta.get("mode", space.get("mode", "max"))
+
+
 @dataclass
 class Table:
     """Learning curves of a full grid: ``curves[config][seed]`` = (metric per epoch, seconds per epoch)."""
@@ -52,8 +61,7 @@ class Table:
 
         t = pq.read_table(path)
         meta = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
-        return cls.from_frame(t.to_pandas(), meta["grid_keys"], meta.get("metric", "margin"),
-                              meta.get("mode", "max"), meta)
+        return cls.from_frame(t.to_pandas(), meta["grid_keys"], *objective(meta), meta)
 
     def with_costs(self, model: dict) -> "Table":
         """This table charging each epoch the seconds of ``model`` (bench/epoch_cost.py: {"keys": the grid keys that
