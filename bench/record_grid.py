@@ -13,7 +13,8 @@ scalar val/train metric of the epoch (the model-free baselines ``direct_*`` / ``
 the same in every row) and ``train_seconds``, the epoch's training time, which the replay charges as its cost.
 The table's Parquet metadata holds the space file's text, the command, the data, the machine's load average
 during the recording and its wall time. The table is rewritten every ``--flush`` finished runs, so an interrupted
-recording keeps what it did; ``--resume`` skips the (config, seed) pairs already in the table.
+recording keeps what it did; ``--resume`` skips the (config, seed) pairs already in the table and keeps its first
+start, its wall time (``wall_s`` counts every part) and each earlier part's end and load in ``earlier_parts``.
 """
 from __future__ import annotations
 
@@ -161,7 +162,9 @@ def main(argv=None) -> None:
     fixed, keys, configs = grid(a.space)
     configs = configs[:a.limit] if a.limit else configs
     out = Path(a.out)
-    rows = pq.read_table(out).to_pandas().to_dict("records") if a.resume and out.exists() else []
+    earlier = pq.read_table(out) if a.resume and out.exists() else None
+    rows = earlier.to_pandas().to_dict("records") if earlier is not None else []
+    earlier = json.loads(earlier.schema.metadata[b"tune_p7_grid"]) if earlier is not None else {}
     done = {(int(r["config_id"]), int(r["seed"])) for r in rows}
     jobs = [(i, s, c, fixed) for i, c in enumerate(configs) for s in a.seeds if (i, s) not in done]
     data = synth_store(a.synth) if a.synth else a.data
@@ -171,6 +174,9 @@ def main(argv=None) -> None:
             "niceness": os.nice(0), "workers": a.workers, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "complete": False}
     meta["metric"], meta["mode"] = objective(meta)
+    if earlier:  # a resumed recording: its first start; each earlier part's end (wall_s counts from the first start)
+        meta.update(started=earlier["started"], earlier_parts=earlier.get("earlier_parts", []) + [
+            {k: earlier.get(k) for k in ("command", "finished", "wall_s", "runs_done", "loadavg_1min")}])
     print(f"{len(jobs)} runs to record ({len(configs)} configurations x {len(a.seeds)} seeds, {len(done)} done)",
           flush=True)
     t0, loads = time.perf_counter(), []
@@ -179,7 +185,8 @@ def main(argv=None) -> None:
             rows.extend(got)
             loads.append(os.getloadavg()[0])
             if n % a.flush == 0 or n == len(jobs):
-                meta.update(wall_s=round(time.perf_counter() - t0, 1), runs_done=len(done) + n,
+                meta.update(wall_s=round(time.perf_counter() - t0 + earlier.get("wall_s", 0), 1),
+                            runs_done=len(done) + n,
                             loadavg_1min={"min": min(loads), "median": sorted(loads)[len(loads) // 2],
                                           "max": max(loads)},
                             complete=len(done) + n == len(configs) * len(a.seeds),
