@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import shlex
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import threading
