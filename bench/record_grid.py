@@ -151,7 +151,18 @@ def main(argv=None) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--limit", type=int, help="only the first N configurations (a quick check)")
     p.add_argument("--trim", metavar="TABLE", help="write the largest complete sub-grid of --out to TABLE; no run")
+    p.add_argument("--diagnose", action="store_true", help="write the metric, mode and Table.diagnostics() into "
+                                                            "the metadata of --out, a table recorded without them; no run")
     a = p.parse_args(argv)
+    if a.diagnose:
+        t = pq.read_table(a.out)
+        meta = json.loads(t.schema.metadata[b"tune_p7_grid"])
+        meta["metric"], meta["mode"] = objective(meta)
+        meta["diagnostics"] = Table.read(a.out).diagnostics()
+        pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b"tune_p7_grid": json.dumps(meta).encode()}),
+                       a.out)
+        print(f"{a.out}: {meta['diagnostics']}")
+        return
     if a.trim:
         t = pq.read_table(a.out)
         meta, df = complete_subgrid(json.loads(t.schema.metadata[b"tune_p7_grid"]), t.to_pandas())
