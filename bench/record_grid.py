@@ -151,8 +151,9 @@ def main(argv=None) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--limit", type=int, help="only the first N configurations (a quick check)")
     p.add_argument("--trim", metavar="TABLE", help="write the largest complete sub-grid of --out to TABLE; no run")
-    p.add_argument("--diagnose", action="store_true", help="write the metric, mode and Table.diagnostics() into "
-                                                            "the metadata of --out, a table recorded without them; no run")
+    p.add_argument("--diagnose", action="store_true",
+                   help="write the metric, mode and Table.diagnostics() into the metadata of --out, a table recorded "
+                        "without them; no run")
     a = p.parse_args(argv)
     if a.diagnose:
         t = pq.read_table(a.out)

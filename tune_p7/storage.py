@@ -74,10 +74,10 @@ def read_present(folder: str, names) -> dict[str, bytes]:
 
 def remove_present(folder: str, names) -> None:
     """Delete the files among ``names`` that exist in ``folder`` (path or URI)."""
-    for name in names:
-        fs, path = filesystem(join(folder, name))
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            fs.delete_file(path)
+    for path in (join(folder, n) for n in names):
+        if exists(path):
+            fs, local = filesystem(path)
+            fs.delete_file(local)
 
 
 def read_parquet(uri_or_path: str):

@@ -151,7 +151,7 @@ def search_warnings(settings: SearchSettings, num_samples: int) -> list[str]:
     elif num_samples < MEASURED_MIN_TRIALS:
         out.append(f"warning: search.algorithm {settings.algorithm} with num_samples {num_samples}: below "
                    f"{MEASURED_MIN_TRIALS} trials the replays found a model-based search not reliably ahead of random "
-                   "search + ASHA at finding the best configuration (at 25 trials ahead on two of four recorded tables, "
-                   "not on two: bench/README.md); the model chooses only "
-                   f"{max(num_samples - startup, 0)} trials")
+                   "search + ASHA at finding the best configuration (at 25 trials ahead on two of four recorded "
+                   f"tables, not on two: bench/README.md); the model chooses only {max(num_samples - startup, 0)} "
+                   "trials")
     return out
