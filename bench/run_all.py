@@ -21,7 +21,8 @@ from common import dump_json, results_dir
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["store_size", "precision", "step", "throughput", "eval", "seed_grid", "ray_overhead", "start_cost", "memory",
-           "asha", "search_efficiency"]  # search_efficiency is long (12 searches): --skip search_efficiency
+           "asha", "search_efficiency", "side_by_side"]  # the last two are long (12 searches; 18 searches, about
+# 25 minutes): --skip search_efficiency side_by_side
 
 # key: (bench, how to read it from that bench's JSON, target text, check)
 HEADLINES = {
@@ -41,6 +42,12 @@ HEADLINES = {
                                    "reported", lambda v: None),
     "eval_seconds_11k": ("eval", lambda r: r["eval_seconds_11k"], "reported", lambda v: None),
     "trial_start_cpu_s": ("start_cost", lambda r: r["trial_start_cpu_s"], "reported", lambda v: None),
+    "first_command_s": ("side_by_side", lambda r: r["first_command_s"], "<= 30", lambda v: v <= 30),
+    "first_command_vs_fastest": ("side_by_side", lambda r: r["first_command_vs_fastest"], "<= 1.2",
+                                 lambda v: v <= 1.2),
+    "first_command_cold_vs_fastest": ("side_by_side", lambda r: r["first_command_cold_vs_fastest"], "<= 1.2",
+                                      lambda v: v <= 1.2),
+    "wide_vs_fastest": ("side_by_side", lambda r: r["wide_vs_fastest"], "<= 1.2", lambda v: v <= 1.2),
 }
 
 

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from pathlib import Path
 # searches, the session's Ray node): two pytest workers and their searches share two cores, and OpenMP threads
 # that spin-wait at the end of each parallel region burn the CPU the other side needs (docs/measurements.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# the searches' probes are kept in a cache of this run (tune_p7.probe_cache), not in the user's
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tune_p7_test_cache_")
 
 import pytest  # noqa: E402
 

@@ -9,7 +9,7 @@ PACKAGE = REPO / "tune_p7"
 STAGES = ["data", "core", "space", "tuning", "report", "evaluation"]  # each may import the ones before it
 PLUMBING = {"errors", "storage", "cli", "experiment"}  # imported by every stage; they import only each other
 COMMANDS_AND_DRIVER = {"__init__", "commands", "search", "search_options", "probe", "summarize", "train",  # import any
-                       "connect", "job", "preflight", "kept_inputs"}
+                       "connect", "job", "preflight", "kept_inputs", "probe_cache"}
 
 
 def imported(path) -> set[str]:

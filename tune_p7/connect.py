@@ -67,6 +67,19 @@ def init_ray(opts: SearchOptions) -> str:
     return url if not url or url.startswith("http") else "http://" + url
 
 
+def stop_ray() -> None:
+    """Leave Ray, stopping the local Ray this process started. Ray stops its GCS before the autoscaler's monitor,
+    whose SIGTERM handler then reports its own end to the stopped GCS until its one-second grace runs out: a local
+    node's monitor (nothing to scale) is killed first."""
+    import ray
+    from ray._private import worker
+
+    node = worker._global_node
+    if node is not None and node.is_head():
+        node.kill_monitor(check_alive=False)
+    ray.shutdown()
+
+
 def token_hint() -> str:
     """Where the dashboard's token is, when Ray's token authentication is on (the dashboard then asks for it)."""
     from ray._private.authentication.authentication_utils import is_token_auth_enabled

@@ -80,11 +80,20 @@ def samplers(space: Space) -> dict[str, str]:
 
 
 def probe_data(data, space: Space) -> dict:
-    """The data probe (tune_p7.probe) at the space's context length (5 where it has it) with its gates."""
-    from tune_p7.probe import probe
+    """The data probe (tune_p7.probe) at the space's context length (5 where it has it) with its gates, computed
+    once for data, parameters and code (tune_p7.probe_cache)."""
+    from tune_p7 import probe_cache
 
     ks = space.values_of("context_length")
-    return probe(data, 5 if 5 in ks else ks[0], gates=space.gates, warmup_epochs=max(space.values_of("warmup_epochs")))
+    k, warmup = 5 if 5 in ks else ks[0], max(space.values_of("warmup_epochs"))
+
+    def compute() -> dict:
+        from tune_p7.probe import probe
+
+        return probe(data, k, gates=space.gates, warmup_epochs=warmup)
+
+    return probe_cache.cached(data, {"context_length": k, "gates": vars(space.gates), "warmup_epochs": warmup},
+                              compute)
 
 
 def write_probe(result: dict, exp: str) -> None:
@@ -344,7 +353,9 @@ def main(argv=None) -> int:
     dashboard = connect.init_ray(opts)
     if launch and dashboard:
         ahead = None if opts.no_probe or opts.resume else (lambda: probe_data(p.data, p.space))
-        return job.launch(name, dashboard, argv, ahead)
+        code = job.launch(name, dashboard, argv, ahead)
+        connect.stop_ray()
+        return code
     check_cluster(opts, root)
     if not opts.resume:
         record_search(opts, p, argv)
@@ -367,9 +378,7 @@ def main(argv=None) -> int:
         summarize(folder.path, reuse=True)  # again, with the Confirmed section
     if handle:
         tracking.finish(folder.path, handle, finished=not unfinished)
-    import ray
-
-    ray.shutdown()  # its workers' last lines and exits come now, not after the table
+    connect.stop_ray()  # its workers' last lines and exits come now, not after the table
     return report(p, table, confirmed, unfinished)
 
 

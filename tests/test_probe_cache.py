@@ -1,0 +1,90 @@
+"""tune_p7.probe_cache: a search's data probe is computed once for the same vectors, parameters and code, and
+anything that could change it (a vector, a parameter, the code) computes it again; a broken cache never breaks a
+search."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+
+from conftest import make_store
+from tune_p7 import probe_cache
+from tune_p7.data.loading import load
+
+PARAMS = {"context_length": 5, "gates": {"drift": 0.05, "margin": 0.1}, "warmup_epochs": 1}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "tune_p7" / "probes"
+
+
+@pytest.fixture
+def data(tmp_path):
+    return load(make_store(tmp_path / "s.parquet", articles=40, chunks=8, dim=16))
+
+
+class Counted:
+    """A probe stand-in that counts its calls (the real probe is tests/test_probe.py's)."""
+
+    def __init__(self, result=None):
+        self.calls, self.result = 0, result or {"splits": {"val": {"delta": -0.0038}}, "k": [1, 2.5, None]}
+
+    def __call__(self):
+        self.calls += 1
+        return self.result
+
+
+def test_a_second_probe_of_the_same_data_and_parameters_is_read_not_computed(cache, data, tmp_path):
+    compute = Counted()
+    first = probe_cache.cached(data, PARAMS, compute)
+    again = probe_cache.cached(load(tmp_path / "s.parquet"), dict(PARAMS), compute)  # the same file loaded again
+    assert first == again == compute.result and compute.calls == 1
+    assert [p.suffix for p in cache.iterdir()] == [".json"]
+
+
+def test_another_vector_split_or_parameter_computes_it_again(cache, data):
+    compute = Counted()
+    probe_cache.cached(data, PARAMS, compute)
+    chunks = data.val.chunks.copy()
+    chunks[3, 2] += 1e-3
+    changed = dataclasses.replace(data, val=dataclasses.replace(data.val, chunks=chunks))
+    probe_cache.cached(changed, PARAMS, compute)
+    probe_cache.cached(dataclasses.replace(data, ood=None), PARAMS, compute)
+    probe_cache.cached(data, {**PARAMS, "context_length": 3}, compute)
+    probe_cache.cached(data, {**PARAMS, "gates": {"drift": 0.05, "margin": 0.2}}, compute)
+    assert compute.calls == 5 and len(list(cache.iterdir())) == 5
+
+
+def test_a_change_of_the_code_is_a_new_key(data, tmp_path):
+    package = tmp_path / "pkg"
+    shutil.copytree(probe_cache.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = probe_cache.source_digest(package)
+    assert before == probe_cache.source_digest(probe_cache.PACKAGE)
+    with open(package / "probe.py", "a") as f:
+        f.write("\n# a change\n")
+    after = probe_cache.source_digest(package)
+    assert after != before
+    assert probe_cache.key(data, PARAMS, before) != probe_cache.key(data, PARAMS, after)
+
+
+@pytest.mark.parametrize("text", ["{\"splits\": ", "null", ""], ids=["torn", "not-a-probe", "empty"])
+def test_a_kept_file_that_is_not_a_probe_is_computed_again_and_replaced(cache, data, text):
+    compute = Counted()
+    path = cache / f"{probe_cache.key(data, PARAMS)}.json"
+    cache.mkdir(parents=True)
+    path.write_text(text)
+    assert probe_cache.cached(data, PARAMS, compute) == compute.result and compute.calls == 1
+    assert json.loads(path.read_text()) == compute.result
+
+
+def test_a_cache_that_cannot_be_written_still_gives_the_probe(tmp_path, monkeypatch, data):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    compute = Counted()
+    assert probe_cache.cached(data, PARAMS, compute) == compute.result
+    assert probe_cache.cached(data, PARAMS, compute) == compute.result and compute.calls == 2
+    assert list(tmp_path.glob("**/*.tmp")) == []
