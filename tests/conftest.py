@@ -1,7 +1,9 @@
 """Shared fixtures: small synthetic article stores and a small model config."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # the searches' probes are kept in a cache of this run (tune_p7.probe_cache), not in the user's
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tune_p7_test_cache_")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 import pytest  # noqa: E402
 

@@ -9,9 +9,11 @@ import shutil
 
 import pytest
 
-from conftest import make_store
+from conftest import REPO, make_store
 from tune_p7 import probe_cache
 from tune_p7.data.loading import load
+from tune_p7.search import probe_data
+from tune_p7.space.file import load_space
 
 PARAMS = {"context_length": 5, "gates": {"drift": 0.05, "margin": 0.1}, "warmup_epochs": 1}
 
@@ -88,3 +90,13 @@ def test_a_cache_that_cannot_be_written_still_gives_the_probe(tmp_path, monkeypa
     assert probe_cache.cached(data, PARAMS, compute) == compute.result
     assert probe_cache.cached(data, PARAMS, compute) == compute.result and compute.calls == 2
     assert list(tmp_path.glob("**/*.tmp")) == []
+
+
+def test_the_same_vectors_in_another_file_get_a_probe_that_names_that_file(cache, data, tmp_path):
+    """The probe names its data: a copy of a probed store is probed again, not read as the original's."""
+    shutil.copy(tmp_path / "s.parquet", tmp_path / "copy.parquet")
+    copy = load(tmp_path / "copy.parquet")
+    space = load_space(REPO / "search_spaces" / "smoke.yaml")
+    assert probe_data(data, space)["data"] == data.source
+    assert probe_data(copy, space)["data"] == copy.source != data.source
+    assert len(list(cache.iterdir())) == 2

@@ -1,4 +1,4 @@
-"""The search's data probe, kept by what it depends on: a search on data probed before (the same vectors and splits,
+"""The search's data probe, kept by what it depends on: a search on data probed before (the same file and vectors,
 context length and gates, the same tune_p7 source and torch) reads the probe instead of computing it again. On the
 shipped data the probe costs 2.4-3.5 CPU-s and, in the launcher, torch's import; on seed-scale data minutes.
 
@@ -34,11 +34,11 @@ def source_digest(package: Path = PACKAGE) -> str:
 
 
 def key(data, params: dict, code: str | None = None) -> str:
-    """The probe's key: ``params`` (JSON-able), the code (``source_digest()``), torch's version and every array of
-    the data's splits (dtype, shape and bytes)."""
+    """The probe's key: ``params`` (JSON-able), the code (``source_digest()``), torch's version, the data's source
+    (the probe names it) and every array of its splits (dtype, shape and bytes)."""
     h = hashlib.blake2b(digest_size=20)
-    h.update(json.dumps({"params": params, "code": code or source_digest(), "torch": version("torch")},
-                        sort_keys=True).encode())
+    h.update(json.dumps({"params": params, "code": code or source_digest(), "torch": version("torch"),
+                         "source": data.source}, sort_keys=True).encode())
     for split in (data.train, data.val, data.ood):
         for a in (None, None, None) if split is None else (split.chunks, split.offsets, split.fixed_windows):
             h.update(b"-" if a is None else f"{a.dtype.str}{a.shape}".encode())
