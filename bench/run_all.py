@@ -21,8 +21,8 @@ from common import dump_json, results_dir
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["store_size", "precision", "step", "throughput", "eval", "seed_grid", "ray_overhead", "start_cost", "memory",
-           "asha", "search_efficiency", "side_by_side"]  # the last two are long (12 searches; 15 searches, 17
-# minutes): --skip search_efficiency side_by_side
+           "asha", "search_efficiency", "side_by_side"]
+# search_efficiency (12 searches) and side_by_side (15 searches, 17 minutes) are long: --skip them
 
 # key: (bench, how to read it from that bench's JSON, target text, check)
 HEADLINES = {

@@ -10,15 +10,17 @@ confirmation), and the shipped wide space (54 trials) on the tests' small store 
 with ``--epochs 2 --scheduler fifo --confirm-top 0 --no-probe``. The fastest set is everything the product offers
 to go faster: the search in the command's own process (``TUNE_P7_IN_PROCESS=1``: no Ray job), without the plots
 (``--no-plots``) and without the probe (``--no-probe``). The default runs with the first command's probe in its cache
-(tune_p7.probe_cache: a search on data probed before); ``cold`` is the default with an empty cache (the first
-search on a data set), first command only. --modes measures others (its words: NAME=VALUE environment variables
-and flags; XDG_CACHE_HOME=fresh, an empty cache for each run). Rounds rotate the order of the modes; a ratio is the
-median of the per-round ratios. Every run's folder is deleted after it (a wide search leaves gigabytes of
-checkpoints). --quick: one round of the first command.
+(tune_p7.probe_cache: a search on data probed before); ``cold`` is the default with an empty probe cache (the first
+search on a data set), first command only. --modes measures others instead, two of them named default and fastest
+(its words: NAME=VALUE environment variables and flags; TUNE_P7_PROBE_CACHE=fresh, an empty probe cache for each
+run). The searches get the environment the bench was given, without what tests/conftest.py sets for the tests.
+Rounds rotate the order of the modes; a ratio is the median of the per-round ratios. Every run's folder is deleted
+after it (a wide search leaves gigabytes of checkpoints). --quick: one round of the first command (about 75 s).
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,16 +32,21 @@ from common import ROOT, median, parser, spread, table, write_result
 from start_cost import CpuGroup
 
 SEARCH = ROOT / "tune_p7" / "search.py"
-# mode: environment variables (NAME=VALUE) and flags, for both commands; XDG_CACHE_HOME=fresh: an empty probe cache
-MODES = {"default": "", "cold": "XDG_CACHE_HOME=fresh", "fastest": "TUNE_P7_IN_PROCESS=1 --no-plots --no-probe"}
+# mode: environment variables (NAME=VALUE) and flags, for both commands; TUNE_P7_PROBE_CACHE=fresh: an empty probe
+# cache for each run
+MODES = {"default": "", "cold": "TUNE_P7_PROBE_CACHE=fresh", "fastest": "TUNE_P7_IN_PROCESS=1 --no-plots --no-probe"}
+PROBES = "TUNE_P7_PROBE_CACHE"
+# the searches get the environment this command was given: tests/conftest.py (make_store) sets the tests' own
+ENV = dict(os.environ)
 WIDE = ["--space", str(ROOT / "search_spaces" / "wide.yaml"), "--epochs", "2", "--scheduler", "fifo",
         "--confirm-top", "0", "--no-probe"]
 
 
 def mode(words: str) -> tuple[dict, list[str]]:
-    """(environment, flags) of a mode's words: NAME=VALUE words set the environment, the others are flags."""
-    env = dict(w.split("=", 1) for w in words.split() if "=" in w and not w.startswith("-"))
-    return env, [w for w in words.split() if not ("=" in w and not w.startswith("-"))]
+    """(environment, flags) of a mode's words: NAME=VALUE words (NAME in capitals) set the environment, the others
+    are flags."""
+    env = [w for w in words.split() if re.match(r"[A-Z_][A-Z0-9_]*=", w)]
+    return dict(w.split("=", 1) for w in env), [w for w in words.split() if w not in env]
 
 
 def run(args: list[str], env: dict, storage: Path) -> tuple[float, float]:
@@ -50,7 +57,7 @@ def run(args: list[str], env: dict, storage: Path) -> tuple[float, float]:
     try:
         t = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=group.preexec,
-                           env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+                           env={**ENV, "PYTHONPATH": str(ROOT), **env})
         wall = time.perf_counter() - t
     finally:
         cpu = group.close()
@@ -62,7 +69,7 @@ def run(args: list[str], env: dict, storage: Path) -> tuple[float, float]:
 
 def warm_cache(path: Path) -> str:
     """A probe cache holding the first command's probe, as after a first search on the shipped data."""
-    os.environ["XDG_CACHE_HOME"] = str(path)
+    os.environ[PROBES] = str(path)
     from tune_p7.data.loading import load
     from tune_p7.search import probe_data
     from tune_p7.search_options import DEFAULT_DATA, DEFAULT_SPACE
@@ -81,7 +88,7 @@ def main(argv=None):
                         'are against the one named fastest')
     a = p.parse_args(argv)
     rounds = a.rounds or (1 if a.quick else 3)
-    commands = ["first"] if a.quick else [a.only] if a.only else ["first", "wide"]
+    commands = [a.only] if a.only else ["first"] if a.quick else ["first", "wide"]
     modes = dict(m.split("=", 1) for m in a.modes) if a.modes else MODES
     if "default" not in modes or "fastest" not in modes:
         sys.exit("side_by_side: --modes needs one named default and one named fastest")
@@ -99,12 +106,12 @@ def main(argv=None):
             for c in commands:
                 for m in names[r % len(names):] + names[:r % len(names)]:
                     env, flags = mode(modes[m])
-                    if c == "wide" and env.get("XDG_CACHE_HOME") == "fresh":
+                    if c == "wide" and env.get(PROBES) == "fresh":
                         continue  # the wide command has no probe
-                    if env.get("XDG_CACHE_HOME") == "fresh":
-                        env["XDG_CACHE_HOME"] = tempfile.mkdtemp(dir=folder)
+                    if env.get(PROBES) == "fresh":
+                        env[PROBES] = tempfile.mkdtemp(dir=folder)
                     args = flags if c == "first" else [*WIDE, "--data", str(small), *flags]
-                    wall, cpu = run(args, {"XDG_CACHE_HOME": warm, **env}, folder / "runs")
+                    wall, cpu = run(args, {PROBES: warm, **env}, folder / "runs")
                     walls[c][m].append(wall)
                     cpus[c][m].append(cpu)
                     print(f"round {r + 1} {c:5s} {m:10s} {wall:6.1f} s {cpu:6.1f} CPU-s (1-minute load "

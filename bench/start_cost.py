@@ -28,6 +28,7 @@ from pathlib import Path
 from common import ROOT, median, parser, spread, table, write_result
 
 SEARCH = ROOT / "tune_p7" / "search.py"
+ENV = dict(os.environ)  # what the searches get: tests/conftest.py (make_store) sets the tests' own
 MODES = {"default": [], "fresh workers": ["--no-reuse-actors"]}
 TINY = dict(d_model=32, n_layers=1, n_heads=4, d_ff=64, lstm_layers=1, batch_size=128, epochs=1, warmup_epochs=1,
             precision="fp32", threads=1)
@@ -91,7 +92,7 @@ def search(folder: Path, store: Path, trials: int, flags: list[str], tag: str) -
     try:
         args = [sys.executable, str(SEARCH), "--space", str(space_file(folder, trials)), "--data", str(store),
                 "--storage", str(folder / "runs"), "--name", tag, "--no-probe", "--num-cpus", "2", *flags]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**ENV, "PYTHONPATH": str(ROOT)}
         t = time.perf_counter()
         r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, preexec_fn=group.preexec)
         wall = time.perf_counter() - t
@@ -130,7 +131,7 @@ def worker_phases(store: Path) -> dict:
     ``_disable_dynamo`` wrappers did, 1.2-1.9 CPU-s, until the loop took fastpath.AdamW)."""
     cfg = json.dumps({**TINY, "epochs": 2})
     r = subprocess.run([sys.executable, "-c", PHASES, str(store), cfg], capture_output=True, text=True, check=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env={**ENV, "PYTHONPATH": str(ROOT)})
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 

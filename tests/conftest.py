@@ -15,9 +15,11 @@ from pathlib import Path
 # searches, the session's Ray node): two pytest workers and their searches share two cores, and OpenMP threads
 # that spin-wait at the end of each parallel region burn the CPU the other side needs (docs/measurements.md)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# the searches' probes are kept in a cache of this run (tune_p7.probe_cache), not in the user's
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tune_p7_test_cache_")
-atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
+# the searches' probes are kept in a cache of this run (tune_p7.probe_cache), not in the user's; the processes this
+# one starts (xdist workers, searches) use the same
+if "TUNE_P7_PROBE_CACHE" not in os.environ:
+    os.environ["TUNE_P7_PROBE_CACHE"] = tempfile.mkdtemp(prefix="tune_p7_test_probes_")
+    atexit.register(shutil.rmtree, os.environ["TUNE_P7_PROBE_CACHE"], True)
 
 import pytest  # noqa: E402
 

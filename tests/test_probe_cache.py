@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -16,12 +17,13 @@ from tune_p7.search import probe_data
 from tune_p7.space.file import load_space
 
 PARAMS = {"context_length": 5, "gates": {"drift": 0.05, "margin": 0.1}, "warmup_epochs": 1}
+PROBE = {"splits": {"val": {"delta": -0.0038}}, "k": [1, 2.5, None]}
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "tune_p7" / "probes"
+    monkeypatch.setenv(probe_cache.FOLDER_VAR, str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ class Counted:
     """A probe stand-in that counts its calls (the real probe is tests/test_probe.py's)."""
 
     def __init__(self, result=None):
-        self.calls, self.result = 0, result or {"splits": {"val": {"delta": -0.0038}}, "k": [1, 2.5, None]}
+        self.calls, self.result = 0, result or PROBE
 
     def __call__(self):
         self.calls += 1
@@ -73,7 +75,7 @@ def test_a_change_of_the_code_is_a_new_key(data, tmp_path):
     assert probe_cache.key(data, PARAMS, before) != probe_cache.key(data, PARAMS, after)
 
 
-@pytest.mark.parametrize("text", ["{\"splits\": ", "null", ""], ids=["torn", "not-a-probe", "empty"])
+@pytest.mark.parametrize("text", ["{\"splits\": ", "null", "", "{}"], ids=["torn", "null", "empty", "no-splits"])
 def test_a_kept_file_that_is_not_a_probe_is_computed_again_and_replaced(cache, data, text):
     compute = Counted()
     path = cache / f"{probe_cache.key(data, PARAMS)}.json"
@@ -85,7 +87,7 @@ def test_a_kept_file_that_is_not_a_probe_is_computed_again_and_replaced(cache, d
 
 def test_a_cache_that_cannot_be_written_still_gives_the_probe(tmp_path, monkeypatch, data):
     (tmp_path / "file").write_text("not a folder")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    monkeypatch.setenv(probe_cache.FOLDER_VAR, str(tmp_path / "file" / "probes"))
     compute = Counted()
     assert probe_cache.cached(data, PARAMS, compute) == compute.result
     assert probe_cache.cached(data, PARAMS, compute) == compute.result and compute.calls == 2
@@ -100,3 +102,18 @@ def test_the_same_vectors_in_another_file_get_a_probe_that_names_that_file(cache
     assert probe_data(data, space)["data"] == data.source
     assert probe_data(copy, space)["data"] == copy.source != data.source
     assert len(list(cache.iterdir())) == 2
+
+
+def test_without_a_home_folder_the_probe_is_computed_and_not_kept(tmp_path, monkeypatch, data):
+    monkeypatch.delenv(probe_cache.FOLDER_VAR)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    compute = Counted()
+    assert probe_cache.cached(data, PARAMS, compute) == compute.result and compute.calls == 1
+
+
+def test_the_default_folder_is_under_xdg_cache_home(tmp_path, monkeypatch):
+    monkeypatch.delenv(probe_cache.FOLDER_VAR)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert probe_cache.folder() == tmp_path / "tune_p7" / "probes"
